@@ -1,0 +1,52 @@
+"""`load(path)`: a converted checkpoint directory -> config, params and tokenizer."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from .config import BlipConfig
+from .convert import CONFIG_NAME, CheckpointError, restore_params
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A loaded ITM model: pass `.params` and `.config` to the pure functions."""
+
+    config: BlipConfig
+    params: Any
+    tokenizer: Any
+    path: Path
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """BertTokenizer from a dir with `vocab.txt` (slow tokenizer: the fast one built from a
+    bare vocab file maps every word to [UNK] in transformers 5)."""
+    from transformers import BertTokenizer
+
+    path = Path(path)
+    if not (path / "vocab.txt").exists():
+        raise CheckpointError(f"no tokenizer vocab.txt in {path}")
+    if (path / "tokenizer_config.json").exists():
+        return BertTokenizer.from_pretrained(str(path))
+    return BertTokenizer(str(path / "vocab.txt"), do_lower_case=True)
+
+
+def load(path: str | Path, dtype: str | None = None) -> Model:
+    """Load a directory written by `convert_hf_checkpoint` (or the shipped small model).
+
+    `dtype` overrides the compute dtype ("bfloat16"); parameters stay float32.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"weights directory {path} does not exist")
+    cfg_path = path / CONFIG_NAME
+    if not cfg_path.exists():
+        raise CheckpointError(f"{cfg_path} missing: not a converted iterprime-jax checkpoint")
+    config = BlipConfig.load(cfg_path)
+    if dtype is not None:
+        config = config.replace(dtype=dtype)
+    params = restore_params(path, config)
+    tokenizer = load_tokenizer(path)
+    return Model(config=config, params=params, tokenizer=tokenizer, path=path)

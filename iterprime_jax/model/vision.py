@@ -1,0 +1,108 @@
+"""ViT image encoder, mirroring HF `BlipVisionModel` (pre-LN blocks, fused qkv).
+
+Parameter names follow the PyTorch state dict (`vision_model.embeddings.patch_embedding`,
+`vision_model.encoder.layers.{i}.self_attn.qkv`, ...), Flax lists naming layer i `layers_{i}`.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ..config import VisionConfig
+from .common import Array, activation, compute_dtype, masked_softmax
+
+
+class BlipAttention(nn.Module):
+    config: VisionConfig
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """x: (B, N, D) -> (B, N, D)."""
+        cfg = self.config
+        dt = compute_dtype(self.dtype)
+        b, n, d = x.shape
+        h = cfg.num_attention_heads
+        qkv = nn.Dense(3 * d, dtype=dt, name="qkv")(x).reshape(b, n, 3, h, d // h)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, heads, hd)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (d // h) ** -0.5
+        probs = masked_softmax(scores, None).astype(dt)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, d)
+        return nn.Dense(d, dtype=dt, name="projection")(ctx)
+
+
+class BlipMLP(nn.Module):
+    config: VisionConfig
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        dt = compute_dtype(self.dtype)
+        x = nn.Dense(self.config.intermediate_size, dtype=dt, name="fc1")(x)
+        x = activation(self.config.hidden_act)(x)
+        return nn.Dense(self.config.hidden_size, dtype=dt, name="fc2")(x)
+
+
+class BlipEncoderLayer(nn.Module):
+    config: VisionConfig
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        eps = self.config.layer_norm_eps
+        dt = compute_dtype(self.dtype)
+        y = nn.LayerNorm(epsilon=eps, dtype=dt, name="layer_norm1")(x)
+        x = x + BlipAttention(self.config, self.dtype, name="self_attn")(y)
+        y = nn.LayerNorm(epsilon=eps, dtype=dt, name="layer_norm2")(x)
+        return x + BlipMLP(self.config, self.dtype, name="mlp")(y)
+
+
+class BlipEncoder(nn.Module):
+    config: VisionConfig
+    dtype: str = "float32"
+
+    def setup(self) -> None:
+        self.layers = [BlipEncoderLayer(self.config, self.dtype)
+                       for _ in range(self.config.num_hidden_layers)]
+
+    def __call__(self, x: Array) -> Array:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class BlipVisionEmbeddings(nn.Module):
+    config: VisionConfig
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, pixel_values: Array) -> Array:
+        """pixel_values: (B, H, W, 3) NHWC -> (B, 1 + gh*gw, D), patches in row-major order."""
+        cfg = self.config
+        dt = compute_dtype(self.dtype)
+        d, p = cfg.hidden_size, cfg.patch_size
+        class_embedding = self.param("class_embedding", nn.initializers.normal(0.02), (1, 1, d))
+        position_embedding = self.param("position_embedding", nn.initializers.normal(0.02),
+                                        (1, cfg.num_patches + 1, d))
+        patches = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=dt,
+                          name="patch_embedding")(pixel_values.astype(dt))
+        b = patches.shape[0]
+        patches = patches.reshape(b, -1, d)
+        cls = jnp.broadcast_to(class_embedding.astype(dt), (b, 1, d))
+        x = jnp.concatenate([cls, patches], axis=1)
+        return x + position_embedding[:, : x.shape[1]].astype(dt)
+
+
+class BlipVisionModel(nn.Module):
+    """(B, H, W, 3) float pixels -> (B, 1 + gh*gw, D) image embeddings (post-LN)."""
+
+    config: VisionConfig
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, pixel_values: Array) -> Array:
+        x = BlipVisionEmbeddings(self.config, self.dtype, name="embeddings")(pixel_values)
+        x = BlipEncoder(self.config, self.dtype, name="encoder")(x)
+        return nn.LayerNorm(epsilon=self.config.layer_norm_eps, dtype=compute_dtype(self.dtype),
+                            name="post_layernorm")(x)

@@ -1,0 +1,96 @@
+"""Pure functions over the Flax BLIP ITM model: `fn(params, config, inputs) -> outputs`.
+
+`config` (a frozen `BlipConfig`) is hashable, so it can be a static argument of `jax.jit`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from .config import BlipConfig
+from .model import BlipForImageTextRetrieval
+
+Array = jax.Array
+Params = dict
+
+
+def _module(config: BlipConfig, delta_layer: int = -1) -> BlipForImageTextRetrieval:
+    return BlipForImageTextRetrieval(config, delta_layer=delta_layer)
+
+
+def _dummy_inputs(config: BlipConfig, batch: int = 1, text_len: int = 4
+                  ) -> tuple[Array, Array, Array]:
+    h, w = config.vision.image_hw
+    return (jnp.zeros((batch, h, w, 3), jnp.float32), jnp.zeros((batch, text_len), jnp.int32),
+            jnp.ones((batch, text_len), jnp.int32))
+
+
+def init_params(config: BlipConfig, rng: Array) -> Params:
+    """Random parameters with the checkpoint's tree structure."""
+    return _module(config).init(rng, *_dummy_inputs(config))["params"]
+
+
+def abstract_params(config: BlipConfig) -> Params:
+    """Shapes/dtypes of the parameter tree (no computation)."""
+    return jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+
+
+def _check_text(input_ids: Array, attention_mask: Array) -> None:
+    if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
+        raise ValueError(f"input_ids {input_ids.shape} and attention_mask {attention_mask.shape} "
+                         "must both be (B, T)")
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(f"empty text batch: input_ids has shape {input_ids.shape}")
+
+
+def _check_pixels(config: BlipConfig, pixel_values: Array) -> None:
+    h, w = config.vision.image_hw
+    if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (h, w, 3):
+        raise ValueError(f"pixel_values must be (B, {h}, {w}, 3) NHWC, got {pixel_values.shape}")
+    if not jnp.issubdtype(pixel_values.dtype, jnp.floating):
+        raise ValueError(f"pixel_values must be float (use preprocess_image), got "
+                         f"{pixel_values.dtype}")
+
+
+def encode_image(params: Params, config: BlipConfig, pixel_values: Array) -> Array:
+    """(B, H, W, 3) float pixels -> (B, 1 + gh*gw, Dv) image embeddings."""
+    _check_pixels(config, pixel_values)
+    return _module(config).apply({"params": params}, pixel_values,
+                                 method=BlipForImageTextRetrieval.encode_image)
+
+
+def match_from_embeds(params: Params, config: BlipConfig, image_embeds: Array, input_ids: Array,
+                      attention_mask: Array, image_mask: Array | None = None,
+                      delta: Array | None = None, delta_layer: int = -1
+                      ) -> tuple[Array, tuple[Array, ...]]:
+    """ITM logits (B, 2) and per-layer cross-attention probs (B, heads, T, 1 + gh*gw).
+
+    image_mask: (B, gh*gw), 1 = visible (CLS always visible). `delta` (B, heads, T, 1+gh*gw) is
+    added to layer `delta_layer`'s cross-attention probabilities (Grad-CAM hook).
+    """
+    _check_text(input_ids, attention_mask)
+    return _module(config, delta_layer).apply(
+        {"params": params}, image_embeds, input_ids, attention_mask, image_mask, delta,
+        method=BlipForImageTextRetrieval.match)
+
+
+def itm_logits(params: Params, config: BlipConfig, pixel_values: Array, input_ids: Array,
+               attention_mask: Array, image_mask: Array | None = None) -> Array:
+    """(B, 2) ITM logits (no-match, match) for images (B, H, W, 3) and texts (B, T).
+
+    jit with `config` static: `jax.jit(itm_logits, static_argnums=1)`.
+    """
+    image_embeds = encode_image(params, config, pixel_values)
+    logits, _ = match_from_embeds(params, config, image_embeds, input_ids, attention_mask,
+                                  image_mask)
+    return logits
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def itm_logits_jit(params: Params, config: BlipConfig, pixel_values: Array, input_ids: Array,
+                   attention_mask: Array, image_mask: Array | None = None) -> Array:
+    """`itm_logits` compiled (config static)."""
+    return itm_logits(params, config, pixel_values, input_ids, attention_mask, image_mask)
