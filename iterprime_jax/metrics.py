@@ -1,0 +1,179 @@
+"""Referring-segmentation metrics: per-sample I/U, oIoU, mIoU, Prec@X (pure numpy).
+
+Every sentence is one sample; a sample whose prediction is empty (e.g. no proposal candidate)
+still counts, with I = 0. Two conventions, chosen explicitly:
+
+* ``"standard"`` (default; LAVT, Global-Local CLIP): IoU = I / U, and 0 when U == 0;
+  Prec@X counts IoU >= X.
+* ``"iterprime"`` (the IteRPrimE authors' evaluator): IoU = (I + 1e-6) / (U + 1e-6), so an empty
+  union scores 1; Prec@X counts the strict IoU > X.
+
+In both, oIoU = sum(I) / sum(U) over the split (0 when sum(U) == 0). Values are fractions in
+[0, 1]; :func:`format_table` prints them as percentages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+
+Convention = Literal["standard", "iterprime"]
+CONVENTIONS: tuple[str, ...] = ("standard", "iterprime")
+THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+EPS = 1e-6
+
+
+def intersection_union(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
+    """Pixel counts of pred AND gt and pred OR gt.
+
+    Args:
+      pred: (H, W) mask, bool or {0, 1}.
+      gt: (H, W) mask, same shape.
+    Returns:
+      (I, U) as python ints.
+    """
+    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred shape {pred.shape} != gt shape {gt.shape}")
+    return int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred | gt))
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+
+
+def per_sample_iou(
+    intersection: np.ndarray, union: np.ndarray, convention: Convention = "standard"
+) -> np.ndarray:
+    """IoU of each sample.
+
+    Args:
+      intersection, union: (N,) integer counts.
+    Returns:
+      (N,) float64 IoU under ``convention``.
+    """
+    _check_convention(convention)
+    i = np.asarray(intersection, np.float64)
+    u = np.asarray(union, np.float64)
+    if convention == "iterprime":
+        return (i + EPS) / (u + EPS)
+    return np.divide(i, u, out=np.zeros_like(i), where=u > 0)
+
+
+def summarize(
+    intersection: np.ndarray,
+    union: np.ndarray,
+    convention: Convention = "standard",
+    thresholds: Sequence[float] = THRESHOLDS,
+) -> dict[str, float | int]:
+    """Split-level metrics from per-sample counts.
+
+    Args:
+      intersection, union: (N,) integer counts, one per sample (accumulated as int64).
+      convention: "standard" or "iterprime" (see the module docstring).
+      thresholds: IoU thresholds X of the Prec@X entries.
+    Returns:
+      {"oIoU", "mIoU", "prec@0.5", ..., "prec@0.9": float in [0, 1], "n": int}; the float
+      entries are NaN when n == 0.
+    """
+    i = np.asarray(intersection, np.int64).reshape(-1)
+    u = np.asarray(union, np.int64).reshape(-1)
+    if i.shape != u.shape:
+        raise ValueError(f"intersection shape {i.shape} != union shape {u.shape}")
+    if np.any(i > u) or np.any(i < 0):
+        raise ValueError("need 0 <= I <= U for every sample")
+    iou = per_sample_iou(i, u, convention)
+    n = int(iou.size)
+    out: dict[str, float | int] = {}
+    if n == 0:
+        out["oIoU"] = out["mIoU"] = float("nan")
+    else:
+        total_u = int(u.sum())
+        out["oIoU"] = int(i.sum()) / total_u if total_u > 0 else 0.0
+        out["mIoU"] = float(iou.mean())
+    for x in thresholds:
+        hit = iou > x if convention == "iterprime" else iou >= x
+        out[f"prec@{x:g}"] = float(hit.mean()) if n else float("nan")
+    out["n"] = n
+    return out
+
+
+class MetricsAccumulator:
+    """Accumulates per-sample I and U (int64) per split; summarises on demand.
+
+    >>> acc = MetricsAccumulator()
+    >>> acc.add("val", pred, gt)          # (H, W) masks
+    >>> acc.summary()["val"]["oIoU"]
+    """
+
+    def __init__(self, convention: Convention = "standard"):
+        _check_convention(convention)
+        self.convention: Convention = convention
+        self._i: dict[str, list[int]] = {}
+        self._u: dict[str, list[int]] = {}
+
+    @property
+    def splits(self) -> list[str]:
+        """Splits in the order they were first seen."""
+        return list(self._i)
+
+    def add_counts(self, split: str, intersection: int, union: int) -> None:
+        """Records one sample's counts."""
+        if not 0 <= intersection <= union:
+            raise ValueError(f"need 0 <= I <= U, got I={intersection}, U={union}")
+        self._i.setdefault(split, []).append(int(intersection))
+        self._u.setdefault(split, []).append(int(union))
+
+    def add(self, split: str, pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
+        """Records one sample from (H, W) masks; returns its (I, U)."""
+        i, u = intersection_union(pred, gt)
+        self.add_counts(split, i, u)
+        return i, u
+
+    def counts(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) int64 intersections and unions of one split."""
+        return (
+            np.asarray(self._i.get(split, []), np.int64),
+            np.asarray(self._u.get(split, []), np.int64),
+        )
+
+    def summary(self) -> dict[str, dict[str, float | int]]:
+        """{split: summarize(...)} for every split seen."""
+        return {s: summarize(*self.counts(s), convention=self.convention) for s in self.splits}
+
+
+def format_table(metrics_by_split: Mapping[str, Mapping[str, float | int]], digits: int = 2) -> str:
+    """A fixed-width text table, one row per split; float metrics printed as percentages.
+
+    Args:
+      metrics_by_split: {split: summarize(...) output}.
+      digits: decimals of the percentages.
+    """
+    columns: list[str] = []
+    for m in metrics_by_split.values():
+        columns += [k for k in m if k not in columns]
+    header = ["split", *columns]
+    rows = [header]
+    for split, m in metrics_by_split.items():
+        cells = [str(split)]
+        for k in columns:
+            v = m.get(k)
+            if v is None:
+                cells.append("-")
+            elif isinstance(v, (int, np.integer)):
+                cells.append(str(int(v)))
+            else:
+                cells.append(f"{100.0 * float(v):.{digits}f}")
+        rows.append(cells)
+    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
+    lines = [
+        "  ".join(
+            c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

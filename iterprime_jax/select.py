@@ -1,0 +1,113 @@
+"""Selective mask proposals (METHOD.md section 4).
+
+`select_proposal` is jit-able with a fixed number N of (possibly padded) proposals; component
+counting (`count_components`) and shape checks (`check_proposals`) run outside jit on numpy.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "Selection",
+    "check_proposals",
+    "count_components",
+    "select_proposal",
+    "threshold_mask",
+]
+
+_AREA_EPS = 1e-5
+_FOUR_CONNECTIVITY = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
+
+
+class Selection(NamedTuple):
+    """Result of `select_proposal`.
+
+    Attributes:
+      index: int32 index of the chosen proposal, -1 if no candidate.
+      mask: (H, W) bool, the chosen proposal (all False if no candidate).
+      has_candidate: bool, some proposal covered a seed and passed the component limit.
+    """
+
+    index: jnp.ndarray
+    mask: jnp.ndarray
+    has_candidate: jnp.ndarray
+
+
+def check_proposals(proposals, image_hw: tuple[int, int]) -> np.ndarray:
+    """Validate proposals against the image size; returns them as a (N, H, W) bool numpy array.
+
+    Raises:
+      ValueError: wrong ndim or spatial size (the message gives both shapes).
+    """
+    arr = np.asarray(proposals)
+    h, w = (int(x) for x in image_hw)
+    if arr.ndim != 3:
+        raise ValueError(
+            f"proposals must have shape (N, H, W) = (N, {h}, {w}); got ndim={arr.ndim}, "
+            f"shape {arr.shape}"
+        )
+    if arr.shape[1:] != (h, w):
+        raise ValueError(
+            f"proposals have spatial size {arr.shape[1:]} (shape {arr.shape}), expected the "
+            f"image size {(h, w)}"
+        )
+    return arr.astype(bool, copy=False)
+
+
+def count_components(proposals) -> np.ndarray:
+    """Number of 4-connected components of each mask: (N, H, W) bool -> (N,) int32."""
+    arr = np.asarray(proposals)
+    if arr.ndim != 3:
+        raise ValueError(f"proposals must have shape (N, H, W), got {arr.shape}")
+    arr = arr.astype(bool, copy=False)
+    out = np.zeros((arr.shape[0],), np.int32)
+    for i, m in enumerate(arr):
+        if m.any():
+            _, out[i] = ndimage.label(m, structure=_FOUR_CONNECTIVITY)
+    return out
+
+
+def threshold_mask(heat, threshold: float = 0.5) -> jnp.ndarray:
+    """Baseline without proposals: heat >= threshold -> bool mask."""
+    return jnp.asarray(heat) >= threshold
+
+
+def select_proposal(heat, proposals, valid, num_components, max_components: int = 12
+                    ) -> Selection:
+    """Pick the proposal the heat map points at.
+
+    seeds = pixels with heat >= max(heat); a proposal is a candidate iff `valid`, it covers a
+    seed, and it has <= `max_components` components; score = sum(m * (1 + heat)) /
+    (area + 1e-5); the top-scoring candidate wins (ties: the lowest index). No candidate -> index
+    -1 and an empty mask.
+
+    Args:
+      heat: (H, W) float heat map at proposal resolution.
+      proposals: (N, H, W) bool.
+      valid: (N,) bool; False marks padding proposals.
+      num_components: (N,) int, from `count_components`.
+      max_components: the component limit.
+    """
+    heat = jnp.asarray(heat).astype(jnp.float32)
+    props = jnp.asarray(proposals).astype(bool)
+    if props.shape[0] == 0:  # static: no proposals at all
+        return Selection(index=jnp.int32(-1), mask=jnp.zeros(heat.shape, bool),
+                         has_candidate=jnp.asarray(False))
+    seeds = heat >= jnp.max(heat)
+    covers = jnp.any(props & seeds[None], axis=(1, 2))
+    cand = (jnp.asarray(valid).astype(bool) & covers
+            & (jnp.asarray(num_components) <= max_components))
+    m = props.astype(jnp.float32)
+    area = jnp.sum(m, axis=(1, 2))
+    score = jnp.sum(m * (1.0 + heat)[None], axis=(1, 2)) / (area + _AREA_EPS)
+    score = jnp.where(cand, score, -jnp.inf)
+    has = jnp.any(cand)
+    best = jnp.argmax(score).astype(jnp.int32)
+    index = jnp.where(has, best, jnp.int32(-1))
+    mask = jnp.where(has, props[best], jnp.zeros(heat.shape, bool))
+    return Selection(index=index, mask=mask, has_candidate=has)

@@ -1,0 +1,146 @@
+"""Preprocessing parity with HF BlipImageProcessor, tokenisation, and bad-input errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import iterprime_jax as ij
+from iterprime_jax.convert import CheckpointError
+
+DATA = Path(__file__).parent / "data"
+
+
+def _cfg(size: int = 384) -> ij.BlipConfig:
+    return ij.BlipConfig(vision=ij.VisionConfig(image_size=size))
+
+
+@pytest.mark.parametrize("shape", [(480, 640), (427, 640), (640, 360), (384, 384), (50, 70)])
+def test_preprocess_matches_hf_image_processor(shape):
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    rng = np.random.default_rng(shape[0])
+    img = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    hf = BlipImageProcessorPil(size={"height": 384, "width": 384})
+    ref = hf(img, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+    ours = ij.preprocess_image(img, _cfg())
+    assert ours.shape == (384, 384, 3) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, atol=1e-3, rtol=0)
+
+
+def test_preprocess_real_photo_matches_hf():
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    img = np.asarray(Image.open(DATA / "quokka.jpg").convert("RGB"))
+    ref = BlipImageProcessorPil()(img, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+    np.testing.assert_allclose(ij.preprocess_image(img, _cfg()), ref, atol=1e-3, rtol=0)
+
+
+def test_grayscale_and_rgba_accepted_as_rgb():
+    gray = np.random.default_rng(0).integers(0, 256, (40, 30), dtype=np.uint8)
+    rgb = np.repeat(gray[..., None], 3, -1)
+    np.testing.assert_array_equal(ij.preprocess_image(gray, _cfg(32)),
+                                  ij.preprocess_image(rgb, _cfg(32)))
+    rgba = np.concatenate([rgb, np.full((40, 30, 1), 255, np.uint8)], -1)
+    np.testing.assert_array_equal(ij.preprocess_image(rgba, _cfg(32)),
+                                  ij.preprocess_image(rgb, _cfg(32)))
+
+
+@pytest.mark.parametrize("bad,msg", [
+    (np.zeros((10, 10, 3), np.float32), "uint8"),
+    (np.zeros((10, 10, 5), np.uint8), "shape"),
+    (np.zeros((2, 10, 10, 3), np.uint8), "shape"),
+    (np.zeros((0, 10, 3), np.uint8), "shape"),
+])
+def test_bad_images_rejected(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        ij.preprocess_image(bad, _cfg(32))
+
+
+def test_tokenize_real_ids_and_empty_list():
+    from transformers import BertTokenizer
+
+    tok = BertTokenizer(str(DATA / "bert-base-uncased-vocab.txt"))
+    ids, am = ij.tokenize(tok, ["there is a giraffe on the right"], max_length=12)
+    n = len(tok.tokenize("there is a giraffe on the right")) + 2
+    assert ids.shape == (1, 12) and am.sum() == n
+    assert ids[0, :4].tolist() == [101, 2045, 2003, 1037]  # [CLS] there is a
+    assert ids[0, n - 1] == 102 and ids[0, n:].tolist() == [0] * (12 - n)
+    assert tok.unk_token_id not in ids[0].tolist()
+    with pytest.raises(ValueError, match="empty"):
+        ij.tokenize(tok, [], max_length=8)
+    with pytest.raises(ValueError, match="empty"):
+        ij.tokenize(tok, ["  "], max_length=8)
+
+
+def test_itm_logits_rejects_bad_pixels_and_empty_text():
+    cfg = ij.BlipConfig(
+        vision=ij.VisionConfig(image_size=16, patch_size=8, hidden_size=16, intermediate_size=32,
+                               num_hidden_layers=1, num_attention_heads=2),
+        text=ij.TextConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
+                           num_hidden_layers=1, num_attention_heads=2, encoder_hidden_size=16))
+    params = ij.init_params(cfg, jax.random.PRNGKey(0))
+    ids = np.ones((1, 4), np.int32)
+    with pytest.raises(ValueError, match="NHWC"):
+        ij.itm_logits(params, cfg, np.zeros((1, 3, 16, 16), np.float32), ids, ids)
+    with pytest.raises(ValueError, match="float"):
+        ij.itm_logits(params, cfg, np.zeros((1, 16, 16, 3), np.uint8), ids, ids)
+    with pytest.raises(ValueError, match="empty"):
+        ij.itm_logits(params, cfg, np.zeros((1, 16, 16, 3), np.float32),
+                      np.zeros((1, 0), np.int32), np.zeros((1, 0), np.int32))
+
+
+def test_checkpoint_without_weights(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"vision_config": {}, "text_config": {}}))
+    with pytest.raises(CheckpointError, match="no weights"):
+        ij.convert_hf_checkpoint(tmp_path, tmp_path / "out")
+    with pytest.raises(CheckpointError, match="config.json"):
+        ij.convert_hf_checkpoint(tmp_path / "out", tmp_path / "out2")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ij.load(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="blip_config.json"):
+        ij.load(tmp_path)
+
+
+def test_key_mismatched_checkpoint_names_the_keys(tmp_path):
+    pytest.importorskip("torch")
+    from safetensors.numpy import load_file, save_file
+
+    from .torch_ref import build_model, hf_config
+
+    model = build_model(hf_config(), seed=0)
+    model.save_pretrained(str(tmp_path))
+    state = load_file(str(tmp_path / "model.safetensors"))
+    state["text_encoder.encoder.layer.0.crossattention.self.bogus.weight"] = np.zeros((2, 2),
+                                                                                      np.float32)
+    del state["itm_head.weight"]
+    state["vision_model.post_layernorm.bias"] = np.zeros(7, np.float32)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError) as e:
+        ij.convert_hf_checkpoint(tmp_path, tmp_path / "out")
+    text = str(e.value)
+    assert "crossattention.self.bogus.weight" in text
+    assert "itm_head/kernel" in text
+    assert "vision_model.post_layernorm.bias" in text
+
+
+def test_cli_converts_and_load_roundtrips(tmp_path):
+    pytest.importorskip("torch")
+    import shutil
+
+    from iterprime_jax.convert import main
+
+    from .torch_ref import build_model, hf_config
+
+    model = build_model(hf_config(), seed=0)
+    model.save_pretrained(str(tmp_path / "hf"))
+    shutil.copy(DATA / "bert-base-uncased-vocab.txt", tmp_path / "hf" / "vocab.txt")
+    main([str(tmp_path / "hf"), str(tmp_path / "out")])
+    m = ij.load(tmp_path / "out")
+    assert m.tokenizer.convert_tokens_to_ids("dog") != m.tokenizer.unk_token_id
+    assert m.config.vision.grid == (4, 4)
