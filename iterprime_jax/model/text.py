@@ -36,13 +36,16 @@ class BlipTextSelfAttention(nn.Module):
         b, t, _ = x.shape
         s = kv.shape[1]
         q = nn.Dense(d, dtype=dt, name="query")(x).reshape(b, t, h, hd)
-        k = nn.Dense(d, dtype=dt, name="key")(kv).reshape(b, s, h, hd)
-        v = nn.Dense(d, dtype=dt, name="value")(kv).reshape(b, s, h, hd)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.float32(hd)).astype(dt)
+        k = nn.Dense(d, dtype=dt, name="key")(kv).reshape(kv.shape[0], s, h, hd)
+        v = nn.Dense(d, dtype=dt, name="value")(kv).reshape(kv.shape[0], s, h, hd)
+        # A batch-1 `kv` (one image, many sentences) is shared: keys/values computed once.
+        kv_sub = "khd" if kv.shape[0] == 1 and b > 1 else "bkhd"
+        k, v = (k[0], v[0]) if kv_sub == "khd" else (k, v)
+        scores = jnp.einsum(f"bqhd,{kv_sub}->bhqk", q, k) / jnp.sqrt(jnp.float32(hd)).astype(dt)
         probs = masked_softmax(scores, None if mask is None else mask[:, None, None, :])
         if delta is not None:
             probs = probs + delta
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dt), v).reshape(b, t, d)
+        ctx = jnp.einsum(f"bhqk,{kv_sub}->bqhd", probs.astype(dt), v).reshape(b, t, d)
         return ctx, probs
 
 
