@@ -44,6 +44,7 @@ import json
 import os
 import pickle
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -595,6 +596,12 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float) -> tuple[float, .
     return tuple(round(float(v), 2) for p in pts for v in p)
 
 
+def _decode(rle: Any) -> np.ndarray:
+    with warnings.catch_warnings():  # pycocotools vs numpy 2 "copy keyword" deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(rle).astype(bool)
+
+
 def _rasterise(shape: str, cx: float, cy: float, r: float, size: int):
     """(bool mask, polygon or None). Polygons use the COCO rasteriser so they decode exactly."""
     if shape in ROUND_SHAPES:
@@ -603,12 +610,12 @@ def _rasterise(shape: str, cx: float, cy: float, r: float, size: int):
         return mask, None
     poly = _shape_polygon(shape, cx, cy, r)
     rles = mask_utils.frPyObjects([list(poly)], size, size)
-    return mask_utils.decode(mask_utils.merge(rles)).astype(bool), poly
+    return _decode(mask_utils.merge(rles)), poly
 
 
 def _muted_colour(rng: np.random.Generator) -> np.ndarray:
     grey = rng.uniform(70.0, 160.0)
-    return np.clip(grey + rng.uniform(-18.0, 18.0, 3), 40.0, 185.0)
+    return np.clip(grey + rng.uniform(-14.0, 14.0, 3), 40.0, 185.0)
 
 
 def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
@@ -939,7 +946,7 @@ def matching_expressions(
     shuffled = []
     for k in sorted(groups):
         cand = [e for e in dict.fromkeys(groups[k]) if e not in pos_set]
-        cand = [e for e in (cand[i] for i in rng.permutation(len(cand)))]
+        cand = [cand[i] for i in rng.permutation(len(cand))]
         cand = [e for e in cand[: 4 * max_negatives] if expression_truth(scene, e) is False]
         if cand:
             shuffled.append(cand)
@@ -1059,7 +1066,7 @@ def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
             "size": seg["size"],
             "counts": counts.encode() if isinstance(counts, str) else counts,
         }
-    return mask_utils.decode(rle).astype(bool)
+    return _decode(rle)
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
