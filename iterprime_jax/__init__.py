@@ -2,12 +2,17 @@
 
 from .config import BlipConfig, IteRPrimEConfig, TextConfig, VisionConfig
 from .convert import CheckpointError, convert_hf_checkpoint
+from .gradcam import GradCAM, cross_attention_gradcam, gradcam_from_embeds
 from .loading import Model, load
 from .modeling import encode_image, init_params, itm_logits, match_from_embeds
+from .pipeline import SegmentResult, segment, segment_batch, segment_images
 from .preprocess import preprocess_image, tokenize
+from .refine import IGRSResult, igrs
 
 __all__ = [
     "BlipConfig", "IteRPrimEConfig", "TextConfig", "VisionConfig", "CheckpointError",
-    "convert_hf_checkpoint", "Model", "load", "encode_image", "init_params", "itm_logits",
-    "match_from_embeds", "preprocess_image", "tokenize",
+    "convert_hf_checkpoint", "GradCAM", "cross_attention_gradcam", "gradcam_from_embeds",
+    "Model", "load", "encode_image", "init_params", "itm_logits", "match_from_embeds",
+    "SegmentResult", "segment", "segment_batch", "segment_images", "preprocess_image",
+    "tokenize", "IGRSResult", "igrs",
 ]

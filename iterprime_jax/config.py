@@ -116,8 +116,8 @@ class BlipConfig:
         if preprocessor:
             mean = tuple(float(x) for x in preprocessor.get("image_mean", mean))
             std = tuple(float(x) for x in preprocessor.get("image_std", std))
-        return cls(vision=vision, text=text, projection_dim=int(hf.get("image_text_hidden_size", 256)),
-                   image_mean=mean, image_std=std)
+        proj = int(hf.get("image_text_hidden_size", 256))
+        return cls(vision=vision, text=text, projection_dim=proj, image_mean=mean, image_std=std)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))

@@ -1,8 +1,9 @@
 """BERT text encoder with cross-attention to the image, mirroring HF `BlipTextModel`.
 
 Post-LN BERT layers: self-attention, cross-attention to `encoder_hidden_states` (image embeds),
-feed-forward. Names follow the PyTorch state dict (`text_encoder.encoder.layer.{i}.attention.self.query`,
-`...crossattention.output.LayerNorm`, ...), Flax lists naming layer i `layer_{i}`.
+feed-forward. Names follow the PyTorch state dict
+(`text_encoder.encoder.layer.{i}.attention.self.query`, `...crossattention.output.LayerNorm`,
+...), Flax lists naming layer i `layer_{i}`.
 
 Grad-CAM hook: `cross_attn_delta` (B, heads, T, N_img) is added to the cross-attention
 probabilities of layer `delta_layer` (zero for a forward pass); the gradient of any output with

@@ -1,0 +1,42 @@
+"""Command-line switches for every method option (shared by the CLIs)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .config import IteRPrimEConfig
+
+
+def add_method_args(ap: argparse.ArgumentParser) -> None:
+    d = IteRPrimEConfig()
+    g = ap.add_argument_group("method (IteRPrimE) switches")
+    g.add_argument("--layer", type=int, default=None,
+                   help=f"text layer for Grad-CAM (default {d.layer}; clipped to the model's "
+                        "last layer for shallower models)")
+    g.add_argument("--iterations", type=int, default=d.iterations,
+                   help="IGRS passes in all (1 = plain Grad-CAM)")
+    g.add_argument("--alpha", type=float, default=d.alpha, help="IGRS blend weight")
+    g.add_argument("--no-pwe", action="store_true", help="disable Primary Word Emphasis")
+    g.add_argument("--no-template", action="store_true", help="no prompt template")
+    g.add_argument("--template", default=d.template, help="prompt template")
+    g.add_argument("--keep-rejected", action="store_true",
+                   help="authors' behaviour: blend the rejected IGRS pass into the map")
+    g.add_argument("--max-components", type=int, default=d.max_components)
+    g.add_argument("--heat-threshold", type=float, default=d.heat_threshold)
+    g.add_argument("--max-text-length", type=int, default=d.max_text_length)
+    g.add_argument("--spacy-model", default=d.spacy_model)
+    g.add_argument("--fallback-threshold", action="store_true",
+                   help="when no proposal covers a seed, use the thresholded heat map "
+                        "instead of an empty mask")
+
+
+def method_config_from_args(args: argparse.Namespace, num_text_layers: int) -> IteRPrimEConfig:
+    layer = IteRPrimEConfig().layer if args.layer is None else args.layer
+    if args.layer is None:
+        layer = min(layer, num_text_layers - 1)
+    return IteRPrimEConfig(
+        layer=layer, iterations=args.iterations, alpha=args.alpha, use_pwe=not args.no_pwe,
+        use_template=not args.no_template, template=args.template,
+        keep_rejected=args.keep_rejected, max_components=args.max_components,
+        heat_threshold=args.heat_threshold, max_text_length=args.max_text_length,
+        spacy_model=args.spacy_model, empty_if_no_candidate=not args.fallback_threshold)

@@ -1,0 +1,293 @@
+"""`segment()`: IteRPrimE end to end, and its batched forms.
+
+Data flow (ARCHITECTURE.md): image -> pixels -> image embeds (once per image) ; expression ->
+token ids + PWE masks (spaCy, outside jit) ; (embeds, tokens, masks) -> IGRS (jit) -> heat grid
+-> bicubic upsample onto a fixed canvas -> proposal selection (jit) -> mask.
+
+Static shapes under jit: text length = `IteRPrimEConfig.max_text_length`, sentences padded to
+a power-of-two bucket, proposals padded to a power-of-two bucket, images placed on a square
+canvas whose side is a multiple of `CANVAS_MULTIPLE`; the real image size is a traced value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import BlipConfig, IteRPrimEConfig
+from .gradcam import gradcam_from_embeds
+from .heat import heat_map
+from .language import TextBatch, encode_batch, load_spacy
+from .modeling import Params, encode_image
+from .preprocess import as_rgb_uint8, preprocess_image
+from .refine import IGRSResult, igrs, stretch
+from .select import check_proposals, count_components, select_proposal
+
+Array = jax.Array
+CANVAS_MULTIPLE = 64
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    """Smallest power of two >= max(n, minimum)."""
+    n = max(int(n), minimum, 1)
+    return 1 << (n - 1).bit_length()
+
+
+def canvas_side(hw: tuple[int, int], multiple: int = CANVAS_MULTIPLE) -> int:
+    """Square canvas side for an image of size hw: max side rounded up to `multiple`."""
+    return int(-(-max(hw) // multiple) * multiple)
+
+
+# --------------------------------------------------------------------------- jitted core
+def text_heatmaps(params: Params, bconfig: BlipConfig, mconfig: IteRPrimEConfig,
+                  image_embeds: Array, input_ids: Array, attention_mask: Array, focus: Array,
+                  primary: Array) -> IGRSResult:
+    """IGRS over B sentences of one image. image_embeds: (1, S, D); text arrays (B, T)."""
+    b = input_ids.shape[0]
+    per_sample_heat = jax.vmap(functools.partial(heat_map, use_pwe=mconfig.use_pwe))
+
+    def step(keep: Array) -> tuple[Array, Array]:
+        cam = gradcam_from_embeds(params, bconfig, image_embeds, input_ids, attention_mask,
+                                  mconfig.layer, keep)
+        return per_sample_heat(cam.attn, cam.grad, attention_mask, focus, primary), \
+            cam.match_prob
+
+    return igrs(step, b, bconfig.vision.grid, mconfig)
+
+
+def upsample_heat(heat: Array, image_hw: Array, canvas: int, mconfig: IteRPrimEConfig
+                  ) -> tuple[Array, Array]:
+    """(gh, gw) map -> (canvas, canvas) map (bicubic, half-pixel centres) over the top-left
+    image_hw region, min-max normalised there; zero outside. Returns (heat, region mask)."""
+    gh, gw = heat.shape
+    hw = image_hw.astype(jnp.float32)
+    scale = jnp.stack([hw[0] / gh, hw[1] / gw])
+    up = jax.image.scale_and_translate(heat, (canvas, canvas), (0, 1), scale,
+                                       jnp.zeros(2, jnp.float32), method="cubic",
+                                       antialias=False)
+    rows = jnp.arange(canvas)[:, None] < image_hw[0]
+    cols = jnp.arange(canvas)[None, :] < image_hw[1]
+    region = rows & cols
+    lo = jnp.min(jnp.where(region, up, jnp.inf))
+    hi = jnp.max(jnp.where(region, up, -jnp.inf))
+    up = jnp.where(region, (up - lo) / jnp.maximum(hi - lo, 1e-12), 0.0)
+    if mconfig.iterations == 1:  # the authors stretch the single-pass map
+        up = jnp.where(region, stretch(up, mconfig.stretch_sharpness, mconfig.stretch_center), 0.)
+    return up, region
+
+
+class CoreOutput(NamedTuple):
+    """Per sentence (leading B): heat (canvas, canvas), mask (canvas, canvas) bool, index
+    (chosen proposal, -1 none), has_candidate, and the IGRS result on the patch grid."""
+
+    heat: Array
+    mask: Array
+    index: Array
+    has_candidate: Array
+    igrs: IGRSResult
+
+
+def segment_core(params: Params, bconfig: BlipConfig, mconfig: IteRPrimEConfig, canvas: int,
+                 image_embeds: Array, input_ids: Array, attention_mask: Array, focus: Array,
+                 primary: Array, image_hw: Array, proposals: Array, proposal_valid: Array,
+                 num_components: Array) -> CoreOutput:
+    """One image, B sentences: IGRS heat maps, upsampling and proposal selection.
+
+    image_embeds (1, S, D); text arrays (B, T); image_hw (2,) int32; proposals
+    (N, canvas, canvas) bool (N may be 0: threshold baseline); proposal_valid,
+    num_components (N,).
+    """
+    res = text_heatmaps(params, bconfig, mconfig, image_embeds, input_ids, attention_mask,
+                        focus, primary)
+
+    def localize(h: Array) -> tuple[Array, Array, Array, Array]:
+        up, region = upsample_heat(h, image_hw, canvas, mconfig)
+        thresh = (up >= mconfig.heat_threshold) & region
+        if proposals.shape[0] == 0:
+            return up, thresh, jnp.int32(-1), jnp.asarray(False)
+        sel = select_proposal(up, proposals, proposal_valid, num_components,
+                              mconfig.max_components)
+        mask = sel.mask
+        if not mconfig.empty_if_no_candidate:
+            mask = jnp.where(sel.has_candidate, mask, thresh)
+        return up, mask, sel.index, sel.has_candidate
+
+    up, mask, index, has = jax.vmap(localize)(res.heat)
+    return CoreOutput(heat=up, mask=mask, index=index, has_candidate=has, igrs=res)
+
+
+TRACE_COUNT = {"segment_core": 0}  # incremented at trace time (tests count compilations)
+
+
+def _segment_core_traced(*args: Any) -> CoreOutput:
+    TRACE_COUNT["segment_core"] += 1
+    return segment_core(*args)
+
+
+segment_core_jit = jax.jit(_segment_core_traced, static_argnums=(1, 2, 3))
+encode_image_jit = jax.jit(encode_image, static_argnums=1)
+# vmap over images (each with its own padded sentences and proposals on a shared canvas).
+segment_images_core = jax.jit(
+    jax.vmap(_segment_core_traced, in_axes=(None, None, None, None) + (0,) * 9),
+    static_argnums=(1, 2, 3))
+
+
+# --------------------------------------------------------------------------- host side
+@dataclasses.dataclass(frozen=True)
+class SegmentResult:
+    """mask (H, W) bool; heatmap (H, W) float32 in [0,1]; iterations (accepted IGRS passes);
+    primary_word; proposal_index (-1: none chosen / no proposals); scores: P(match) per pass;
+    heatmaps_per_iteration (n, gh, gw) patch-grid maps; truncated: expression was cut."""
+
+    mask: np.ndarray
+    heatmap: np.ndarray
+    iterations: int
+    primary_word: str | None
+    proposal_index: int
+    has_candidate: bool
+    scores: np.ndarray
+    heatmaps_per_iteration: np.ndarray
+    expression: str
+    truncated: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedImage:
+    """Host-side inputs of one image on its canvas."""
+
+    hw: tuple[int, int]
+    canvas: int
+    pixels: np.ndarray                 # (S, S, 3) float32
+    proposals: np.ndarray              # (Nb, canvas, canvas) bool
+    proposal_valid: np.ndarray         # (Nb,) bool
+    num_components: np.ndarray         # (Nb,) int32
+    num_proposals: int
+
+
+def prepare_image(image: Any, bconfig: BlipConfig, proposals: Any | None = None,
+                  canvas: int | None = None, min_proposal_bucket: int = 4) -> PreparedImage:
+    """Validate and pad one image's inputs. proposals: (N, H, W) bool/uint8 or None."""
+    rgb = as_rgb_uint8(image)
+    hw = (int(rgb.shape[0]), int(rgb.shape[1]))
+    side = canvas or canvas_side(hw)
+    if side < max(hw):
+        raise ValueError(f"canvas {side} is smaller than the image {hw}")
+    if proposals is None:
+        props = np.zeros((0, side, side), bool)
+        valid = np.zeros((0,), bool)
+        ncomp = np.zeros((0,), np.int32)
+        n = 0
+    else:
+        p = check_proposals(proposals, hw)
+        n = p.shape[0]
+        nb = bucket(n, min_proposal_bucket)
+        props = np.zeros((nb, side, side), bool)
+        props[:n, : hw[0], : hw[1]] = p
+        valid = np.arange(nb) < n
+        ncomp = np.zeros((nb,), np.int32)
+        ncomp[:n] = count_components(p) if n else ncomp[:0]
+    return PreparedImage(hw=hw, canvas=side, pixels=preprocess_image(rgb, bconfig),
+                         proposals=props, proposal_valid=valid, num_components=ncomp,
+                         num_proposals=n)
+
+
+def pad_text(batch: TextBatch, size: int) -> tuple[np.ndarray, ...]:
+    """Pad (B, T) text arrays to `size` rows (dummy rows repeat row 0; results dropped)."""
+    arrays = (batch.input_ids, batch.attention_mask, batch.focus, batch.primary)
+    b = arrays[0].shape[0]
+    if size < b:
+        raise ValueError(f"cannot pad {b} sentences to {size}")
+    idx = np.concatenate([np.arange(b), np.zeros(size - b, int)])
+    return tuple(a[idx] for a in arrays)
+
+
+def _results(out: CoreOutput, batch: TextBatch, hw: tuple[int, int]) -> list[SegmentResult]:
+    out = jax.device_get(out)
+    h, w = hw
+    results = []
+    for i, item in enumerate(batch.items):
+        results.append(SegmentResult(
+            mask=np.asarray(out.mask[i, :h, :w]), heatmap=np.asarray(out.heat[i, :h, :w]),
+            iterations=int(out.igrs.iterations[i]), primary_word=item.primary_word,
+            proposal_index=int(out.index[i]), has_candidate=bool(out.has_candidate[i]),
+            scores=np.asarray(out.igrs.scores[i]),
+            heatmaps_per_iteration=np.asarray(out.igrs.heats[i]),
+            expression=item.expression, truncated=item.truncated))
+    return results
+
+
+def encode_texts(model: Any, expressions: Sequence[str], config: IteRPrimEConfig) -> TextBatch:
+    """spaCy + WordPiece with the prompt template -> fixed-length (B, T) arrays."""
+    if isinstance(expressions, str):
+        expressions = [expressions]
+    if len(expressions) == 0:
+        raise ValueError("no expressions given")
+    if config.max_text_length > model.config.text.max_position_embeddings:
+        raise ValueError(f"max_text_length {config.max_text_length} exceeds the model's "
+                         f"{model.config.text.max_position_embeddings} positions")
+    return encode_batch(model.tokenizer, load_spacy(config.spacy_model), expressions, config)
+
+
+def segment_batch(model: Any, image: Any, expressions: Sequence[str], proposals: Any = None,
+                  config: IteRPrimEConfig = IteRPrimEConfig()) -> list[SegmentResult]:
+    """All expressions of one image in one jitted call (image encoded once)."""
+    batch = encode_texts(model, expressions, config)
+    prep = prepare_image(image, model.config, proposals)
+    embeds = encode_image_jit(model.params, model.config, prep.pixels[None])
+    text = pad_text(batch, bucket(len(batch.items)))
+    out = segment_core_jit(model.params, model.config, config, prep.canvas, embeds, *text,
+                           np.asarray(prep.hw, np.int32), prep.proposals, prep.proposal_valid,
+                           prep.num_components)
+    return _results(out, batch, prep.hw)
+
+
+def segment(model: Any, image_uint8: Any, expression: str, proposals: Any = None,
+            config: IteRPrimEConfig = IteRPrimEConfig()) -> SegmentResult:
+    """Segment the object `expression` refers to in `image_uint8` (H, W, 3).
+
+    proposals: (N, H, W) class-agnostic masks, or None for the threshold baseline.
+    """
+    return segment_batch(model, image_uint8, [expression], proposals, config)[0]
+
+
+def segment_images(model: Any, images: Sequence[Any], expressions: Sequence[Sequence[str]],
+                   proposals: Sequence[Any] | None = None,
+                   config: IteRPrimEConfig = IteRPrimEConfig()) -> list[list[SegmentResult]]:
+    """Several images at once (vmap over images): per image, all its expressions."""
+    if len(images) != len(expressions):
+        raise ValueError(f"{len(images)} images but {len(expressions)} expression lists")
+    if proposals is not None and len(proposals) != len(images):
+        raise ValueError(f"{len(images)} images but {len(proposals)} proposal arrays")
+    batches = [encode_texts(model, e, config) for e in expressions]
+    hws = [as_rgb_uint8(im, f"images[{i}]").shape[:2] for i, im in enumerate(images)]
+    side = max(canvas_side(hw) for hw in hws)
+    preps = [prepare_image(im, model.config, None if proposals is None else proposals[i], side)
+             for i, im in enumerate(images)]
+    nb = max(p.proposals.shape[0] for p in preps)
+    sb = bucket(max(len(b.items) for b in batches))
+    texts = [pad_text(b, sb) for b in batches]
+    stacked = [np.stack([t[k] for t in texts]) for k in range(4)]
+    props = np.zeros((len(preps), nb, side, side), bool)
+    valid = np.zeros((len(preps), nb), bool)
+    ncomp = np.zeros((len(preps), nb), np.int32)
+    for i, p in enumerate(preps):
+        n = p.proposals.shape[0]
+        props[i, :n], valid[i, :n], ncomp[i, :n] = p.proposals, p.proposal_valid, \
+            p.num_components
+    pixels = np.stack([p.pixels for p in preps])
+    embeds = encode_image_jit(model.params, model.config, pixels)[:, None]
+    hw = np.asarray([p.hw for p in preps], np.int32)
+    out = segment_images_core(model.params, model.config, config, side, embeds, *stacked, hw,
+                              props, valid, ncomp)
+    out = jax.device_get(out)
+    results = []
+    for i, (b, p) in enumerate(zip(batches, preps, strict=True)):
+        per = jax.tree_util.tree_map(lambda x, i=i: x[i], out)
+        results.append(_results(per, b, p.hw))
+    return results
