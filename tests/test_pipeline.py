@@ -1,0 +1,176 @@
+"""segment(): static-shape compilation, batched == one-by-one, bad inputs, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import iterprime_jax as ij
+from iterprime_jax import pipeline
+from iterprime_jax.config import IteRPrimEConfig
+
+# layer 0: at the last layer only the [CLS] row reaches the ITM head (other rows get no grad)
+CFG = IteRPrimEConfig(layer=0, max_text_length=16)
+EXPRS = ["the man in a red shirt left of the dog", "left guy", "giraffe on the right"]
+
+
+def _image(h=40, w=50, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _proposals(h=40, w=50, n=3):
+    p = np.zeros((n, h, w), bool)
+    for i in range(n):
+        p[i, (i * h) // n:((i + 1) * h) // n] = True
+    p[-1, :, : w // 2] = True
+    return p
+
+
+def test_segment_result_fields(tiny_model):
+    r = ij.segment(tiny_model, _image(), EXPRS[0], _proposals(), CFG)
+    assert r.mask.shape == (40, 50) and r.mask.dtype == bool
+    assert r.heatmap.shape == (40, 50) and r.heatmap.dtype == np.float32
+    assert 0.0 <= r.heatmap.min() and r.heatmap.max() == pytest.approx(1.0)
+    assert r.primary_word == "man" and 1 <= r.iterations <= CFG.iterations
+    assert 0 <= r.proposal_index < 3 and r.has_candidate
+    assert np.array_equal(r.mask, _proposals()[r.proposal_index])
+    # the chosen proposal covers the heat map's maximum
+    assert r.mask[np.unravel_index(np.argmax(r.heatmap), r.heatmap.shape)]
+    assert r.heatmaps_per_iteration.shape == (CFG.iterations, 4, 4)
+
+
+def test_compiles_once_per_bucket(tiny_model):
+    ij.segment(tiny_model, _image(), "warm up", _proposals(n=3), CFG)
+    before = pipeline.TRACE_COUNT["segment_core"]
+    # other text, other proposal count in the same bucket (4), other image size (canvas 64)
+    ij.segment(tiny_model, _image(30, 60, 1), "giraffe on the right", _proposals(30, 60, 4), CFG)
+    ij.segment(tiny_model, _image(64, 20, 2), "a blue car", _proposals(64, 20, 2), CFG)
+    assert pipeline.TRACE_COUNT["segment_core"] == before
+    ij.segment(tiny_model, _image(), "left guy", _proposals(n=5), CFG)  # bucket 8: one more
+    assert pipeline.TRACE_COUNT["segment_core"] == before + 1
+
+
+def test_batched_equals_one_by_one(tiny_model):
+    img, props = _image(), _proposals()
+    batched = ij.segment_batch(tiny_model, img, EXPRS, props, CFG)
+    for expr, b in zip(EXPRS, batched, strict=True):
+        single = ij.segment(tiny_model, img, expr, props, CFG)
+        assert single.proposal_index == b.proposal_index
+        assert single.iterations == b.iterations and single.primary_word == b.primary_word
+        np.testing.assert_allclose(single.heatmap, b.heatmap, atol=1e-4)
+        np.testing.assert_array_equal(single.mask, b.mask)
+
+
+def test_vmap_over_images_equals_per_image(tiny_model):
+    imgs = [_image(), _image(30, 60, 3)]
+    exprs = [EXPRS[:2], EXPRS[2:]]
+    props = [_proposals(), _proposals(30, 60, 2)]
+    multi = ij.segment_images(tiny_model, imgs, exprs, props, CFG)
+    for img, ex, pr, res in zip(imgs, exprs, props, multi, strict=True):
+        per = ij.segment_batch(tiny_model, img, ex, pr, CFG)
+        for a, b in zip(per, res, strict=True):
+            assert a.proposal_index == b.proposal_index and a.iterations == b.iterations
+            np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-4)
+
+
+def test_no_proposals_is_threshold_baseline(tiny_model):
+    r = ij.segment(tiny_model, _image(), "left guy", None, CFG)
+    assert r.proposal_index == -1
+    np.testing.assert_array_equal(r.mask, r.heatmap >= CFG.heat_threshold)
+
+
+@pytest.mark.parametrize("switch", [dict(use_pwe=False), dict(iterations=1),
+                                    dict(use_template=False), dict(alpha=0.5),
+                                    dict(layer=1), dict(keep_rejected=True)])
+def test_every_ablation_switch_runs(tiny_model, switch):
+    r = ij.segment(tiny_model, _image(), EXPRS[0], _proposals(), CFG.replace(**switch))
+    assert r.mask.shape == (40, 50) and np.isfinite(r.heatmap).all()
+
+
+def test_switches_change_the_heatmap(tiny_model):
+    base = ij.segment(tiny_model, _image(), EXPRS[0], None, CFG).heatmap
+    for sw in (dict(use_pwe=False), dict(use_template=False), dict(layer=1)):
+        other = ij.segment(tiny_model, _image(), EXPRS[0], None, CFG.replace(**sw)).heatmap
+        assert np.abs(base - other).max() > 1e-3, sw
+
+
+def test_bad_expressions(tiny_model):
+    for bad in ["", "   \n\t"]:
+        with pytest.raises(ValueError, match="empty"):
+            ij.segment(tiny_model, _image(), bad, None, CFG)
+    long = " ".join(["the big red dog"] * 20)
+    with pytest.warns(UserWarning, match="trunc"):
+        r = ij.segment(tiny_model, _image(), long, None, CFG)
+    assert r.truncated
+
+
+def test_bad_proposals_and_images(tiny_model):
+    with pytest.raises(ValueError, match=r"\(40, 50\)"):
+        ij.segment(tiny_model, _image(), "dog", _proposals(30, 50), CFG)
+    with pytest.raises(ValueError):
+        ij.segment(tiny_model, _image(), "dog", np.zeros((40, 50), bool), CFG)
+    with pytest.raises(ValueError, match="uint8"):
+        ij.segment(tiny_model, _image().astype(np.float32), "dog", None, CFG)
+
+
+def test_grayscale_and_rgba_images(tiny_model):
+    rgb = _image()
+    gray = rgb[..., 0]
+    rgba = np.concatenate([rgb, np.full((40, 50, 1), 255, np.uint8)], -1)
+    r_rgb = ij.segment(tiny_model, np.repeat(gray[..., None], 3, -1), "dog", _proposals(), CFG)
+    r_gray = ij.segment(tiny_model, gray, "dog", _proposals(), CFG)
+    np.testing.assert_allclose(r_rgb.heatmap, r_gray.heatmap, atol=1e-6)
+    r4 = ij.segment(tiny_model, rgba, "dog", _proposals(), CFG)
+    np.testing.assert_allclose(r4.heatmap,
+                               ij.segment(tiny_model, rgb, "dog", _proposals(), CFG).heatmap,
+                               atol=1e-6)
+
+
+def test_jax_transforms_compose(tiny_model):
+    """itm_logits is a pure function: grad w.r.t. pixels and vmap work."""
+    m = tiny_model
+    pix = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    ids = np.array([[101, 2045, 2003, 1037, 3899, 102]] * 2, np.int32)
+    am = np.ones_like(ids)
+
+    def match(p):
+        return ij.itm_logits(m.params, m.config, p, ids, am)[:, 1].sum()
+
+    g = jax.jit(jax.grad(match))(pix)
+    assert g.shape == pix.shape and np.isfinite(g).all() and np.abs(g).max() > 0
+    per = jax.vmap(lambda p: ij.itm_logits(m.params, m.config, p[None], ids[:1], am[:1])[0])(pix)
+    np.testing.assert_allclose(per, ij.itm_logits(m.params, m.config, pix, ids, am), atol=1e-5)
+
+
+def test_cli_writes_mask_and_overlay(tiny_model_dir, tmp_path):
+    img_path = tmp_path / "img.png"
+    Image.fromarray(_image()).save(img_path)
+    np.save(tmp_path / "props.npy", _proposals())
+    out = tmp_path / "out" / "mask.png"
+    cmd = [sys.executable, "-m", "iterprime_jax.segment", "--weights", str(tiny_model_dir),
+           "--image", str(img_path), "--text", "the dog on the left", "--proposals",
+           str(tmp_path / "props.npy"), "--out", str(out), "--layer", "0",
+           "--max-text-length", "16"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    mask = np.asarray(Image.open(out))
+    assert mask.shape == (40, 50) and set(np.unique(mask)) <= {0, 255} and mask.any()
+    overlay = Image.open(out.with_name("mask.overlay.png"))
+    assert overlay.size == (50, 40) and overlay.mode == "RGB"
+    assert any(np.array_equal(mask > 0, p) for p in _proposals())
+
+
+def test_cli_bad_image(tiny_model_dir, tmp_path):
+    bad = tmp_path / "corrupt.jpg"
+    bad.write_bytes(b"\xff\xd8not a jpeg")
+    cmd = [sys.executable, "-m", "iterprime_jax.segment", "--weights", str(tiny_model_dir),
+           "--image", str(bad), "--text", "dog", "--out", str(tmp_path / "m.png")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "corrupt.jpg" in done.stderr
+    assert not Path(tmp_path / "m.png").exists()
