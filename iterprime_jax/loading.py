@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
-from .config import BlipConfig
+from .config import BlipConfig, IteRPrimEConfig
 from .convert import CONFIG_NAME, CheckpointError, restore_params
 
 
@@ -50,3 +51,28 @@ def load(path: str | Path, dtype: str | None = None) -> Model:
     params = restore_params(path, config)
     tokenizer = load_tokenizer(path)
     return Model(config=config, params=params, tokenizer=tokenizer, path=path)
+
+
+METHOD_NAME = "method.json"
+
+
+def method_config(model: Model | str | Path, **overrides: Any) -> IteRPrimEConfig:
+    """The method config recommended for a checkpoint: `IteRPrimEConfig()` updated with the
+    fields of `method.json` in its directory (if present), then with `overrides`.
+
+    Small models ship a `method.json` (e.g. the Grad-CAM layer of a 4-layer text encoder);
+    the paper's defaults apply to the public BLIP checkpoints.
+    """
+    path = Path(model.path if isinstance(model, Model) else model)
+    fields = {}
+    f = path / METHOD_NAME
+    if f.exists():
+        try:
+            fields = json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"malformed JSON in {f}: {e}") from e
+        known = {x.name for x in dataclasses.fields(IteRPrimEConfig)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise CheckpointError(f"{f}: unknown IteRPrimEConfig fields {unknown}")
+    return IteRPrimEConfig(**{**fields, **overrides})
