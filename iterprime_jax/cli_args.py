@@ -6,6 +6,37 @@ import argparse
 
 from .config import IteRPrimEConfig
 
+# CLI dest -> IteRPrimEConfig field it sets.
+METHOD_FLAG_FIELDS: dict[str, str] = {
+    "layer": "layer", "iterations": "iterations", "alpha": "alpha", "no_pwe": "use_pwe",
+    "no_template": "use_template", "template": "template", "keep_rejected": "keep_rejected",
+    "max_components": "max_components", "heat_threshold": "heat_threshold",
+    "max_text_length": "max_text_length", "spacy_model": "spacy_model",
+    "fallback_threshold": "empty_if_no_candidate",
+}
+
+
+def explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations of the options actually given in `argv` (defaults suppressed).
+
+    The defaults are suppressed for the probe parse and restored afterwards.
+    """
+    saved = [(a, a.default) for a in parser._actions]  # noqa: SLF001 - no public API
+    try:
+        for a, _ in saved:
+            a.default = argparse.SUPPRESS
+        ns, _ = parser.parse_known_args(argv)
+    finally:
+        for a, d in saved:
+            a.default = d
+    return set(vars(ns))
+
+
+def explicit_method_fields(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """`IteRPrimEConfig` fields set explicitly on the command line (they beat method.json)."""
+    return {METHOD_FLAG_FIELDS[d] for d in explicit_dests(parser, argv)
+            if d in METHOD_FLAG_FIELDS}
+
 
 def add_method_args(ap: argparse.ArgumentParser) -> None:
     d = IteRPrimEConfig()

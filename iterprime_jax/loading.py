@@ -56,23 +56,38 @@ def load(path: str | Path, dtype: str | None = None) -> Model:
 METHOD_NAME = "method.json"
 
 
+def read_method_json(path: str | Path) -> dict[str, Any]:
+    """The `method.json` of a checkpoint directory (empty dict if absent): recommended
+    `IteRPrimEConfig` fields, checked for unknown names and wrong types (CheckpointError)."""
+    f = Path(path) / METHOD_NAME
+    if not f.exists():
+        return {}
+    try:
+        fields = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {f}: {e}") from None
+    if not isinstance(fields, dict):
+        raise CheckpointError(f"{f} must hold a JSON object of IteRPrimEConfig fields")
+    known = {x.name for x in dataclasses.fields(IteRPrimEConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise CheckpointError(f"{f}: unknown IteRPrimEConfig fields {unknown}; known: "
+                              f"{sorted(known)}")
+    default = IteRPrimEConfig()
+    for k, v in fields.items():
+        want = type(getattr(default, k))
+        ok = isinstance(v, want) or (want is float and isinstance(v, int))
+        if not ok or (want is int and isinstance(v, bool)):
+            raise CheckpointError(f"{f}: field {k!r} must be {want.__name__}, got {v!r}")
+    return fields
+
+
 def method_config(model: Model | str | Path, **overrides: Any) -> IteRPrimEConfig:
     """The method config recommended for a checkpoint: `IteRPrimEConfig()` updated with the
     fields of `method.json` in its directory (if present), then with `overrides`.
 
-    Small models ship a `method.json` (e.g. the Grad-CAM layer of a 4-layer text encoder);
+    Small models ship a `method.json` (e.g. the Grad-CAM layer of a 3-layer text encoder);
     the paper's defaults apply to the public BLIP checkpoints.
     """
     path = Path(model.path if isinstance(model, Model) else model)
-    fields = {}
-    f = path / METHOD_NAME
-    if f.exists():
-        try:
-            fields = json.loads(f.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"malformed JSON in {f}: {e}") from e
-        known = {x.name for x in dataclasses.fields(IteRPrimEConfig)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise CheckpointError(f"{f}: unknown IteRPrimEConfig fields {unknown}")
-    return IteRPrimEConfig(**{**fields, **overrides})
+    return IteRPrimEConfig(**{**read_method_json(path), **overrides})

@@ -60,7 +60,7 @@ def read_proposals(path: str | Path, hw: tuple[int, int]) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli_args import add_method_args, method_config_from_args
+    from .cli_args import add_method_args, explicit_method_fields, method_config_from_args
 
     ap = argparse.ArgumentParser(description="IteRPrimE: segment one object in one image.")
     ap.add_argument("--weights", required=True, help="converted weights dir")
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from . import load
+    from .evaluate import resolve_method_config
     from .pipeline import segment
     from .visualize import overlay
 
@@ -80,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         image = read_image(args.image)
         props = None if args.proposals is None else read_proposals(args.proposals,
                                                                    image.shape[:2])
-        cfg = method_config_from_args(args, model.config.text.num_hidden_layers)
+        tc = model.config.text
+        cfg = resolve_method_config(  # method.json of the weights, then explicit flags
+            args.weights, tc.num_hidden_layers,
+            method_config_from_args(args, tc.num_hidden_layers),
+            explicit_method_fields(ap, list(sys.argv[1:] if argv is None else argv)),
+            tc.max_position_embeddings)
         res = segment(model, image, args.text, props, cfg)
     except ValueError as e:
         log.error("%s", e)

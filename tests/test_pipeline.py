@@ -174,3 +174,28 @@ def test_cli_bad_image(tiny_model_dir, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "corrupt.jpg" in done.stderr
     assert not Path(tmp_path / "m.png").exists()
+
+
+def test_cli_reads_method_json(tiny_model_dir, tmp_path, caplog):
+    """The weights' method.json applies to the CLI (an out-of-range layer there is named),
+    and an explicit flag beats it."""
+    import shutil
+
+    from iterprime_jax.segment import main
+
+    weights = tmp_path / "w"
+    shutil.copytree(tiny_model_dir, weights)
+    (weights / "method.json").write_text('{"layer": 5}')
+    img_path = tmp_path / "img.png"
+    Image.fromarray(_image()).save(img_path)
+    args = ["--weights", str(weights), "--image", str(img_path), "--text", "the dog",
+            "--out", str(tmp_path / "m.png")]
+    assert main(args) == 2
+    assert "layer 5 is out of range" in caplog.text and "method.json" in caplog.text
+    assert not (tmp_path / "m.png").exists()
+    assert main([*args, "--layer", "0", "--max-text-length", "16"]) == 0  # the flag wins
+    assert (tmp_path / "m.png").exists()
+    (weights / "method.json").write_text('{"layer": 0, "iterations": "three"}')
+    caplog.clear()
+    assert main([*args, "--layer", "0"]) == 2
+    assert "'iterations' must be int" in caplog.text

@@ -1,0 +1,82 @@
+"""Small ShapesRef ITM training: a tiny config learns, and its weights round-trip through load."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import iterprime_jax
+from iterprime_jax import train_itm
+from iterprime_jax.modeling import itm_logits
+
+TINY = train_itm.TrainConfig(
+    steps=30, batch_size=16, lr=2e-3, warmup=3, width=32, heads=2, vision_layers=1,
+    text_layers=1, patch_size=16, max_text_length=20, max_position_embeddings=24,
+    projection_dim=8, pool_scenes=60, workers=1, seed=0, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_itm.make_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def pool(tokenizer):
+    return train_itm.build_pool(TINY, tokenizer, TINY.pool_scenes, TINY.seed, workers=1)
+
+
+def test_pool_is_deterministic_and_tokenised_with_template(tokenizer, pool):
+    again = train_itm.build_pool(TINY, tokenizer, 5, TINY.seed, workers=1)
+    np.testing.assert_array_equal(again.images, pool.images[:5])
+    assert len(pool) == TINY.pool_scenes
+    assert len(pool.pos) >= len(pool) and len(pool.neg) > 0
+    ids = pool.ids[0][pool.mask[0] == 1]
+    text = tokenizer.decode(ids[1:-1])
+    assert text == "there is a " + pool.texts[0]
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    images, b_ids, b_mask, labels = pool.sample(np.random.default_rng(0), 32)
+    assert images.shape == (32, 64, 64, 3) and images.dtype == np.uint8
+    assert b_ids.shape == b_mask.shape == (32, TINY.max_text_length)
+    assert set(np.unique(labels)) <= {0, 1} and 0 < labels.sum() < 32
+
+
+def test_loss_decreases(tokenizer, pool):
+    losses = train_itm.step_losses(TINY, tokenizer, pool)
+    assert len(losses) == TINY.steps
+    assert np.all(np.isfinite(losses))
+    first, last = float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
+    assert last < first - 0.02, (first, last)
+
+
+def test_save_load_roundtrip(tmp_path, tokenizer, pool):
+    tc = dataclasses.replace(TINY, steps=2)
+    params, config, history = train_itm.train(tc, tokenizer, pool, progress=False)
+    assert [h["step"] for h in history] == [1, 2]
+    out = train_itm.save_model(tmp_path / "m", params, config)
+    model = iterprime_jax.load(out)
+    assert model.config == config
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(model.params),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert model.tokenizer.tokenize("There is a Red Circle") == ["there", "is", "a", "red",
+                                                                 "circle"]
+    assert json.loads((out / "tokenizer_config.json").read_text())["do_lower_case"] is True
+    images, ids, mask, _ = pool.sample(np.random.default_rng(1), 4)
+    pixels = train_itm.normalise_images(images, config)
+    got = itm_logits(model.params, model.config, pixels, ids, mask)
+    want = itm_logits(params, config, pixels, ids, mask)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_model_config_and_cli_defaults():
+    cfg = train_itm.model_config(train_itm.TrainConfig())
+    assert cfg.text.vocab_size == 30524
+    assert cfg.vision.grid == (8, 8)
+    assert cfg.text.encoder_hidden_size == cfg.vision.hidden_size
+    assert cfg.text.max_position_embeddings >= iterprime_jax.IteRPrimEConfig().max_text_length
+    args = train_itm._parser().parse_args(["--out", "x", "--steps", "7"])
+    assert args.steps == 7 and args.width == train_itm.TrainConfig().width
