@@ -846,6 +846,18 @@ def load_model(config: EvalConfig, model: Any) -> tuple[Any, Path]:
     return model, weights
 
 
+def _model_and_method(config: EvalConfig, model: Any, method: IteRPrimEConfig | None
+                      ) -> tuple[Any, Path, IteRPrimEConfig]:
+    """The model (loaded unless given), its directory and the validated method config."""
+    model, weights = load_model(config, model)
+    tc = model.config.text
+    if method is None:
+        method = resolve_method_config(weights, tc.num_hidden_layers,
+                                       max_positions=tc.max_position_embeddings)
+    validate_method_config(method, tc.num_hidden_layers, tc.max_position_embeddings)
+    return model, weights, method
+
+
 def _context(config: EvalConfig, model: Any, proposals: ProposalSource, weights: Path
              ) -> _Context:
     if config.dataset not in DATASETS and config.dataset != "refcoco_plus_unc":
@@ -985,12 +997,7 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
         and after every batch.
     """
     t_start = time.perf_counter()
-    model, weights = load_model(config, model)
-    tc = model.config.text
-    if method is None:
-        method = resolve_method_config(weights, tc.num_hidden_layers,
-                                       max_positions=tc.max_position_embeddings)
-    validate_method_config(method, tc.num_hidden_layers, tc.max_position_embeddings)
+    model, weights, method = _model_and_method(config, model, method)
     proposals = proposal_source(config.proposals)
     out = Path(config.out)
     identity = run_identity(config, method, proposals, weights)
@@ -1105,12 +1112,7 @@ def run_ablation(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | No
     Proposal rows use ``config.proposals`` (``gt`` when it is ``heatmap``). Not resumable.
     """
     t_start = time.perf_counter()
-    model, weights = load_model(config, model)
-    tc = model.config.text
-    if method is None:
-        method = resolve_method_config(weights, tc.num_hidden_layers,
-                                       max_positions=tc.max_position_embeddings)
-    validate_method_config(method, tc.num_hidden_layers, tc.max_position_embeddings)
+    model, weights, method = _model_and_method(config, model, method)
     if config.proposals == "heatmap":
         config = config.replace(proposals="gt")
     proposals = proposal_source(config.proposals)

@@ -9,8 +9,10 @@ sees a mask or a box. Its Grad-CAM over cross-attention is what IteRPrimE turns 
 
 writes orbax params + `blip_config.json` (`iterprime_jax.convert.save_params`), the tokenizer
 (`vocab.txt`, `tokenizer_config.json`) and `training_log.json` (recipe, command, wall time, loss /
-accuracy history, held-out ITM accuracy, and a localisation probe: the fraction of ShapesRef val
-sentences whose Grad-CAM heat peaks inside the referred object's mask, per text layer).
+accuracy history, held-out ITM accuracy, and a localisation probe: the fraction of ShapesRef
+train-split sentences whose Grad-CAM heat peaks inside the referred object's mask, per text
+layer) and `method.json` (the Grad-CAM layer the probe recommends; chosen on the ShapesRef train
+split, which the ITM training pool never draws from, so val stays untouched).
 
 Data: a pool of scenes is generated up front (numpy, in worker processes), with the prompt
 template of the pipeline (`IteRPrimEConfig().template`) applied before tokenisation; batches are
@@ -92,10 +94,10 @@ class TrainConfig:
       seed: seeds data, init and batch order.
     """
 
-    steps: int = 5000
+    steps: int = 10000
     batch_size: int = 64
-    lr: float = 5e-4
-    warmup: int = 300
+    lr: float = 7e-4
+    warmup: int = 500
     weight_decay: float = 0.01
     clip: float = 1.0
     width: int = 64
@@ -111,7 +113,7 @@ class TrainConfig:
     refs_per_scene: int = 2
     max_negatives: int = 8
     other_neg_frac: float = 0.25
-    attribute_frac: float = 0.6
+    attribute_frac: float = 0.7
     init_scale: float = 1.0
     seed: int = 0
     log_every: int = 100
@@ -432,21 +434,22 @@ def _probe_heat(params: dict, config: BlipConfig, layer: int, use_pwe: bool,
 
 
 def localisation_probe(params: dict, config: BlipConfig, tokenizer: Any, num_images: int = 200,
-                       split: str = "val", layers: Sequence[int] | None = None,
+                       split: str = "train", layers: Sequence[int] | None = None,
                        method: IteRPrimEConfig | None = None, batch: int = 64
                        ) -> dict[str, Any]:
     """Fraction of ShapesRef `split` sentences whose (upsampled) Grad-CAM heat argmax lies in the
     referred object's mask, per text layer, for the plain ("no PWE") and the PWE heat (also per
     kind, and the fraction whose argmax lies on any object).
 
-    Scenes are `shapesref.generate_example(ShapesRefConfig(num_val=num_images), split, i)`, the
-    same as the benchmark's val split with default settings.
+    Scenes are `shapesref.generate_example(ShapesRefConfig(), split, i)` for i < num_images:
+    with `split="val"` the benchmark's val images; the default ("train") is the ShapesRef
+    train split, used for model selection only (never evaluated on, never trained on).
     """
     from .language import encode_batch, load_spacy
 
     method = IteRPrimEConfig() if method is None else method
     layers = list(range(config.text.num_hidden_layers)) if layers is None else list(layers)
-    cfg = sr.ShapesRefConfig(num_val=num_images, image_size=config.vision.image_hw[0])
+    cfg = sr.ShapesRefConfig(image_size=config.vision.image_hw[0])
     images, targets, objects, sentences, kinds = [], [], [], [], []
     for i in range(num_images):
         scene, refs = sr.generate_example(cfg, split, i)
@@ -534,7 +537,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, help="output directory (weights/shapesref-itm)")
     ap.add_argument("--vocab", default=str(DEFAULT_VOCAB), help="WordPiece vocab.txt")
     ap.add_argument("--probe-images", type=int, default=200,
-                    help="ShapesRef val images for the localisation probe (0 = skip)")
+                    help="ShapesRef images for the localisation probe (0 = skip)")
+    ap.add_argument("--probe-split", default="train",
+                    help="ShapesRef split of the probe (it picks method.json's layer)")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -560,7 +565,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
              itm["accuracy_match"], itm["accuracy_mismatch"])
     probe = None
     if args.probe_images > 0:
-        probe = localisation_probe(params, config, tokenizer, args.probe_images)
+        probe = localisation_probe(params, config, tokenizer, args.probe_images,
+                                   args.probe_split)
         log.info("localisation probe (heat argmax in target mask): best %s = %.3f; %s",
                  probe["best"], probe["hit_rate"][probe["best"]],
                  ", ".join(f"{k} {v:.3f}" for k, v in probe["hit_rate"].items()))

@@ -1,0 +1,1135 @@
+"""End-to-end throughput of iterprime_jax against a PyTorch reference run the authors' way.
+
+    python bench/bench_pipeline.py [--quick] [--device auto|cpu|gpu] [--out FILE]
+
+Same machine, same random weights at the blip-itm-base-coco architecture (built once in
+PyTorch with a fixed seed and converted in memory with `iterprime_jax.convert`), same images,
+sentences and proposals (a RefCOCO-like load: images of 480x640, 7 sentences each, 20 mask
+proposals each, 3 IGRS passes, the prompt template, PWE masks from spaCy + the bert-base-uncased
+WordPiece vocab).
+
+(a) reference (bench/torch_reference.py): transformers `BlipForImageTextRetrieval`, hooks on the
+    layer-8 cross-attention probabilities, a FULL forward (image encoder included) and
+    `logit.backward()` (parameters requiring grad) per sentence per pass, eager, one sample at a
+    time; PWE / IGRS / selection ported to torch+numpy.
+(b) ours: per image `encode_image_jit` once + `segment_core_jit` over the image's sentences
+    (the library's `segment_batch` path minus the spaCy parse, which both share).
+
+Order: the parent process builds the weights and the data, then checks that both
+implementations give the same patch-grid IGRS maps (max |d| < 1e-3), accepted-pass counts and
+selections BEFORE anything is timed; timing runs in fresh subprocesses (peak RSS per process:
+/proc/self/status VmHWM reset through /proc/self/clear_refs just before the timed section, and
+getrusage's ru_maxrss over the whole process); their outputs are checked again before the JSON
+is written. Results: a printed table and bench/results/<device>-<date>.json (field `speedup`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+for _p in (str(BENCH), str(ROOT)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+VOCAB = ROOT / "tests" / "data" / "bert-base-uncased-vocab.txt"
+HEAT_TOL = 1e-3        # max |d| on the patch-grid IGRS maps
+FLIP_TOL_P = 1e-4      # |P_i - P_prev| below this: an accept/reject decision is a float-noise tie
+FLIP_TOL_STRETCH = 1e-3  # |stretch(h) - threshold| below this: a keep-mask bit is a tie
+
+
+# =========================================================================== small utilities
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def mem_mib() -> dict[str, float]:
+    """Current RSS, its high-water mark (VmHWM) and getrusage's ru_maxrss, MiB (Linux)."""
+    return {"rss_mib": _status_kib("VmRSS") / 1024, "hwm_mib": _status_kib("VmHWM") / 1024,
+            "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM (and ru_maxrss) to the current RSS: `echo 5 > /proc/self/clear_refs`."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def stats(xs: list[float]) -> dict[str, float]:
+    xs = [float(x) for x in xs]
+    if not xs:
+        return {}
+    return {"n": len(xs), "min": min(xs), "median": statistics.median(xs),
+            "mean": statistics.fmean(xs), "max": max(xs)}
+
+
+def clean_json(x: Any) -> Any:
+    """numpy scalars -> Python, non-finite floats -> None (strict JSON)."""
+    if isinstance(x, dict):
+        return {str(k): clean_json(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [clean_json(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return clean_json(x.tolist())
+    if isinstance(x, np.bool_ | bool):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating | float):
+        return float(x) if np.isfinite(x) else None
+    return x
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def bucket(n: int) -> int:
+    return 1 << (max(int(n), 1) - 1).bit_length()
+
+
+# =========================================================================== the workload
+ADJ = ["tall", "short", "young", "old", "red", "blue", "green", "white", "black", "small",
+       "large", "striped", "wooden", "smiling"]
+NOUN = ["man", "woman", "boy", "girl", "dog", "cat", "horse", "car", "bus", "chair", "table",
+        "umbrella", "bike", "elephant", "giraffe", "sheep", "person", "truck"]
+PLURAL = ["men", "women", "kids", "dogs", "cars", "people", "zebras"]
+CLOTHES = ["shirt", "jacket", "hat", "coat", "dress", "helmet"]
+PREP = ["next to", "behind", "in front of", "on the left of", "near", "on the right of",
+        "under", "beside"]
+SIDE = ["on the left", "on the right", "in the middle", "at the back", "in the corner"]
+
+
+def make_sentence(rng: np.random.Generator) -> str:
+    """A RefCOCO-like expression of 8-12 words."""
+    while True:
+        noun = rng.choice(PLURAL) if rng.random() < 0.2 else rng.choice(NOUN)
+        words = ["the", str(rng.choice(ADJ)), str(noun)]
+        if rng.random() < 0.6:
+            words += ["in", "a", str(rng.choice(ADJ)), str(rng.choice(CLOTHES))]
+        words += str(rng.choice(PREP)).split() + ["the"]
+        if rng.random() < 0.5:
+            words.append(str(rng.choice(ADJ)))
+        words.append(str(rng.choice(NOUN)))
+        if rng.random() < 0.5:
+            words += str(rng.choice(SIDE)).split()
+        if 8 <= len(words) <= 12:
+            return " ".join(words)
+
+
+def make_image(rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    h, w = hw
+    low = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    img = np.asarray(Image.fromarray(low).resize((w, h), Image.BICUBIC), np.float32)
+    yy, xx = np.mgrid[:h, :w]
+    for _ in range(5):
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        ry, rx = rng.uniform(20, h / 3), rng.uniform(20, w / 3)
+        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+        img[inside] = rng.uniform(0, 255, 3)
+    img += rng.normal(0, 8, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_proposals(rng: np.random.Generator, hw: tuple[int, int], n: int) -> np.ndarray:
+    """n class-agnostic blob masks: mostly 1 ellipse, some 2-3, a few of 14 dots (> 12
+    components, never a candidate)."""
+    h, w = hw
+    yy, xx = np.mgrid[:h, :w]
+    out = np.zeros((n, h, w), bool)
+    for i in range(n):
+        u = rng.random()
+        k, rmax = (1, 200) if u < 0.7 else ((int(rng.integers(2, 4)), 120) if u < 0.93
+                                            else (14, 12))
+        for _ in range(k):
+            cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+            ry, rx = rng.uniform(8, rmax), rng.uniform(8, rmax)
+            out[i] |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+        if not out[i].any():
+            out[i, int(h / 2), int(w / 2)] = True
+    return out
+
+
+def hf_blip_config():
+    """blip-itm-base-coco: HF `BlipConfig()` defaults, with BERT-base's 12 text heads (the
+    checkpoint's value; BlipTextConfig's default is 8)."""
+    from transformers import BlipConfig as HFBlipConfig
+
+    return HFBlipConfig(text_config={"num_attention_heads": 12})
+
+
+def our_config():
+    from iterprime_jax.config import BlipConfig
+
+    return BlipConfig.from_hf_dict(hf_blip_config().to_dict())
+
+
+def method_config(iterations: int):
+    from iterprime_jax.config import IteRPrimEConfig
+
+    return IteRPrimEConfig(iterations=iterations)
+
+
+def build_workload(args: argparse.Namespace, wd: Path) -> dict[str, Any]:
+    """Weights (torch, fixed seed) -> weights.npz; images, proposals, encoded text -> data.npz."""
+    import torch
+    import torch_reference as tr
+
+    from iterprime_jax.language import encode_batch, load_spacy
+
+    t0 = time.perf_counter()
+    model = tr.build_model(args.seed, hf_blip_config())
+    sd = tr.state_dict_numpy(model)
+    np.savez(wd / "weights.npz", **sd)
+    n_params = int(sum(v.size for k, v in sd.items() if not k.endswith("position_ids")))
+    log(f"weights: {n_params / 1e6:.1f}M parameters, seed {args.seed} "
+        f"({time.perf_counter() - t0:.1f}s)")
+
+    from transformers import BertTokenizer
+
+    tok = BertTokenizer(str(VOCAB), do_lower_case=True)
+    mcfg = method_config(args.iterations)
+    nlp = load_spacy(mcfg.spacy_model)
+    rng = np.random.default_rng(args.seed + 100)
+    n_text = max([args.sentences] + list(args.scaling))
+    hw = tuple(args.image_hw)
+    images = np.stack([make_image(rng, hw) for _ in range(args.images)])
+    proposals = np.stack([make_proposals(rng, hw, args.proposals) for _ in range(args.images)])
+    sentences = [[make_sentence(rng) for _ in range(n_text)] for _ in range(args.images)]
+    encode_batch(tok, nlp, sentences[0][:2], mcfg)  # warm spaCy
+    t0 = time.perf_counter()
+    batches = [encode_batch(tok, nlp, s, mcfg) for s in sentences]
+    parse_s = (time.perf_counter() - t0) / (args.images * n_text)
+    arr = {k: np.stack([getattr(b, k) for b in batches])
+           for k in ("input_ids", "attention_mask", "focus", "primary")}
+    np.savez(wd / "data.npz", images=images, proposals=proposals, **arr)
+    lengths = arr["attention_mask"].sum(-1)
+    primaries = [[it.primary_word for it in b.items] for b in batches]
+    info = {"images": args.images, "image_hw": list(hw), "sentences_per_image": args.sentences,
+            "sentences_generated_per_image": n_text, "proposals_per_image": args.proposals,
+            "iterations": args.iterations, "template": mcfg.template,
+            "max_text_length": mcfg.max_text_length,
+            "prompt_tokens": stats(lengths[:, : args.sentences].ravel().tolist()),
+            "words_per_sentence": stats([len(s.split()) for ss in sentences
+                                         for s in ss[: args.sentences]]),
+            "spacy_model": mcfg.spacy_model,
+            "spacy_wordpiece_s_per_sentence": parse_s,
+            "examples": [s for s in sentences[0][:3]],
+            "primary_words_image0": primaries[0][: args.sentences],
+            "model": {"architecture": "blip-itm-base-coco (HF BlipConfig() defaults, "
+                                      "text heads 12), random weights",
+                      "parameters": n_params, "seed": args.seed,
+                      "init": "N(0,0.02) matrices/embeddings/biases, LayerNorm 1+N(0,0.1) "
+                              "(HF's vision init std 1e-10 is degenerate)",
+                      "torch_version": torch.__version__}}
+    (wd / "sentences.json").write_text(json.dumps(sentences))
+    del model, sd
+    return info
+
+
+def load_data(wd: Path) -> dict[str, np.ndarray]:
+    with np.load(wd / "data.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def text_rows(data: dict[str, np.ndarray], i: int, n: int) -> tuple[np.ndarray, ...]:
+    return tuple(data[k][i, :n] for k in ("input_ids", "attention_mask", "focus", "primary"))
+
+
+# =========================================================================== ours (JAX)
+def jax_setup(wd: Path, cfg: Any) -> Any:
+    import jax
+
+    from iterprime_jax.convert import convert_state_dict
+
+    with np.load(wd / "weights.npz") as z:
+        sd = {k: z[k] for k in z.files}
+    params = convert_state_dict(sd, cfg)
+    del sd
+    params = jax.device_put(params)
+    jax.block_until_ready(params)
+    gc.collect()
+    return params
+
+
+def _cost(compiled: Any) -> dict[str, float]:
+    ca = compiled.cost_analysis()
+    if isinstance(ca, list | tuple):
+        ca = ca[0] if ca else {}
+    ca = ca or {}
+    return {"flops": float(ca.get("flops", float("nan"))),
+            "bytes_accessed": float(ca.get("bytes accessed", float("nan")))}
+
+
+class Ours:
+    """The library's per-image path: prepare_image -> encode_image_jit -> segment_core_jit,
+    ahead-of-time compiled so that compile time is measured on its own."""
+
+    def __init__(self, params: Any, cfg: Any, mcfg: Any):
+        self.params, self.cfg, self.mcfg = params, cfg, mcfg
+        self.compiled: dict[Any, Any] = {}
+        self.compile_s: dict[str, float] = {}
+        self.costs: dict[str, dict[str, float]] = {}
+
+    def _get(self, name: str, key: Any, lower: Any) -> Any:
+        if key not in self.compiled:
+            t0 = time.perf_counter()
+            self.compiled[key] = lower().compile()
+            self.compile_s[name] = time.perf_counter() - t0
+            self.costs[name] = _cost(self.compiled[key])
+        return self.compiled[key]
+
+    def encoder(self, pixels: np.ndarray) -> Any:
+        from iterprime_jax.pipeline import encode_image_jit
+
+        return self._get(f"encode_image[{pixels.shape[0]}]", ("enc", self.cfg, pixels.shape),
+                         lambda: encode_image_jit.lower(self.params, self.cfg, pixels))
+
+    def core(self, canvas: int, args: tuple) -> Any:
+        from iterprime_jax.pipeline import segment_core_jit
+
+        b, t = args[1].shape
+        key = ("core", self.cfg, self.mcfg, canvas) + tuple(np.shape(a) for a in args)
+        return self._get(f"segment_core[B={b},T={t},N={args[6].shape[0]},canvas={canvas}]", key,
+                         lambda: segment_core_jit.lower(self.params, self.cfg, self.mcfg,
+                                                        canvas, *args))
+
+    def run_image(self, image: np.ndarray, proposals: np.ndarray, text: tuple[np.ndarray, ...],
+                  text_len: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """All sentences of one image. text: (S, T) arrays; text_len: keep only the first
+        text_len token positions (trailing padding; a prototype of a token-length bucket)."""
+        import jax
+
+        from iterprime_jax.pipeline import prepare_image
+
+        s = text[0].shape[0]
+        t0 = time.perf_counter()
+        prep = prepare_image(image, self.cfg, proposals)
+        idx = np.concatenate([np.arange(s), np.zeros(bucket(s) - s, int)])
+        rows = tuple(a[idx] if text_len is None else a[idx, :text_len] for a in text)
+        px = prep.pixels[None]
+        t1 = time.perf_counter()
+        enc = self.encoder(px)
+        t2 = time.perf_counter()
+        emb = enc(self.params, px)
+        emb.block_until_ready()
+        t3 = time.perf_counter()
+        args = (emb, *rows, np.asarray(prep.hw, np.int32), prep.proposals, prep.proposal_valid,
+                prep.num_components)
+        core = self.core(prep.canvas, args)
+        t4 = time.perf_counter()
+        out = jax.device_get(core(self.params, *args))
+        t5 = time.perf_counter()
+        h, w = prep.hw
+        rec = {"heat": out.igrs.heat[:s], "heats": out.igrs.heats[:s],
+               "scores": out.igrs.scores[:s], "iterations": out.igrs.iterations[:s],
+               "keep": out.igrs.keep[:s], "index": out.index[:s],
+               "has_candidate": out.has_candidate[:s], "up": out.heat[:s, :h, :w]}
+        timing = {"host_prep_s": t1 - t0, "encode_s": t3 - t2, "core_s": t5 - t4,
+                  "compile_s": (t2 - t1) + (t4 - t3), "total_s": t5 - t0 - (t2 - t1) - (t4 - t3)}
+        return rec, timing
+
+
+# =========================================================================== reference (torch)
+def torch_device(choice: str) -> str:
+    import torch
+
+    if choice == "gpu" or (choice == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+def ref_records(results: list[Any], n: int) -> dict[str, np.ndarray]:
+    """RefResult list -> arrays shaped like ours (heats zero / scores NaN after the stop)."""
+    grid = results[0].heat.shape
+    heats = np.zeros((len(results), n, *grid), np.float32)
+    scores = np.full((len(results), n), np.nan, np.float32)
+    for j, r in enumerate(results):
+        heats[j, : len(r.heats)] = np.stack(r.heats)
+        scores[j, : len(r.scores)] = r.scores
+    return {"heat": np.stack([r.heat for r in results]), "heats": heats, "scores": scores,
+            "iterations": np.asarray([r.iterations for r in results]),
+            "keep": np.stack([r.keep.reshape(grid) for r in results]).astype(bool),
+            "index": np.asarray([r.index for r in results]),
+            "has_candidate": np.asarray([r.has_candidate for r in results]),
+            "up": np.stack([r.up for r in results]),
+            "passes": np.asarray([r.passes for r in results])}
+
+
+def run_reference(ref: Any, data: dict[str, np.ndarray], image: int, sentences: range,
+                  timed: bool = False) -> tuple[dict[str, np.ndarray], list[dict[str, float]]]:
+    import torch_reference as tr
+
+    img, props = data["images"][image], data["proposals"][image]
+    ids, am, focus, prim = text_rows(data, image, max(sentences) + 1)
+    t0 = time.perf_counter()
+    ncomp = tr.count_components(props)
+    per_image_s = time.perf_counter() - t0
+    results, times = [], []
+    for j in sentences:
+        sent = tr.Sentence.from_arrays(ids[j], am[j], focus[j], prim[j])
+        c0, w0 = time.process_time(), time.perf_counter()
+        results.append(ref.segment(img, sent, props, ncomp))
+        times.append({"wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0,
+                      "passes": results[-1].passes})
+        if timed:
+            log(f"  reference image {image} sentence {j}: {times[-1]['wall_s']:.2f}s, "
+                f"{results[-1].passes} passes")
+    times[0]["wall_s"] += per_image_s  # count_components once per image
+    return ref_records(results, ref.iterations), times
+
+
+# =========================================================================== parity
+def compare(ref: dict[str, np.ndarray], ours: dict[str, np.ndarray], iterations: int,
+            mcfg: Any, check_up: bool = True) -> dict[str, Any]:
+    """Per sentence: same accepted passes, same keep-mask, IGRS maps within HEAT_TOL, same
+    selection. A decision that differs at a float-noise tie (margins below FLIP_TOL_*) is
+    reported as a flip (maps compared up to it), anything else is a failure."""
+    import torch_reference as tr
+
+    n_s = ref["heat"].shape[0]
+    report: dict[str, Any] = {"sentences": n_s, "flips": [], "failures": [],
+                              "selection_ties": []}
+    max_heat, max_final, max_score, max_up = 0.0, 0.0, 0.0, 0.0
+    min_p_margin, min_k_margin = np.inf, np.inf
+    for j in range(n_s):
+        passes = int(np.sum(~np.isnan(ref["scores"][j])))
+        # decision margins of the reference run
+        p_margin, k_margin = np.inf, np.inf
+        prev = ref["scores"][j, 0]
+        hmaps = [ref["heats"][j, 0]]
+        for i in range(1, passes):
+            p_margin = min(p_margin, abs(float(ref["scores"][j, i] - prev)))
+            if ref["scores"][j, i] >= prev:
+                prev = ref["scores"][j, i]
+                hmaps.append(ref["heats"][j, i])
+        for h in hmaps[: iterations - 1]:
+            st = tr.stretch(h, mcfg.stretch_sharpness, mcfg.stretch_center)
+            k_margin = min(k_margin, float(np.min(np.abs(st - mcfg.mask_threshold))))
+        min_p_margin, min_k_margin = min(min_p_margin, p_margin), min(min_k_margin, k_margin)
+        same_iter = int(ref["iterations"][j]) == int(ours["iterations"][j])
+        same_keep = bool(np.array_equal(ref["keep"][j], ours["keep"][j]))
+        ours_passes = int(np.sum(~np.isnan(ours["scores"][j])))
+        upto = min(passes, ours_passes)
+        if not (same_iter and same_keep and passes == ours_passes):
+            # find the first pass whose inputs differ: compare maps only before it
+            diverge = 1
+            while diverge < upto and abs(float(ref["scores"][j, diverge]
+                                               - ours["scores"][j, diverge])) < 1e-4:
+                diverge += 1
+            upto = diverge
+            entry = {"sentence": j, "iterations_ref": int(ref["iterations"][j]),
+                     "iterations_ours": int(ours["iterations"][j]), "p_margin": p_margin,
+                     "keep_margin": k_margin, "passes_compared": upto}
+            if p_margin < FLIP_TOL_P or k_margin < FLIP_TOL_STRETCH:
+                report["flips"].append(entry)
+            else:
+                report["failures"].append({**entry, "why": "IGRS decision differs"})
+        d = float(np.max(np.abs(ref["heats"][j, :upto] - ours["heats"][j, :upto])))
+        max_heat = max(max_heat, d)
+        max_score = max(max_score, float(np.max(np.abs(ref["scores"][j, :upto]
+                                                       - ours["scores"][j, :upto]))))
+        if d >= HEAT_TOL:
+            report["failures"].append({"sentence": j, "why": f"pass maps differ by {d:.2e}"})
+        if same_iter and same_keep and passes == ours_passes:
+            df = float(np.max(np.abs(ref["heat"][j] - ours["heat"][j])))
+            max_final = max(max_final, df)
+            if df >= HEAT_TOL:
+                report["failures"].append({"sentence": j, "why": f"final map differs {df:.2e}"})
+            if check_up:
+                max_up = max(max_up, float(np.max(np.abs(ref["up"][j] - ours["up"][j]))))
+            if int(ref["index"][j]) != int(ours["index"][j]):
+                tie = _selection_tie(ref["up"][j], ours["up"][j]) if check_up else False
+                entry = {"sentence": j, "index_ref": int(ref["index"][j]),
+                         "index_ours": int(ours["index"][j])}
+                (report["selection_ties"] if tie else report["failures"]).append(
+                    {**entry, "why": "selection differs"})
+    report.update({"max_abs_pass_heat": max_heat, "max_abs_final_heat": max_final,
+                   "max_abs_p_match": max_score, "max_abs_upsampled_heat": max_up,
+                   "min_decision_margin_p": min_p_margin,
+                   "min_decision_margin_stretch": min_k_margin,
+                   "iterations_ref": ref["iterations"].tolist(),
+                   "iterations_ours": ours["iterations"].tolist(),
+                   "index_ref": ref["index"].tolist(), "index_ours": ours["index"].tolist(),
+                   "ok": not report["failures"]})
+    return report
+
+
+def _selection_tie(up_ref: np.ndarray, up_ours: np.ndarray) -> bool:
+    """The seed set (argmax pixels) is ambiguous at float noise in either map."""
+    return bool(np.max(up_ref) - up_ref.ravel()[np.argmax(up_ours)] < 1e-5
+                and np.argmax(up_ref) != np.argmax(up_ours))
+
+
+def authors_upsample_agreement(ref: dict[str, np.ndarray], data: dict[str, np.ndarray],
+                               image: int, ours_index: np.ndarray) -> dict[str, Any]:
+    """Selections when the final map is upsampled the authors' way (F.interpolate bicubic,
+    a=-0.75, clamped borders) instead of the library's Keys a=-0.5 resampler."""
+    import torch_reference as tr
+
+    props = data["proposals"][image]
+    ncomp = tr.count_components(props)
+    hw = data["images"].shape[1:3]
+    idx = [tr.select(tr.upsample(h, hw, "authors"), props, ncomp)[0] for h in ref["heat"]]
+    same = [int(a) == int(b) for a, b in zip(idx, ours_index, strict=True)]
+    return {"index_authors_upsample": idx, "agree": int(sum(same)), "of": len(same)}
+
+
+# =========================================================================== workers
+def worker_torch(args: argparse.Namespace, wd: Path) -> dict[str, Any]:
+    import torch
+    import torch_reference as tr
+
+    dev = torch_device(args.device)
+    data = load_data(wd)
+    model = tr.build_model(args.seed, hf_blip_config())  # same architecture; weights replaced
+    with np.load(wd / "weights.npz") as z:
+        model.load_state_dict({k: torch.from_numpy(z[k]) for k in z.files})
+    ref = tr.Reference(model, iterations=args.iterations, upsample_mode=args.ref_upsample,
+                       device=dev)
+    gc.collect()
+    mem0 = mem_mib()
+    peak_reset = reset_peak_rss()
+    load0 = loadavg()
+    # warm-up: one forward + backward (allocator, lazy init), untimed, with FLOPs counted
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ids, am, *_ = text_rows(data, 0, 1)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        tr.gradcam_pass(ref.model, ref.hooks, data["images"][0], ids[0][am[0] > 0], None, dev)
+    flops_pass = float(counter.get_total_flops())
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    recs, times = {}, []
+    w0 = time.perf_counter()
+    for i in range(args.ref_images):
+        rec, t = run_reference(ref, data, i, range(args.ref_sentences), timed=True)
+        recs.update({f"{i}/{k}": v for k, v in rec.items()})
+        times += t
+    total = time.perf_counter() - w0
+    mem1 = mem_mib()
+    np.savez(wd / "out_torch.npz", **recs)
+    n = len(times)
+    out = {"device": dev, "torch_threads": torch.get_num_threads(),
+           "sentences_timed": n, "images_timed": args.ref_images,
+           "sentences_per_s": n / total, "total_s": total,
+           "latency_per_sentence_s": stats([t["wall_s"] for t in times]),
+           "cpu_s_per_sentence": stats([t["cpu_s"] for t in times]),
+           "passes_per_sentence": stats([t["passes"] for t in times]),
+           "s_per_pass": sum(t["wall_s"] for t in times) / sum(t["passes"] for t in times),
+           "memory": {"method": "VmHWM after clear_refs reset (weights loaded) and ru_maxrss "
+                                "of this fresh subprocess", "peak_reset": peak_reset,
+                      "rss_before_mib": mem0["rss_mib"], "peak_rss_timed_mib": mem1["hwm_mib"],
+                      "ru_maxrss_mib": mem1["ru_maxrss_mib"],
+                      "ru_maxrss_before_reset_mib": mem0["ru_maxrss_mib"]},
+           "loadavg_start": load0, "loadavg_end": loadavg(),
+           "upsample": args.ref_upsample, "flops_per_pass": flops_pass,
+           "flops_note": "torch.utils.flop_counter on one full forward+backward (matmuls, "
+                         "convolutions, attention; elementwise ops not counted)",
+           "prompt_tokens_first_sentence": int(am[0].sum())}
+    if dev == "cuda":
+        out["memory"]["cuda_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def matmul_gflops(n: int, reps: int = 5) -> dict[str, float]:
+    import jax
+    import jax.numpy as jnp
+
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(k1, (n, n), jnp.float32)
+    b = jax.random.normal(k2, (n, n), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    f(a, b).block_until_ready()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        ts.append(time.perf_counter() - t0)
+    return {"n": n, "best_s": min(ts), "gflops_best": 2 * n**3 / min(ts) / 1e9,
+            "gflops_median": 2 * n**3 / statistics.median(ts) / 1e9}
+
+
+def _time_call(fn: Any, *args: Any, reps: int = 2) -> list[float]:
+    import jax
+
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def component_costs(ours: Ours, data: dict[str, np.ndarray], args: argparse.Namespace
+                    ) -> dict[str, Any]:
+    """Compile the stages of segment_core separately (one IGRS pass, a text forward, the
+    whole IGRS, upsample + selection) for FLOPs and a time breakdown on image 0."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    from iterprime_jax import pipeline as pl
+    from iterprime_jax.gradcam import gradcam_from_embeds
+    from iterprime_jax.heat import heat_map
+    from iterprime_jax.modeling import match_from_embeds
+    from iterprime_jax.select import select_proposal
+
+    cfg, mcfg, params = ours.cfg, ours.mcfg, ours.params
+    s = args.sentences
+    prep = pl.prepare_image(data["images"][0], cfg, data["proposals"][0])
+    emb = ours.encoder(prep.pixels[None])(params, prep.pixels[None])
+    idx = np.concatenate([np.arange(s), np.zeros(bucket(s) - s, int)])
+    ids, am, focus, prim = (a[idx] for a in text_rows(data, 0, s))
+    b = ids.shape[0]
+    keep = np.ones((b, cfg.vision.num_patches), np.int32)
+
+    def one_pass(params, emb, ids, am, focus, prim, keep):
+        cam = gradcam_from_embeds(params, cfg, emb, ids, am, mcfg.layer, keep)
+        heat = jax.vmap(functools.partial(heat_map, use_pwe=mcfg.use_pwe))(
+            cam.attn, cam.grad, am, focus, prim)
+        return heat, cam.match_prob
+
+    def forward_only(params, emb, ids, am, keep):
+        return match_from_embeds(params, cfg, emb, ids, am, keep)[0]
+
+    def igrs_only(params, emb, ids, am, focus, prim):
+        return pl.text_heatmaps(params, cfg, mcfg, emb, ids, am, focus, prim)
+
+    def localize(heat, hw, props, valid, ncomp):
+        def one(h):
+            up, region = pl.upsample_heat(h, hw, prep.canvas, mcfg)
+            sel = select_proposal(up, props, valid, ncomp, mcfg.max_components)
+            return up, sel.mask, sel.index
+        return jax.vmap(one)(heat)
+
+    def upsample_only(heat, hw):
+        return jax.vmap(lambda h: pl.upsample_heat(h, hw, prep.canvas, mcfg)[0])(heat)
+
+    hw = np.asarray(prep.hw, np.int32)
+    heat0 = jnp.asarray(np.random.default_rng(0).random((b, *cfg.vision.grid)), jnp.float32)
+    stages = {
+        "igrs_one_pass_fwd_bwd_heat": (one_pass, (params, emb, ids, am, focus, prim, keep)),
+        "text_forward_only_one_pass": (forward_only, (params, emb, ids, am, keep)),
+        "igrs_all_passes": (igrs_only, (params, emb, ids, am, focus, prim)),
+        "upsample_select": (localize, (heat0, hw, prep.proposals, prep.proposal_valid,
+                                       prep.num_components)),
+        "upsample_only": (upsample_only, (heat0, hw)),
+    }
+    out: dict[str, Any] = {"batch_rows": b, "sentences": s, "text_len": int(ids.shape[1])}
+    for name, (fn, a) in stages.items():
+        t0 = time.perf_counter()
+        c = jax.jit(fn).lower(*a).compile()
+        comp = time.perf_counter() - t0
+        ts = _time_call(c, *a, reps=args.stage_reps)
+        out[name] = {**_cost(c), "compile_s": comp, "time_s": stats(ts)}
+        log(f"  stage {name}: {min(ts):.3f}s, {out[name]['flops'] / 1e9:.1f} GFLOP")
+    return out
+
+
+def worker_jax(args: argparse.Namespace, wd: Path) -> dict[str, Any]:
+    import jax
+
+    cfg = our_config()
+    mcfg = method_config(args.iterations)
+    data = load_data(wd)
+    t0 = time.perf_counter()
+    params = jax_setup(wd, cfg)
+    load_s = time.perf_counter() - t0
+    ours = Ours(params, cfg, mcfg)
+    s, n_img = args.sentences, args.images
+    res: dict[str, Any] = {"jax_version": jax.__version__,
+                           "devices": [str(d) for d in jax.devices()],
+                           "backend": jax.default_backend(), "params_load_s": load_s}
+    mem0 = mem_mib()
+    res["memory"] = {"peak_reset": reset_peak_rss()}
+    load0 = loadavg()
+
+    # ---- cold: compile + first image ------------------------------------------------------
+    c0 = time.perf_counter()
+    rec0, t_first = ours.run_image(data["images"][0], data["proposals"][0],
+                                   text_rows(data, 0, s))
+    res["cold"] = {"first_image_wall_s": time.perf_counter() - c0,
+                   "compile_s": dict(ours.compile_s), "first_image_run_s": t_first["total_s"]}
+    log(f"ours: compile {sum(ours.compile_s.values()):.1f}s, first image "
+        f"{res['cold']['first_image_wall_s']:.1f}s")
+
+    # ---- steady state: all images, reps ---------------------------------------------------
+    rep_wall, rep_cpu, per_image, recs = [], [], [], {}
+    for r in range(args.reps):
+        c, w = time.process_time(), time.perf_counter()
+        for i in range(n_img):
+            rec, t = ours.run_image(data["images"][i], data["proposals"][i],
+                                    text_rows(data, i, s))
+            per_image.append(t)
+            if r == 0:
+                recs.update({f"{i}/{k}": v for k, v in rec.items()})
+        rep_wall.append(time.perf_counter() - w)
+        rep_cpu.append(time.process_time() - c)
+        log(f"ours: rep {r}: {rep_wall[-1]:.2f}s for {n_img * s} sentences")
+    mem1 = mem_mib()
+    res["memory"].update({
+        "method": "VmHWM after clear_refs reset (params on device) and ru_maxrss of this fresh "
+                  "subprocess; includes XLA compilation", "rss_before_mib": mem0["rss_mib"],
+        "peak_rss_timed_mib": mem1["hwm_mib"], "ru_maxrss_mib": mem1["ru_maxrss_mib"],
+        "ru_maxrss_before_reset_mib": mem0["ru_maxrss_mib"]})
+    if jax.default_backend() != "cpu":
+        ms = jax.devices()[0].memory_stats() or {}
+        res["memory"]["device_peak_bytes_in_use_mib"] = ms.get("peak_bytes_in_use", 0) / 2**20
+    np.savez(wd / "out_jax.npz", **recs)
+    n_sent = n_img * s
+    best = min(rep_wall)
+    res["steady"] = {
+        "sentences": n_sent, "reps": args.reps, "rep_wall_s": rep_wall, "rep_cpu_s": rep_cpu,
+        "sentences_per_s": n_sent / best,
+        "sentences_per_s_median": n_sent / statistics.median(rep_wall),
+        "s_per_sentence": best / n_sent, "cpu_s_per_sentence": min(rep_cpu) / n_sent,
+        "latency_per_image_batch_s": stats([t["total_s"] for t in per_image]),
+        "breakdown_per_image_s": {k: stats([t[k] for t in per_image])
+                                  for k in ("host_prep_s", "encode_s", "core_s")}}
+    res["loadavg_main"] = [load0, loadavg()]
+
+    # ---- FLOPs and stages -----------------------------------------------------------------
+    res["compiled_costs"] = dict(ours.costs)
+    res["stages"] = component_costs(ours, data, args)
+    dev_kind = jax.devices()[0].platform
+    res["matmul"] = matmul_gflops(args.matmul_n or (8192 if dev_kind == "gpu" else 2048))
+
+    # ---- prototype: token-length bucket (trailing padding dropped) ------------------------
+    if args.text_bucket:
+        t_real = int(data["attention_mask"][:, :s].sum(-1).max())
+        t_b = min(-(-t_real // 8) * 8, mcfg.max_text_length)
+        walls, diffs = [], []
+        for i in range(n_img):
+            rec, t = ours.run_image(data["images"][i], data["proposals"][i],
+                                    text_rows(data, i, s), text_len=t_b)
+            walls.append(t["total_s"])
+            diffs.append(float(np.max(np.abs(rec["heats"] - recs[f"{i}/heats"]))))
+            same = np.array_equal(rec["iterations"], recs[f"{i}/iterations"]) and \
+                np.array_equal(rec["index"], recs[f"{i}/index"])
+            diffs[-1] = diffs[-1] if same else float("inf")
+        res["text_bucket_prototype"] = {
+            "text_len": t_b, "max_real_tokens": t_real, "sentences_per_s": n_sent / sum(walls),
+            "per_image_s": stats(walls), "max_abs_heat_vs_T40": max(diffs),
+            "note": "segment_core_jit fed (B, T') arrays with trailing padding dropped; "
+                    "exact up to float reassociation"}
+        log(f"ours: T={t_b} bucket {n_sent / sum(walls):.3f} sentences/s")
+
+    # ---- scaling over sentences per image --------------------------------------------------
+    scaling = []
+    for b in args.scaling:
+        walls = []
+        for i in range(args.scaling_images):
+            _, t = ours.run_image(data["images"][i], data["proposals"][i], text_rows(data, i, b))
+            walls.append(t["total_s"])
+        name = [k for k in ours.compile_s if k.startswith(f"segment_core[B={bucket(b)},")]
+        scaling.append({"sentences_per_image": b, "rows": bucket(b),
+                        "per_image_s": stats(walls),
+                        "sentences_per_s": b / statistics.median(walls),
+                        "compile_s": ours.compile_s.get(name[0]) if name else None})
+        log(f"ours: {b} sentences/image: {scaling[-1]['sentences_per_s']:.3f} sentences/s")
+    res["scaling_sentences"] = scaling
+
+    # ---- bf16 compute -----------------------------------------------------------------------
+    if args.bf16_images:
+        ob = Ours(params, cfg.replace(dtype="bfloat16"), mcfg)
+        walls, d_final, d_pass, same_it, same_idx, n = [], [], [], 0, 0, 0
+        for i in range(args.bf16_images):
+            ob.run_image(data["images"][i], data["proposals"][i], text_rows(data, i, s))
+            rec, t = ob.run_image(data["images"][i], data["proposals"][i],
+                                  text_rows(data, i, s))
+            walls.append(t["total_s"])
+            ref = {k[len(f"{i}/"):]: v for k, v in recs.items() if k.startswith(f"{i}/")}
+            d_final += np.abs(rec["heat"] - ref["heat"]).reshape(s, -1).max(1).tolist()
+            d_pass.append(float(np.abs(rec["heats"][:, 0] - ref["heats"][:, 0]).max()))
+            same_it += int(np.sum(rec["iterations"] == ref["iterations"]))
+            same_idx += int(np.sum(rec["index"] == ref["index"]))
+            n += s
+        res["bf16"] = {"images": args.bf16_images, "sentences_per_s": n / sum(walls),
+                       "per_image_s": stats(walls), "compile_s": dict(ob.compile_s),
+                       "max_abs_final_heat_vs_f32": max(d_final),
+                       "median_abs_final_heat_vs_f32_per_sentence": statistics.median(d_final),
+                       "max_abs_first_pass_heat_vs_f32": max(d_pass),
+                       "same_iterations": f"{same_it}/{n}", "same_selection": f"{same_idx}/{n}"}
+        log(f"ours bf16: {res['bf16']['sentences_per_s']:.3f} sentences/s, max |d| heat "
+            f"{max(d_final):.3f}")
+    res["loadavg_end"] = loadavg()
+    return res
+
+
+def worker_devices(args: argparse.Namespace, wd: Path) -> dict[str, Any]:
+    """segment_images_core (vmap over images) with the image axis sharded over N devices."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from iterprime_jax import pipeline as pl
+
+    n = args.n_devices
+    devs = jax.devices()
+    if len(devs) < n:
+        return {"n_devices": n, "skipped": f"only {len(devs)} {devs[0].platform} device(s)"}
+    cfg, mcfg = our_config(), method_config(args.iterations)
+    data = load_data(wd)
+    params = jax_setup(wd, cfg)
+    mesh = Mesh(np.asarray(devs[:n]), ("img",))
+    rep, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P("img"))
+    params = jax.device_put(params, rep)
+    k, s = args.device_images, args.sentences
+    preps = [pl.prepare_image(data["images"][i], cfg, data["proposals"][i]) for i in range(k)]
+    side = preps[0].canvas
+    idx = np.concatenate([np.arange(s), np.zeros(bucket(s) - s, int)])
+    text = [np.stack([text_rows(data, i, s)[j][idx] for i in range(k)]) for j in range(4)]
+    host = {"pixels": np.stack([p.pixels for p in preps]),
+            "hw": np.asarray([p.hw for p in preps], np.int32),
+            "props": np.stack([p.proposals for p in preps]),
+            "valid": np.stack([p.proposal_valid for p in preps]),
+            "ncomp": np.stack([p.num_components for p in preps])}
+
+    def step() -> Any:
+        d = {key: jax.device_put(v, shard) for key, v in host.items()}
+        tx = [jax.device_put(t, shard) for t in text]
+        emb = pl.encode_image_jit(params, cfg, d["pixels"])[:, None]
+        return jax.device_get(pl.segment_images_core(params, cfg, mcfg, side, emb, *tx,
+                                                      d["hw"], d["props"], d["valid"],
+                                                      d["ncomp"]))
+
+    t0 = time.perf_counter()
+    out = step()
+    first = time.perf_counter() - t0
+    walls = []
+    for _ in range(args.device_reps):
+        t0 = time.perf_counter()
+        step()
+        walls.append(time.perf_counter() - t0)
+    return {"n_devices": n, "devices": [str(d) for d in devs[:n]], "images": k,
+            "sentences": k * s, "first_call_s": first, "rep_wall_s": walls,
+            "sentences_per_s": k * s / min(walls),
+            "iterations": np.asarray(out.igrs.iterations)[:, :s].tolist(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "loadavg_end": loadavg()}
+
+
+# =========================================================================== orchestration
+def spawn(kind: str, args: argparse.Namespace, wd: Path, extra_env: dict[str, str] | None = None,
+          extra_args: list[str] | None = None) -> dict[str, Any]:
+    env = dict(os.environ, **(extra_env or {}))
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    tag = kind + ("" if not extra_args else "-" + "-".join(extra_args[1::2]))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind,
+           "--workdir", str(wd), "--result", str(wd / f"result_{tag}.json"),
+           *(extra_args or [])]
+    if args.device != "auto":
+        cmd += ["--device", args.device]
+    log(f"spawn {' '.join(cmd[2:])}")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"worker {tag} failed with exit code {proc.returncode}")
+    out = json.loads((wd / f"result_{tag}.json").read_text())
+    out["process_wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def parity_check(args: argparse.Namespace, wd: Path) -> dict[str, Any]:
+    """In this process, before anything is timed: reference vs ours on image 0."""
+    import torch
+    import torch_reference as tr
+
+    data = load_data(wd)
+    cfg, mcfg = our_config(), method_config(args.iterations)
+    n = args.parity_sentences
+    model = tr.build_model(args.seed, hf_blip_config())
+    with np.load(wd / "weights.npz") as z:
+        model.load_state_dict({k: torch.from_numpy(z[k]) for k in z.files})
+    ref = tr.Reference(model, iterations=args.iterations, upsample_mode=args.ref_upsample,
+                       device=torch_device(args.device))
+    log(f"parity: reference on image 0, {n} sentence(s)")
+    rrec, _ = run_reference(ref, data, 0, range(n), timed=True)
+    ref.hooks.remove()
+    del ref, model
+    gc.collect()
+    params = jax_setup(wd, cfg)
+    orec, _ = Ours(params, cfg, mcfg).run_image(data["images"][0], data["proposals"][0],
+                                                text_rows(data, 0, n))
+    del params
+    gc.collect()
+    rep = compare(rrec, orec, args.iterations, mcfg)
+    rep["image"], rep["passes_ref"] = 0, rrec["passes"].tolist()
+    rep["p_match_ref"] = np.round(rrec["scores"], 6).tolist()
+    rep["authors_upsample"] = authors_upsample_agreement(rrec, data, 0, orec["index"])
+    log(f"parity: max |d| pass maps {rep['max_abs_pass_heat']:.2e}, final "
+        f"{rep['max_abs_final_heat']:.2e}, iterations ref {rep['iterations_ref']} ours "
+        f"{rep['iterations_ours']}, flips {len(rep['flips'])}, ok={rep['ok']}")
+    if not rep["ok"]:
+        raise SystemExit(f"PARITY FAILED (nothing timed): {json.dumps(rep['failures'])}")
+    return rep
+
+
+def check_timed_outputs(args: argparse.Namespace, wd: Path) -> dict[str, Any]:
+    """The timed reference subset against the timed run of ours (same sentences)."""
+    mcfg = method_config(args.iterations)
+    with np.load(wd / "out_torch.npz") as zt, np.load(wd / "out_jax.npz") as zj:
+        reps = []
+        for i in range(args.ref_images):
+            r = {k.split("/", 1)[1]: zt[k] for k in zt.files if k.startswith(f"{i}/")}
+            o = {k.split("/", 1)[1]: zj[k][: args.ref_sentences] for k in zj.files
+                 if k.startswith(f"{i}/")}
+            reps.append(compare(r, o, args.iterations, mcfg))
+    keys = ("max_abs_pass_heat", "max_abs_final_heat", "max_abs_p_match",
+            "max_abs_upsampled_heat")
+    out = {k: max(r[k] for r in reps) for k in keys}
+    out.update({"sentences": sum(r["sentences"] for r in reps),
+                "flips": sum((r["flips"] for r in reps), []),
+                "selection_ties": sum((r["selection_ties"] for r in reps), []),
+                "failures": sum((r["failures"] for r in reps), []),
+                "iterations_ref": [r["iterations_ref"] for r in reps],
+                "iterations_ours": [r["iterations_ours"] for r in reps],
+                "ok": all(r["ok"] for r in reps)})
+    return out
+
+
+def summarize(res: dict[str, Any]) -> None:
+    ref, ours = res["reference"], res["ours"]
+    st = ours["stages"]
+    rows = [("implementation", "sent/s", "s/sent", "CPU s/sent", "peak RSS MiB", "compile s")]
+    rows.append(("torch reference (authors' way)", f"{ref['sentences_per_s']:.4f}",
+                 f"{1 / ref['sentences_per_s']:.2f}",
+                 f"{ref['cpu_s_per_sentence']['median']:.2f}",
+                 f"{ref['memory']['peak_rss_timed_mib']:.0f}", "-"))
+    rows.append((f"ours ({res['workload']['sentences_per_image']} sent/image)",
+                 f"{ours['steady']['sentences_per_s']:.4f}",
+                 f"{ours['steady']['s_per_sentence']:.3f}",
+                 f"{ours['steady']['cpu_s_per_sentence']:.3f}",
+                 f"{ours['memory']['peak_rss_timed_mib']:.0f}",
+                 f"{sum(ours['cold']['compile_s'].values()):.1f}"))
+    if "text_bucket_prototype" in ours:
+        tb = ours["text_bucket_prototype"]
+        rows.append((f"ours, T={tb['text_len']} bucket (prototype)",
+                     f"{tb['sentences_per_s']:.4f}", f"{1 / tb['sentences_per_s']:.3f}", "-",
+                     "-", "-"))
+    if "bf16" in ours:
+        rows.append(("ours, bf16 compute", f"{ours['bf16']['sentences_per_s']:.4f}",
+                     f"{1 / ours['bf16']['sentences_per_s']:.3f}", "-", "-", "-"))
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print()
+    for j, r in enumerate(rows):
+        print("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)))
+        if j == 0:
+            print("  ".join("-" * x for x in w))
+    print(f"\nspeedup (sentences/s, ours / reference): {res['speedup']:.1f}x   "
+          f"(CPU-time ratio {res['speedup_cpu_time']:.1f}x)")
+    b = ours["steady"]["breakdown_per_image_s"]
+    print(f"per image: host prep {b['host_prep_s']['median']:.3f}s, image encoder "
+          f"{b['encode_s']['median']:.3f}s, segment_core {b['core_s']['median']:.3f}s; "
+          f"stages: one IGRS pass {st['igrs_one_pass_fwd_bwd_heat']['time_s']['min']:.3f}s "
+          f"(text forward alone {st['text_forward_only_one_pass']['time_s']['min']:.3f}s), "
+          f"upsample+select {st['upsample_select']['time_s']['min']:.3f}s")
+    f = res["flops"]
+    print(f"FLOPs/sentence: ours {f['ours_per_sentence_gflop']:.1f} GFLOP "
+          f"(image share {f['image_encoder_per_sentence_gflop']:.1f}), reference "
+          f"{f['reference_per_sentence_gflop']:.0f} GFLOP; matmul "
+          f"{res['ours']['matmul']['gflops_best']:.1f} GFLOP/s, achieved "
+          f"{100 * f['ours_achieved_fraction_of_matmul']:.0f}%")
+    print("sentences/image scaling: " + ", ".join(
+        f"{s['sentences_per_image']}: {s['sentences_per_s']:.3f}/s"
+        for s in ours["scaling_sentences"]))
+    for d in res.get("scaling_devices", []):
+        if "skipped" in d:
+            print(f"devices {d['n_devices']}: skipped ({d['skipped']})")
+        else:
+            print(f"devices {d['n_devices']} (segment_images, {d['images']} images): "
+                  f"{d['sentences_per_s']:.3f} sentences/s")
+    print(f"parity: max |d| IGRS maps {res['parity']['max_abs_pass_heat']:.1e} "
+          f"(timed subset {res['parity_timed']['max_abs_pass_heat']:.1e}), "
+          f"flips {len(res['parity']['flips']) + len(res['parity_timed']['flips'])}")
+    print(f"load average during run: {res['machine']['loadavg_start']} -> "
+          f"{res['machine']['loadavg_end']}  ({res['machine']['contention']})")
+
+
+def flops_summary(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    ours = res["ours"]
+    st = ours["stages"]
+    enc = [v for k, v in ours["compiled_costs"].items() if k.startswith("encode_image[1]")][0]
+    core = [v for k, v in ours["compiled_costs"].items()
+            if k.startswith(f"segment_core[B={bucket(args.sentences)},T=")][0]
+    s, n = args.sentences, args.iterations
+    per_image = (enc["flops"] + n * st["igrs_one_pass_fwd_bwd_heat"]["flops"]
+                 + st["upsample_select"]["flops"])
+    per_img_s = ours["steady"]["s_per_sentence"] * s
+    ref_pass = res["reference"]["flops_per_pass"]
+    passes = res["reference"]["passes_per_sentence"]["mean"]
+    return {
+        "xla_cost_analysis_raw_gflop": {"encode_image_per_image": enc["flops"] / 1e9,
+                                        "segment_core_per_image_call": core["flops"] / 1e9,
+                                        "igrs_all_passes": st["igrs_all_passes"]["flops"] / 1e9,
+                                        "one_igrs_pass": st["igrs_one_pass_fwd_bwd_heat"]
+                                        ["flops"] / 1e9,
+                                        "text_forward_one_pass": st["text_forward_only_one_pass"]
+                                        ["flops"] / 1e9,
+                                        "upsample_select": st["upsample_select"]["flops"] / 1e9},
+        "note": "XLA's cost analysis counts a while-loop body once: the IGRS fori_loop runs "
+                f"{n - 1} times, so segment_core's raw count covers 2 of {n} passes; the "
+                "per-image total below is encode + n * one_pass + upsample_select. Padded "
+                f"rows ({bucket(s)} for {s} sentences) and padded tokens "
+                f"(T={st['text_len']}) are counted: they are executed.",
+        "ours_per_image_gflop": per_image / 1e9,
+        "ours_per_sentence_gflop": per_image / s / 1e9,
+        "image_encoder_per_sentence_gflop": enc["flops"] / s / 1e9,
+        "text_igrs_per_sentence_gflop": n * st["igrs_one_pass_fwd_bwd_heat"]["flops"] / s / 1e9,
+        "ours_achieved_gflops": per_image / per_img_s / 1e9,
+        "ours_achieved_fraction_of_matmul": per_image / per_img_s / 1e9
+        / ours["matmul"]["gflops_best"],
+        "reference_per_pass_gflop": ref_pass / 1e9,
+        "reference_per_sentence_gflop": ref_pass * passes / 1e9,
+        "reference_achieved_gflops": ref_pass * passes / 1e9
+        / res["reference"]["latency_per_sentence_s"]["mean"],
+        "reference_achieved_fraction_of_matmul": ref_pass * passes / 1e9
+        / res["reference"]["latency_per_sentence_s"]["mean"] / ours["matmul"]["gflops_best"],
+        "reference_note": "torch FlopCounterMode on one forward+backward pass (first sentence, "
+                          "matmul-class ops only) times the mean passes per sentence; XLA's "
+                          "counts for ours include elementwise ops."}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="2 images, reference on 2 sentences, 1 parity sentence, fewer reps, "
+                         "scaling 1/8, no bf16 (marked in the JSON)")
+    ap.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--sentences", type=int, default=7)
+    ap.add_argument("--proposals", type=int, default=20)
+    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--image-hw", type=int, nargs=2, default=[480, 640])
+    ap.add_argument("--reps", type=int, default=2, help="steady-state repetitions of ours")
+    ap.add_argument("--stage-reps", type=int, default=2)
+    ap.add_argument("--ref-images", type=int, default=1)
+    ap.add_argument("--ref-sentences", type=int, default=7)
+    ap.add_argument("--ref-upsample", choices=["library", "authors"], default="library")
+    ap.add_argument("--parity-sentences", type=int, default=2)
+    ap.add_argument("--scaling", type=int, nargs="*", default=[1, 4, 8, 16])
+    ap.add_argument("--scaling-images", type=int, default=2)
+    ap.add_argument("--devices", type=int, nargs="*", default=[1, 2])
+    ap.add_argument("--device-images", type=int, default=2)
+    ap.add_argument("--device-reps", type=int, default=2)
+    ap.add_argument("--bf16-images", type=int, default=2)
+    ap.add_argument("--text-bucket", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--matmul-n", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--worker", choices=["torch", "jax", "devices"], help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--n-devices", type=int, default=1, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.images = min(args.images, 2)
+        args.ref_sentences = min(args.ref_sentences, 2)
+        args.parity_sentences = min(args.parity_sentences, 1)
+        args.reps, args.stage_reps = 1, 1
+        args.scaling, args.scaling_images = [1, 8], 1
+        args.devices, args.device_images, args.device_reps = [1, 2], 2, 1
+        args.bf16_images = 0
+    args.ref_images = min(args.ref_images, args.images)
+    args.scaling_images = min(args.scaling_images, args.images)
+    args.device_images = min(args.device_images, args.images)
+    args.bf16_images = min(args.bf16_images, args.images)
+    if args.device == "cpu":
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    elif args.device == "gpu":
+        os.environ["JAX_PLATFORMS"] = "cuda"
+    if args.worker:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        saved = json.loads((args.workdir / "args.json").read_text())
+        wargs = argparse.Namespace(**{**saved, "n_devices": args.n_devices})
+        fn = {"torch": worker_torch, "jax": worker_jax, "devices": worker_devices}[args.worker]
+        args.result.write_text(json.dumps(clean_json(fn(wargs, args.workdir)), indent=1))
+        return
+    t_start = time.perf_counter()
+    started = datetime.datetime.now().astimezone()
+    res: dict[str, Any] = {"quick": args.quick, "config": {
+        k: v for k, v in vars(args).items() if k not in ("out", "worker", "workdir", "result",
+                                                         "n_devices")}}
+    res["machine"] = {"date": started.isoformat(timespec="seconds"), "host": platform.node(),
+                      "platform": platform.platform(), "python": platform.python_version(),
+                      "cpu_count": os.cpu_count(), "loadavg_start": loadavg()}
+    with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
+        wd = Path(tmp)
+        saved = {k: v for k, v in vars(args).items()
+                 if k not in ("out", "worker", "workdir", "result", "n_devices")}
+        (wd / "args.json").write_text(json.dumps(saved))
+        res["workload"] = build_workload(args, wd)
+        res["parity"] = parity_check(args, wd)          # asserts; nothing timed before it
+        res["reference"] = spawn("torch", args, wd)
+        res["ours"] = spawn("jax", args, wd)
+        res["parity_timed"] = check_timed_outputs(args, wd)
+        if not res["parity_timed"]["ok"]:
+            raise SystemExit("PARITY FAILED on the timed outputs: "
+                             + json.dumps(res["parity_timed"]["failures"]))
+        res["scaling_devices"] = []
+        for n in args.devices:
+            env = {}
+            if res["ours"]["backend"] == "cpu":
+                env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                    + f" --xla_force_host_platform_device_count={n}").strip()
+            res["scaling_devices"].append(spawn("devices", args, wd, env,
+                                                ["--n-devices", str(n)]))
+    res["speedup"] = res["ours"]["steady"]["sentences_per_s"] / res["reference"]["sentences_per_s"]
+    res["speedup_cpu_time"] = (res["reference"]["cpu_s_per_sentence"]["mean"]
+                               / res["ours"]["steady"]["cpu_s_per_sentence"])
+    res["flops"] = flops_summary(res, args)
+    res["machine"].update({
+        "loadavg_end": loadavg(), "jax_devices": res["ours"]["devices"],
+        "jax_backend": res["ours"]["backend"], "torch_device": res["reference"]["device"],
+        "torch_threads": res["reference"]["torch_threads"],
+        "contention": (None if max(loadavg() + res["machine"]["loadavg_start"] + [0.0]) < 1.0
+                       else "other jobs ran beside the benchmark (load average >= 1): "
+                            "timings are best-of-N / medians; compare the load averages"),
+        "bench_wall_s": time.perf_counter() - t_start})
+    backend = res["ours"]["backend"]
+    out = args.out or (BENCH / "results" / f"{backend}-{started.strftime('%Y%m%d-%H%M')}"
+                       f"{'-quick' if args.quick else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res = clean_json(res)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    summarize(res)
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
