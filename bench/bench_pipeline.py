@@ -1118,8 +1118,9 @@ def main(argv: list[str] | None = None) -> None:
         "jax_backend": res["ours"]["backend"], "torch_device": res["reference"]["device"],
         "torch_threads": res["reference"]["torch_threads"],
         "contention": (None if max(loadavg() + res["machine"]["loadavg_start"] + [0.0]) < 1.0
-                       else "other jobs ran beside the benchmark (load average >= 1): "
-                            "timings are best-of-N / medians; compare the load averages"),
+                       else "load average >= 1 at the start or the end (at the end it counts "
+                            "the benchmark's own processes; at the start, jobs that ran just "
+                            "before): timings are best-of-N / medians"),
         "bench_wall_s": time.perf_counter() - t_start})
     backend = res["ours"]["backend"]
     out = args.out or (BENCH / "results" / f"{backend}-{started.strftime('%Y%m%d-%H%M')}"
