@@ -62,7 +62,15 @@ from .cli_args import METHOD_FLAG_FIELDS  # noqa: F401 - re-exported
 from .config import IteRPrimEConfig
 from .metrics import CONVENTIONS, summarize
 from .modeling import encode_image
-from .pipeline import bucket, canvas_side, encode_texts, pad_text, prepare_image, segment_core
+from .pipeline import (
+    bucket,
+    canvas_side,
+    encode_texts,
+    pad_text,
+    prepare_image,
+    segment_core,
+    text_length_bucket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -578,7 +586,9 @@ class _Loader:
         sb = bucket(max(m.num_sentences for m in metas), MIN_SENTENCE_BUCKET)
         c = self.canvas
         rows = [items[min(k, len(items) - 1)] for k in range(b)]  # dummies repeat the last
-        texts = [pad_text(it["text"], sb) for it in rows]
+        tl = max(text_length_bucket(it["text"].attention_mask, it["text"].input_ids.shape[1])
+                 for it in items)
+        texts = [pad_text(it["text"], sb, tl) for it in rows]
         common = [np.stack([t[j] for t in texts]) for j in range(4)]
         common.append(np.asarray([it["prep"].hw for it in rows], np.int32))
         pixels = np.stack([it["prep"].pixels for it in rows])

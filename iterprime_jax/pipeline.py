@@ -31,6 +31,7 @@ from .select import check_proposals, count_components, select_proposal
 
 Array = jax.Array
 CANVAS_MULTIPLE = 64
+TEXT_MULTIPLE = 8  # text lengths are bucketed to multiples of this (see text_length_bucket)
 
 
 def bucket(n: int, minimum: int = 1) -> int:
@@ -197,12 +198,28 @@ def prepare_image(image: Any, bconfig: BlipConfig, proposals: Any | None = None,
                          num_proposals=n)
 
 
-def pad_text(batch: TextBatch, size: int) -> tuple[np.ndarray, ...]:
-    """Pad (B, T) text arrays to `size` rows (dummy rows repeat row 0; results dropped)."""
+def text_length_bucket(attention_mask: Any, max_length: int,
+                       multiple: int = TEXT_MULTIPLE) -> int:
+    """Static text length for a batch of prompts: the longest one (attention mask (B, T))
+    rounded up to `multiple` and capped at `max_length`. Trailing padding beyond it is dropped:
+    padded tokens are masked everywhere, so results do not change, and the text encoder (the
+    bulk of the work) runs on fewer positions; one compilation per bucket."""
+    mask = np.asarray(attention_mask)
+    longest = int(mask.sum(-1).max()) if mask.size else 1
+    return int(min(max_length, max(multiple, -(-longest // multiple) * multiple)))
+
+
+def pad_text(batch: TextBatch, size: int, length: int | None = None) -> tuple[np.ndarray, ...]:
+    """(B, T) text arrays padded to `size` rows (dummy rows repeat row 0; results dropped) and,
+    with `length`, cut to the first `length` token positions (only padding may be cut)."""
     arrays = (batch.input_ids, batch.attention_mask, batch.focus, batch.primary)
     b = arrays[0].shape[0]
     if size < b:
         raise ValueError(f"cannot pad {b} sentences to {size}")
+    if length is not None:
+        if np.asarray(batch.attention_mask)[:, length:].any():
+            raise ValueError(f"cannot cut prompts to {length} tokens: some are longer")
+        arrays = tuple(np.asarray(a)[:, :length] for a in arrays)
     idx = np.concatenate([np.arange(b), np.zeros(size - b, int)])
     return tuple(a[idx] for a in arrays)
 
@@ -240,7 +257,8 @@ def segment_batch(model: Any, image: Any, expressions: Sequence[str], proposals:
     batch = encode_texts(model, expressions, config)
     prep = prepare_image(image, model.config, proposals)
     embeds = encode_image_jit(model.params, model.config, prep.pixels[None])
-    text = pad_text(batch, bucket(len(batch.items)))
+    text = pad_text(batch, bucket(len(batch.items)),
+                    text_length_bucket(batch.attention_mask, batch.input_ids.shape[1]))
     out = segment_core_jit(model.params, model.config, config, prep.canvas, embeds, *text,
                            np.asarray(prep.hw, np.int32), prep.proposals, prep.proposal_valid,
                            prep.num_components)
@@ -271,7 +289,8 @@ def segment_images(model: Any, images: Sequence[Any], expressions: Sequence[Sequ
              for i, im in enumerate(images)]
     nb = max(p.proposals.shape[0] for p in preps)
     sb = bucket(max(len(b.items) for b in batches))
-    texts = [pad_text(b, sb) for b in batches]
+    tl = max(text_length_bucket(b.attention_mask, b.input_ids.shape[1]) for b in batches)
+    texts = [pad_text(b, sb, tl) for b in batches]
     stacked = [np.stack([t[k] for t in texts]) for k in range(4)]
     props = np.zeros((len(preps), nb, side, side), bool)
     valid = np.zeros((len(preps), nb), bool)

@@ -141,7 +141,7 @@ def test_end_to_end_files_and_metrics(env: dict, baseline: Path) -> None:
     run_cfg = json.loads((baseline / "run_config.json").read_text())
     assert run_cfg["dataset"] == "shapesref" and run_cfg["proposals"] == "gt"
     assert run_cfg["method"]["layer"] == 1  # default 8 clipped to the 2-layer model
-    # Fixed canvas and proposal bucket: one compilation per sentence bucket at most.
+    # Fixed canvas and proposal bucket: one compilation per (sentence, text-length) bucket.
     assert 1 <= env["baseline_traces"] <= 3
 
 

@@ -46,14 +46,48 @@ def test_segment_result_fields(tiny_model):
 
 
 def test_compiles_once_per_bucket(tiny_model):
-    ij.segment(tiny_model, _image(), "warm up", _proposals(n=3), CFG)
+    ij.segment(tiny_model, _image(), "warm up", _proposals(n=3), CFG)  # 7 tokens: bucket 8
     before = pipeline.TRACE_COUNT["segment_core"]
-    # other text, other proposal count in the same bucket (4), other image size (canvas 64)
-    ij.segment(tiny_model, _image(30, 60, 1), "giraffe on the right", _proposals(30, 60, 4), CFG)
-    ij.segment(tiny_model, _image(64, 20, 2), "a blue car", _proposals(64, 20, 2), CFG)
+    # other text of the same token bucket, other proposal count in the same bucket (4), other
+    # image size (same canvas 64)
+    ij.segment(tiny_model, _image(30, 60, 1), "a blue car", _proposals(30, 60, 4), CFG)
+    ij.segment(tiny_model, _image(64, 20, 2), "left guy", _proposals(64, 20, 2), CFG)
     assert pipeline.TRACE_COUNT["segment_core"] == before
     ij.segment(tiny_model, _image(), "left guy", _proposals(n=5), CFG)  # bucket 8: one more
     assert pipeline.TRACE_COUNT["segment_core"] == before + 1
+    # 9 and 10 prompt tokens: both in the next text-length bucket (16), one more compilation
+    ij.segment(tiny_model, _image(), "giraffe on the right", _proposals(n=3), CFG)
+    ij.segment(tiny_model, _image(), "the giraffe on the left", _proposals(n=4), CFG)
+    assert pipeline.TRACE_COUNT["segment_core"] == before + 2
+
+
+def test_text_length_bucket_drops_only_padding(tiny_model):
+    """Prompts padded to 40 and cut to their bucket (16) give the same results."""
+    cfg = CFG.replace(max_text_length=40)
+    batch = ij.pipeline.encode_texts(tiny_model, EXPRS, cfg)
+    lengths = batch.attention_mask.sum(-1)
+    assert batch.input_ids.shape[1] == 40 and 8 < lengths.max() <= 16
+    assert pipeline.text_length_bucket(batch.attention_mask, 40) == 16
+    assert pipeline.text_length_bucket(batch.attention_mask, 12) == 12  # capped
+    assert pipeline.text_length_bucket(batch.attention_mask[1:2], 40) == 8  # "left guy"
+    with pytest.raises(ValueError, match="some are longer"):
+        pipeline.pad_text(batch, 4, int(lengths.max()) - 1)
+    prep = pipeline.prepare_image(_image(), tiny_model.config, _proposals())
+    emb = pipeline.encode_image_jit(tiny_model.params, tiny_model.config, prep.pixels[None])
+
+    def run(text):
+        return jax.device_get(pipeline.segment_core_jit(
+            tiny_model.params, tiny_model.config, cfg, prep.canvas, emb, *text,
+            np.asarray(prep.hw, np.int32), prep.proposals, prep.proposal_valid,
+            prep.num_components))
+
+    full = run(pipeline.pad_text(batch, 4))
+    cut = run(pipeline.pad_text(batch, 4, 16))
+    assert pipeline.pad_text(batch, 4, 16)[0].shape == (4, 16)
+    np.testing.assert_allclose(cut.igrs.heats, full.igrs.heats, atol=1e-4)  # as batched == single
+    np.testing.assert_allclose(cut.igrs.scores, full.igrs.scores, atol=1e-5)
+    np.testing.assert_array_equal(cut.mask, full.mask)
+    np.testing.assert_array_equal(cut.igrs.iterations, full.igrs.iterations)
 
 
 def test_batched_equals_one_by_one(tiny_model):
