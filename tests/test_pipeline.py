@@ -46,18 +46,19 @@ def test_segment_result_fields(tiny_model):
 
 
 def test_compiles_once_per_bucket(tiny_model):
-    ij.segment(tiny_model, _image(), "warm up", _proposals(n=3), CFG)  # 7 tokens: bucket 8
+    cfg = CFG.replace(alpha=0.25)  # a config no other test uses: its own jit cache entries
+    ij.segment(tiny_model, _image(), "warm up", _proposals(n=3), cfg)  # 7 tokens: bucket 8
     before = pipeline.TRACE_COUNT["segment_core"]
     # other text of the same token bucket, other proposal count in the same bucket (4), other
     # image size (same canvas 64)
-    ij.segment(tiny_model, _image(30, 60, 1), "a blue car", _proposals(30, 60, 4), CFG)
-    ij.segment(tiny_model, _image(64, 20, 2), "left guy", _proposals(64, 20, 2), CFG)
+    ij.segment(tiny_model, _image(30, 60, 1), "a blue car", _proposals(30, 60, 4), cfg)
+    ij.segment(tiny_model, _image(64, 20, 2), "left guy", _proposals(64, 20, 2), cfg)
     assert pipeline.TRACE_COUNT["segment_core"] == before
-    ij.segment(tiny_model, _image(), "left guy", _proposals(n=5), CFG)  # bucket 8: one more
+    ij.segment(tiny_model, _image(), "left guy", _proposals(n=5), cfg)  # bucket 8: one more
     assert pipeline.TRACE_COUNT["segment_core"] == before + 1
     # 9 and 10 prompt tokens: both in the next text-length bucket (16), one more compilation
-    ij.segment(tiny_model, _image(), "giraffe on the right", _proposals(n=3), CFG)
-    ij.segment(tiny_model, _image(), "the giraffe on the left", _proposals(n=4), CFG)
+    ij.segment(tiny_model, _image(), "giraffe on the right", _proposals(n=3), cfg)
+    ij.segment(tiny_model, _image(), "the giraffe on the left", _proposals(n=4), cfg)
     assert pipeline.TRACE_COUNT["segment_core"] == before + 2
 
 
