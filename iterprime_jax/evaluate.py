@@ -432,7 +432,7 @@ def load_proposals_file(path: str | Path) -> dict[int, list[dict[str, Any]]]:
 def decode_rles(rles: Sequence[dict[str, Any]], hw: tuple[int, int], path: Any = "",
                 image_id: int = -1) -> np.ndarray:
     """RLE dicts -> (N, H, W) bool; the size must equal the image size `hw`."""
-    from pycocotools import mask as mask_utils
+    from tfds_refcoco.refer import decode_segmentation
 
     masks = np.zeros((len(rles), *hw), bool)
     for k, r in enumerate(rles):
@@ -440,15 +440,7 @@ def decode_rles(rles: Sequence[dict[str, Any]], hw: tuple[int, int], path: Any =
             raise EvalError(f"proposals file {path}: a mask of image {image_id} has size "
                             f"{tuple(r['size'])}, the image is {tuple(hw)}")
         try:
-            if isinstance(r["counts"], list):
-                rle = mask_utils.frPyObjects(r, *hw)
-            else:
-                rle = {"size": r["size"], "counts": r["counts"].encode("ascii")}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                masks[k] = mask_utils.decode(rle).astype(bool)
-        except EvalError:
-            raise
+            masks[k] = decode_segmentation(r, *hw).astype(bool)
         except Exception as e:  # noqa: BLE001 - pycocotools raises anything on bad counts
             raise EvalError(f"proposals file {path}: cannot decode a mask of image "
                             f"{image_id}: {e}") from None

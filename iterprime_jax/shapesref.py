@@ -1057,16 +1057,11 @@ def segmentation_of(obj: SceneObject) -> list[list[float]] | dict[str, Any]:
 
 
 def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
-    """Bool mask of a COCO segmentation (polygons, RLE with str or bytes counts)."""
-    if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    else:
-        counts = seg["counts"]
-        rle = {
-            "size": seg["size"],
-            "counts": counts.encode() if isinstance(counts, str) else counts,
-        }
-    return _decode(rle)
+    """Bool mask of a COCO segmentation (polygons, RLE with str, bytes or list counts): the
+    refer reader's `tfds_refcoco.refer.decode_segmentation`, as bool."""
+    from tfds_refcoco.refer import decode_segmentation as decode
+
+    return decode(seg, height, width).astype(bool)
 
 
 def _png_bytes(image: np.ndarray) -> bytes:

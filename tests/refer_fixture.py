@@ -47,7 +47,8 @@ _REFS = (
 _WORDS = ("red", "blue", "left", "right", "big", "small", "top", "café", "green", "one")
 
 
-def _decode(segmentation: Any, h: int, w: int) -> np.ndarray:
+def pycoco_mask(segmentation: Any, h: int, w: int) -> np.ndarray:
+    """Independent rasterisation with pycocotools (what the builder must reproduce)."""
     if isinstance(segmentation, list):
         rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, h, w))
     elif isinstance(segmentation["counts"], list):
@@ -131,7 +132,7 @@ def write_refer_fixture(
     canvases = {i: np.full((H, W, 3), rng.integers(0, 80, 3), np.uint8) for i in IMAGE_IDS}
     for image_id, ann_id, cat, kind in _ANNS:
         seg = _segmentation(kind, rng)
-        mask = _decode(seg, H, W)
+        mask = pycoco_mask(seg, H, W)
         ys, xs = np.nonzero(mask)
         bbox = np.asarray(
             [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1], np.float32

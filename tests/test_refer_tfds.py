@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
-from pycocotools import mask as mask_utils
 
-from tests.refer_fixture import GRAY_IMAGE_ID, write_refer_fixture
+from tests.refer_fixture import GRAY_IMAGE_ID, pycoco_mask, write_refer_fixture
 from tfds_refcoco import (
     LAYOUTS,
     RefCocoMasks,
@@ -27,17 +26,6 @@ from tfds_refcoco.refer import iter_examples, load_refs
 
 SPLITS = ["train", "val", "testA", "testB"]
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-
-def _pycoco_mask(seg, h: int, w: int) -> np.ndarray:
-    """Independent rasterisation with pycocotools (what the builder must reproduce)."""
-    if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    elif isinstance(seg["counts"], list):
-        rle = mask_utils.frPyObjects(seg, h, w)
-    else:
-        rle = {"size": seg["size"], "counts": seg["counts"].encode()}
-    return mask_utils.decode(rle)
 
 
 def _text(v) -> str:
@@ -74,7 +62,7 @@ def _check_example(ex: dict, ref: dict, expected: dict) -> None:
     np.testing.assert_array_equal(ex["image"], pixels)
     # Mask: pixel-exact against pycocotools on the fixture's segmentation.
     ann = expected["anns"][ref["ann_id"]]
-    gt = _pycoco_mask(ann["segmentation"], img["height"], img["width"])
+    gt = pycoco_mask(ann["segmentation"], img["height"], img["width"])
     assert ex["mask"].dtype == np.uint8 and ex["mask"].shape == gt.shape
     np.testing.assert_array_equal(ex["mask"], gt)
     assert ex["mask"].sum() > 0
@@ -84,7 +72,7 @@ def _check_example(ex: dict, ref: dict, expected: dict) -> None:
     assert ex["proposals"].shape == (len(ids), img["height"], img["width"])
     for k, a in enumerate(ids):
         seg = expected["anns"][a]["segmentation"]
-        np.testing.assert_array_equal(ex["proposals"][k], _pycoco_mask(seg, *gt.shape))
+        np.testing.assert_array_equal(ex["proposals"][k], pycoco_mask(seg, *gt.shape))
     np.testing.assert_array_equal(
         ex["proposal_category_ids"], [expected["anns"][a]["category_id"] for a in ids]
     )
