@@ -865,7 +865,10 @@ def describe(
 # --------------------------------------------------------------------------------------------
 
 
-def _perturbations(expr: Expression, cfg: ShapesRefConfig) -> dict[str, list[Expression]]:
+def perturbations(expr: Expression, cfg: ShapesRefConfig) -> dict[str, list[Expression]]:
+    """One-word variants of ``expr`` by type: "colour", "shape", "size", "position" (a position
+    word flipped), "relation" (another relation), "landmark" (the landmark's colour or shape).
+    Not checked against any scene: `expression_truth` certifies which are false."""
     d = expr.desc
     rep = dataclasses.replace
     out: dict[str, list[Expression]] = {k: [] for k in ("colour", "shape", "size", "position")}
@@ -939,7 +942,7 @@ def matching_expressions(
             positives.append(e)
     groups: dict[str, list[Expression]] = {}
     for e in positives:
-        for k, v in _perturbations(e, scene.config).items():
+        for k, v in perturbations(e, scene.config).items():
             groups.setdefault(k, []).extend(v)
     groups["absent"] = _absent_combinations(scene)
     pos_set = set(positives)

@@ -90,7 +90,12 @@ class TrainConfig:
       pool_scenes: scenes generated for training; refs_per_scene: targets described per scene.
       other_neg_frac: share of negatives that are expressions of other scenes.
       attribute_frac: share of attribute scenes (the rest: position and relation, equally).
+      shape_negatives: extra negatives per described target that swap only the shape word
+        (certified false), on top of `max_negatives` (shape is the slowest attribute to learn).
       init_scale: multiplier on the default (lecun-normal) Dense init.
+      pos_init: vision position embeddings' init: "normal" (std 1/sqrt(width)) or "sincos"
+        (fixed-frequency 2D sine/cosine of the patch row and column, as in MAE/big_vision;
+        still trained).
       seed: seeds data, init and batch order.
     """
 
@@ -114,7 +119,9 @@ class TrainConfig:
     max_negatives: int = 8
     other_neg_frac: float = 0.25
     attribute_frac: float = 0.7
+    shape_negatives: int = 0
     init_scale: float = 1.0
+    pos_init: str = "normal"
     seed: int = 0
     log_every: int = 100
     workers: int = 2
@@ -148,10 +155,21 @@ def make_tokenizer(vocab: str | Path = DEFAULT_VOCAB) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float]
+def shape_swaps(scene: sr.Scene, exprs: Sequence[sr.Expression], n: int,
+                rng: np.random.Generator) -> list[str]:
+    """Up to `n` phrasings of `exprs` with only the shape word swapped, each clearly false."""
+    out: list[sr.Expression] = []
+    for e in exprs:
+        out += [x for x in sr.perturbations(e, scene.config)["shape"]
+                if expression_false(scene, x)]
+    pick = [out[i] for i in rng.permutation(len(out))[:n]]
+    return [sr.phrasings(x)[int(rng.integers(len(sr.phrasings(x))))] for x in pick]
+
+
+def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float, int]
                ) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
     """Scenes `start..start+n` of the pool: images, positive texts and negative texts."""
-    seed, start, n, refs_per_scene, max_neg, other_frac, image_size, attr_frac = args
+    seed, start, n, refs_per_scene, max_neg, other_frac, image_size, attr_frac, n_shape = args
     cfg = sr.ShapesRefConfig(image_size=image_size)
     images = np.zeros((n, image_size, image_size, 3), np.uint8)
     pos_all: list[list[str]] = []
@@ -170,6 +188,8 @@ def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float]
             p, q = sr.matching_pairs(ref, rng, max_negatives=max_neg)
             pos += p
             neg += q
+            if n_shape:
+                neg += shape_swaps(scene, ref.expressions, n_shape, rng)
             recent += list(zip(ref.expressions, ref.sentences, strict=True))
         # negatives from other scenes: their expressions that are clearly false here
         n_other = int(round(other_frac / max(1e-6, 1 - other_frac) * len(neg)))
@@ -247,7 +267,7 @@ def build_pool(tc: TrainConfig, tokenizer: Any, n_scenes: int, seed: int,
     """Generate `n_scenes` scenes (seeded by `seed`, independent of `workers`) and tokenise."""
     workers = tc.workers if workers is None else workers
     jobs = [(seed, s, min(chunk, n_scenes - s), tc.refs_per_scene, tc.max_negatives,
-             tc.other_neg_frac, tc.image_size, tc.attribute_frac)
+             tc.other_neg_frac, tc.image_size, tc.attribute_frac, tc.shape_negatives)
             for s in range(0, n_scenes, chunk)]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as ex:
@@ -286,15 +306,36 @@ def normalise_images(images: np.ndarray, config: BlipConfig) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def posemb_sincos_2d(gh: int, gw: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """(1, 1 + gh*gw, width) float32: row 0 (the CLS position) zeros, then per patch (row-major)
+    [sin(y w), cos(y w), sin(x w), cos(x w)] over the width/4 frequencies
+    w_k = temperature^(-k / (width/4))."""
+    if width % 4:
+        raise ValueError(f"sincos position embeddings need width % 4 == 0, got {width}")
+    q = width // 4
+    omega = 1.0 / temperature ** (np.arange(q) / q)
+    y, x = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+    ya = y.reshape(-1, 1) * omega
+    xa = x.reshape(-1, 1) * omega
+    pe = np.concatenate([np.sin(ya), np.cos(ya), np.sin(xa), np.cos(xa)], axis=1)
+    return np.concatenate([np.zeros((1, width)), pe])[None].astype(np.float32)
+
+
 def init_model(tc: TrainConfig, config: BlipConfig, key: jax.Array) -> dict:
     """`init_params`, with Dense kernels scaled by `init_scale` and embeddings at std
-    1/sqrt(width) (BERT's 0.02 leaves tiny models' cross-attention uniform)."""
+    1/sqrt(width) (BERT's 0.02 leaves tiny models' cross-attention uniform); with
+    `pos_init="sincos"` the vision position embeddings start as `posemb_sincos_2d`."""
+    if tc.pos_init not in ("normal", "sincos"):
+        raise ValueError(f"pos_init must be 'normal' or 'sincos', got {tc.pos_init!r}")
     params = init_params(config, key)
     emb_std = 1.0 / math.sqrt(tc.width)
     keys = iter(jax.random.split(jax.random.fold_in(key, 1), 64))
 
     def fix(path: tuple, x: jax.Array) -> jax.Array:
         names = [getattr(p, "key", str(p)) for p in path]
+        if names[-1] == "position_embedding" and tc.pos_init == "sincos":
+            gh, gw = config.vision.grid
+            return jnp.asarray(posemb_sincos_2d(gh, gw, x.shape[-1]), x.dtype)
         if names[-1] == "kernel" and tc.init_scale != 1.0:
             return x * tc.init_scale
         if names[-1] == "embedding" or names[-1] in ("position_embedding", "class_embedding"):
@@ -418,6 +459,50 @@ def evaluate_itm(params: dict, config: BlipConfig, pool: Pool, n: int = 2000, se
             "accuracy_match": float(correct[1] / max(1, total[1])),
             "accuracy_mismatch": float(correct[0] / max(1, total[0])),
             "pairs": int(total.sum())}
+
+
+def itm_by_negative_kind(params: dict, config: BlipConfig, tokenizer: Any,
+                         num_scenes: int = 400, seed: int = 0, max_len: int = 24,
+                         batch: int = 200) -> dict[str, dict[str, dict[str, float]]]:
+    """ITM accuracy per scene kind and per hard-negative type, on fresh scenes.
+
+    For `num_scenes` scenes (kinds in turn; seeded by `seed`, independent of the training pool),
+    one ref of the first target is drawn; its first sentence is a positive ("match") and, for
+    each perturbation type of `shapesref.perturbations` (colour, shape, size, position,
+    relation, landmark) with a certified-false variant, one such variant is a negative.
+    Returns {kind: {"match" or perturbation: {"accuracy", "n"}}}: which words the model checks.
+    """
+    cfg = sr.ShapesRefConfig(image_size=config.vision.image_hw[0])
+    rng = np.random.default_rng([seed, 4241])
+    images, texts, labels, keys = [], [], [], []
+    for i in range(num_scenes):
+        kind = sr.KINDS[i % len(sr.KINDS)]
+        scene = sr.generate_scene(rng, cfg, kind)
+        ref = sr.make_ref(scene, scene.targets[0], rng)
+        rows = [(ref.sentences[0], 1, "match")]
+        for group, variants in sr.perturbations(ref.expressions[0], cfg).items():
+            false = [v for v in variants if expression_false(scene, v)]
+            if false:
+                v = false[int(rng.integers(len(false)))]
+                rows.append((sr.phrasings(v)[0], 0, group))
+        for text, label, group in rows:
+            images.append(scene.image)
+            texts.append(text)
+            labels.append(label)
+            keys.append((kind, group))
+    ids, mask = tokenize_prompts(tokenizer, texts, max_len)
+    pixels = normalise_images(np.stack(images), config)
+    pred = np.concatenate([
+        np.asarray(jnp.argmax(_eval_logits(params, config, pixels[b:b + batch],
+                                           ids[b:b + batch], mask[b:b + batch]), -1))
+        for b in range(0, len(texts), batch)])
+    hits: dict[tuple[str, str], list[bool]] = {}
+    for key, p, y in zip(keys, pred, labels, strict=True):
+        hits.setdefault(key, []).append(bool(p == y))
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (kind, group), h in sorted(hits.items()):
+        out.setdefault(kind, {})[group] = {"accuracy": float(np.mean(h)), "n": len(h)}
+    return out
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
@@ -563,6 +648,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     itm = evaluate_itm(params, config, held)
     log.info("held-out ITM accuracy %.3f (match %.3f, mismatch %.3f)", itm["accuracy"],
              itm["accuracy_match"], itm["accuracy_mismatch"])
+    by_kind = itm_by_negative_kind(params, config, tokenizer, seed=tc.seed)
+    log.info("held-out ITM accuracy by negative type: %s", "; ".join(
+        f"{k}: " + ", ".join(f"{g} {v['accuracy']:.2f}" for g, v in d.items())
+        for k, d in by_kind.items()))
     probe = None
     if args.probe_images > 0:
         probe = localisation_probe(params, config, tokenizer, args.probe_images,
@@ -580,6 +669,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "jax_version": jax.__version__,
         "history": history,
         "heldout_itm": itm,
+        "heldout_itm_by_negative": by_kind,
         "localisation_probe": probe,
     }
     (out / LOG_NAME).write_text(json.dumps(record, indent=1))

@@ -80,3 +80,54 @@ def test_model_config_and_cli_defaults():
     assert cfg.text.max_position_embeddings >= iterprime_jax.IteRPrimEConfig().max_text_length
     args = train_itm._parser().parse_args(["--out", "x", "--steps", "7"])
     assert args.steps == 7 and args.width == train_itm.TrainConfig().width
+
+
+def test_itm_by_negative_kind_reports_each_perturbation(tokenizer, pool):
+    params, config, _ = train_itm.train(dataclasses.replace(TINY, steps=1), tokenizer, pool,
+                                        progress=False)
+    got = train_itm.itm_by_negative_kind(params, config, tokenizer, num_scenes=9, seed=3)
+    assert set(got) == {"attribute", "position", "relation"}
+    for kind, groups in got.items():
+        assert groups["match"]["n"] == 3, kind
+        assert {"colour", "shape"} <= set(groups), kind
+        for g, v in groups.items():
+            assert 0.0 <= v["accuracy"] <= 1.0 and v["n"] >= 1, (kind, g)
+    assert "relation" in got["relation"] and "relation" not in got["position"]
+    assert train_itm.itm_by_negative_kind(params, config, tokenizer, num_scenes=9, seed=3) == got
+
+
+def test_shape_swaps_are_false_and_differ_only_in_shape():
+    from iterprime_jax import shapesref as sr
+
+    rng = np.random.default_rng(5)
+    scene = sr.generate_scene(rng, sr.ShapesRefConfig(), "attribute")
+    ref = sr.make_ref(scene, scene.targets[0], rng)
+    swaps = train_itm.shape_swaps(scene, ref.expressions, 3, rng)
+    assert 1 <= len(swaps) <= 3
+    for text in swaps:
+        e = sr.parse_expression(text)
+        assert sr.expression_truth(scene, e) is False
+        assert any(dataclasses.replace(e.desc, shape=x.desc.shape) == x.desc
+                   and e.desc.shape != x.desc.shape for x in ref.expressions), text
+    tc = dataclasses.replace(TINY, shape_negatives=2)
+    more = train_itm.build_pool(tc, train_itm.make_tokenizer(), 6, 0, workers=1)
+    base = train_itm.build_pool(dataclasses.replace(TINY), train_itm.make_tokenizer(), 6, 0,
+                                workers=1)
+    assert len(more.neg) > len(base.neg)
+
+
+def test_posemb_sincos_2d_init():
+    pe = train_itm.posemb_sincos_2d(3, 4, 8)
+    assert pe.shape == (1, 13, 8)
+    np.testing.assert_array_equal(pe[0, 0], 0.0)
+    # patch (row 2, column 3), row-major; width 8 -> frequencies w = (1, 0.01)
+    w = np.array([1.0, 0.01])
+    want = np.concatenate([np.sin(2 * w), np.cos(2 * w), np.sin(3 * w), np.cos(3 * w)])
+    np.testing.assert_allclose(pe[0, 1 + 4 * 2 + 3], want, rtol=1e-6)
+    tc = dataclasses.replace(TINY, pos_init="sincos")
+    params = train_itm.init_model(tc, train_itm.model_config(tc), jax.random.PRNGKey(0))
+    got = np.asarray(params["vision_model"]["embeddings"]["position_embedding"])
+    np.testing.assert_allclose(got, train_itm.posemb_sincos_2d(4, 4, TINY.width), rtol=1e-6)
+    with pytest.raises(ValueError, match="pos_init"):
+        train_itm.init_model(dataclasses.replace(TINY, pos_init="x"),
+                             train_itm.model_config(TINY), jax.random.PRNGKey(0))
