@@ -4,7 +4,8 @@ IteRPrimE needs from it.
     python bench/recipe_probe.py NAME [--steps 3000] [--set FIELD=VALUE ...] [--out DIR]
 
 Trains `train_itm.TrainConfig` with the given overrides (`--set pos_init=sincos`,
-`--set shape_negatives=4`, ...) for `--steps` steps, then reports
+`--set shape_negatives=4`, ...) for `--steps` steps, then reports what `train_itm.diagnose`
+measures (as `train_itm`'s own run does):
 - held-out ITM accuracy (`train_itm.evaluate_itm`) and per hard-negative type
   (`train_itm.itm_by_negative_kind`): which words the matching score checks;
 - the localisation probe on the ShapesRef *train* split (`train_itm.localisation_probe`): per text
@@ -51,14 +52,11 @@ def main() -> None:
     t0 = time.perf_counter()
     params, config, history = train_itm.train(tc, tok, progress=True)
     train_s = time.perf_counter() - t0
-    held = train_itm.build_pool(dataclasses.replace(tc, refs_per_scene=1), tok, 1000,
-                                seed=tc.seed + 10_000, workers=1)
-    itm = train_itm.evaluate_itm(params, config, held)
-    by_neg = train_itm.itm_by_negative_kind(params, config, tok, seed=tc.seed)
-    probe = train_itm.localisation_probe(params, config, tok, 200, "train")
+    diag = train_itm.diagnose(params, config, tok, tc)
+    itm, by_neg, probe = (diag["heldout_itm"], diag["heldout_itm_by_negative"],
+                          diag["localisation_probe"])
     record = {"name": args.name, "overrides": over, "recipe": tc.to_dict(),
-              "train_time_s": train_s, "final_history": history[-3:], "heldout_itm": itm,
-              "heldout_itm_by_negative": by_neg, "localisation_probe": probe}
+              "train_time_s": train_s, "final_history": history[-3:], **diag}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"recipe-{args.name}.json"

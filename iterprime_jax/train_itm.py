@@ -155,15 +155,18 @@ def make_tokenizer(vocab: str | Path = DEFAULT_VOCAB) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
+def false_variants(scene: sr.Scene, expr: sr.Expression, kind: str) -> list[sr.Expression]:
+    """The one-word variants of `expr` of perturbation `kind` (`shapesref.perturbations`) that
+    are clearly false in `scene`."""
+    return [x for x in sr.perturbations(expr, scene.config)[kind] if expression_false(scene, x)]
+
+
 def shape_swaps(scene: sr.Scene, exprs: Sequence[sr.Expression], n: int,
                 rng: np.random.Generator) -> list[str]:
     """Up to `n` phrasings of `exprs` with only the shape word swapped, each clearly false."""
-    out: list[sr.Expression] = []
-    for e in exprs:
-        out += [x for x in sr.perturbations(e, scene.config)["shape"]
-                if expression_false(scene, x)]
-    pick = [out[i] for i in rng.permutation(len(out))[:n]]
-    return [sr.phrasings(x)[int(rng.integers(len(sr.phrasings(x))))] for x in pick]
+    out = [x for e in exprs for x in false_variants(scene, e, "shape")]
+    phrased = [sr.phrasings(out[i]) for i in rng.permutation(len(out))[:n]]
+    return [ph[int(rng.integers(len(ph)))] for ph in phrased]
 
 
 def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float, int]
@@ -441,6 +444,17 @@ def step_losses(tc: TrainConfig, tokenizer: Any, pool: Pool) -> list[float]:
 # --------------------------------------------------------------------------------------------
 
 
+def predict_match(params: dict, config: BlipConfig, images: np.ndarray, ids: np.ndarray,
+                  mask: np.ndarray, batch: int = 250) -> np.ndarray:
+    """ITM decisions (1 = match) for uint8 images (N, H, W, 3) paired with texts (N, T), in
+    batches of `batch`."""
+    return np.concatenate([
+        np.asarray(jnp.argmax(_eval_logits(params, config,
+                                           normalise_images(images[b:b + batch], config),
+                                           ids[b:b + batch], mask[b:b + batch]), -1))
+        for b in range(0, len(ids), batch)])
+
+
 def evaluate_itm(params: dict, config: BlipConfig, pool: Pool, n: int = 2000, seed: int = 0,
                  batch: int = 250) -> dict[str, float]:
     """ITM accuracy on `n` (scene, text) pairs of a held-out pool: overall, matches, mismatches."""
@@ -449,8 +463,7 @@ def evaluate_itm(params: dict, config: BlipConfig, pool: Pool, n: int = 2000, se
     total = np.zeros(2)
     for _ in range(max(1, n // batch)):
         images, ids, mask, labels = pool.sample(rng, batch)
-        logits = _eval_logits(params, config, normalise_images(images, config), ids, mask)
-        pred = np.asarray(jnp.argmax(logits, -1))
+        pred = predict_match(params, config, images, ids, mask, batch)
         for c in (0, 1):
             sel = labels == c
             correct[c] += (pred[sel] == c).sum()
@@ -480,8 +493,8 @@ def itm_by_negative_kind(params: dict, config: BlipConfig, tokenizer: Any,
         scene = sr.generate_scene(rng, cfg, kind)
         ref = sr.make_ref(scene, scene.targets[0], rng)
         rows = [(ref.sentences[0], 1, "match")]
-        for group, variants in sr.perturbations(ref.expressions[0], cfg).items():
-            false = [v for v in variants if expression_false(scene, v)]
+        for group in sr.perturbations(ref.expressions[0], cfg):
+            false = false_variants(scene, ref.expressions[0], group)
             if false:
                 v = false[int(rng.integers(len(false)))]
                 rows.append((sr.phrasings(v)[0], 0, group))
@@ -491,11 +504,7 @@ def itm_by_negative_kind(params: dict, config: BlipConfig, tokenizer: Any,
             labels.append(label)
             keys.append((kind, group))
     ids, mask = tokenize_prompts(tokenizer, texts, max_len)
-    pixels = normalise_images(np.stack(images), config)
-    pred = np.concatenate([
-        np.asarray(jnp.argmax(_eval_logits(params, config, pixels[b:b + batch],
-                                           ids[b:b + batch], mask[b:b + batch]), -1))
-        for b in range(0, len(texts), batch)])
+    pred = predict_match(params, config, np.stack(images), ids, mask, batch)
     hits: dict[tuple[str, str], list[bool]] = {}
     for key, p, y in zip(keys, pred, labels, strict=True):
         hits.setdefault(key, []).append(bool(p == y))
@@ -616,6 +625,21 @@ def save_model(out_dir: str | Path, params: dict, config: BlipConfig,
     return out
 
 
+def diagnose(params: dict, config: BlipConfig, tokenizer: Any, tc: TrainConfig,
+             probe_images: int = 200, probe_split: str = "train") -> dict[str, Any]:
+    """What a trained model offers IteRPrimE: held-out ITM accuracy (`evaluate_itm` on 1000
+    fresh scenes), per hard-negative type (`itm_by_negative_kind`) and the localisation probe
+    (`localisation_probe`; None when `probe_images` is 0)."""
+    held = build_pool(dataclasses.replace(tc, refs_per_scene=1), tokenizer, 1000,
+                      seed=tc.seed + 10_000, workers=1)
+    probe = (localisation_probe(params, config, tokenizer, probe_images, probe_split)
+             if probe_images > 0 else None)
+    return {"heldout_itm": evaluate_itm(params, config, held),
+            "heldout_itm_by_negative": itm_by_negative_kind(params, config, tokenizer,
+                                                            seed=tc.seed),
+            "localisation_probe": probe}
+
+
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -643,19 +667,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     params, config, history = train(tc, tokenizer, progress=not args.no_progress)
     train_s = time.perf_counter() - t0
     out = save_model(args.out, params, config, args.vocab)
-    held = build_pool(dataclasses.replace(tc, refs_per_scene=1), tokenizer, 1000,
-                      seed=tc.seed + 10_000, workers=1)
-    itm = evaluate_itm(params, config, held)
+    diag = diagnose(params, config, tokenizer, tc, args.probe_images, args.probe_split)
+    itm, by_kind, probe = (diag["heldout_itm"], diag["heldout_itm_by_negative"],
+                           diag["localisation_probe"])
     log.info("held-out ITM accuracy %.3f (match %.3f, mismatch %.3f)", itm["accuracy"],
              itm["accuracy_match"], itm["accuracy_mismatch"])
-    by_kind = itm_by_negative_kind(params, config, tokenizer, seed=tc.seed)
     log.info("held-out ITM accuracy by negative type: %s", "; ".join(
         f"{k}: " + ", ".join(f"{g} {v['accuracy']:.2f}" for g, v in d.items())
         for k, d in by_kind.items()))
-    probe = None
-    if args.probe_images > 0:
-        probe = localisation_probe(params, config, tokenizer, args.probe_images,
-                                   args.probe_split)
+    if probe is not None:
         log.info("localisation probe (heat argmax in target mask): best %s = %.3f; %s",
                  probe["best"], probe["hit_rate"][probe["best"]],
                  ", ".join(f"{k} {v:.3f}" for k, v in probe["hit_rate"].items()))

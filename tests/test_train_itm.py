@@ -96,7 +96,7 @@ def test_itm_by_negative_kind_reports_each_perturbation(tokenizer, pool):
     assert train_itm.itm_by_negative_kind(params, config, tokenizer, num_scenes=9, seed=3) == got
 
 
-def test_shape_swaps_are_false_and_differ_only_in_shape():
+def test_shape_swaps_are_false_and_differ_only_in_shape(tokenizer):
     from iterprime_jax import shapesref as sr
 
     rng = np.random.default_rng(5)
@@ -110,9 +110,8 @@ def test_shape_swaps_are_false_and_differ_only_in_shape():
         assert any(dataclasses.replace(e.desc, shape=x.desc.shape) == x.desc
                    and e.desc.shape != x.desc.shape for x in ref.expressions), text
     tc = dataclasses.replace(TINY, shape_negatives=2)
-    more = train_itm.build_pool(tc, train_itm.make_tokenizer(), 6, 0, workers=1)
-    base = train_itm.build_pool(dataclasses.replace(TINY), train_itm.make_tokenizer(), 6, 0,
-                                workers=1)
+    more = train_itm.build_pool(tc, tokenizer, 6, 0, workers=1)
+    base = train_itm.build_pool(TINY, tokenizer, 6, 0, workers=1)
     assert len(more.neg) > len(base.neg)
 
 
