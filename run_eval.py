@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate IteRPrimE on a referring-segmentation split (a thin CLI over iterprime_jax.evaluate).
+"""Evaluate IteRPrimE on a referring-segmentation split (a thin CLI over iterprime_jax.evaluation).
 
     python run_eval.py                      # ShapesRef val, shipped small model, gt proposals
     python run_eval.py --dataset refcoco_unc --split val --manual-dir ~/refer \\
@@ -26,7 +26,7 @@ log = logging.getLogger("run_eval")
 
 def build_parser() -> argparse.ArgumentParser:
     from iterprime_jax.cli_args import add_method_args
-    from iterprime_jax.evaluate import DATASETS, EvalConfig
+    from iterprime_jax.evaluation import DATASETS, EvalConfig
     from iterprime_jax.metrics import CONVENTIONS
 
     d = EvalConfig()
@@ -115,15 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)
     t0 = time.perf_counter()
     if args.distributed:
-        from iterprime_jax.evaluate import initialize_distributed
+        from iterprime_jax.evaluation import initialize_distributed
 
         initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     import jax
     import tensorflow_datasets as tfds
 
     from iterprime_jax.cli_args import explicit_method_fields, method_config_from_args
-    from iterprime_jax.convert import CheckpointError
-    from iterprime_jax.evaluate import (
+    from iterprime_jax.evaluation import (
         EvalConfig,
         EvalError,
         evaluate,
@@ -132,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         run_ablation,
     )
     from iterprime_jax.metrics import format_table
+    from iterprime_jax.models.convert import CheckpointError
 
     tfds.disable_progress_bar()
     config = EvalConfig(

@@ -3,7 +3,7 @@
     python bench/bench_pipeline.py [--quick] [--device auto|cpu|gpu] [--out FILE]
 
 Same machine, same random weights at the blip-itm-base-coco architecture (built once in
-PyTorch with a fixed seed and converted in memory with `iterprime_jax.convert`), same images,
+PyTorch with a fixed seed and converted in memory with `iterprime_jax.models.convert`), same images,
 sentences and proposals (a RefCOCO-like load: images of 480x640, 7 sentences each, 20 mask
 proposals each, 3 IGRS passes, the prompt template, PWE masks from spaCy + the bert-base-uncased
 WordPiece vocab).
@@ -192,7 +192,7 @@ def hf_blip_config():
 
 
 def our_config():
-    from iterprime_jax.config import BlipConfig
+    from iterprime_jax.models.blip.config import BlipConfig
 
     return BlipConfig.from_hf_dict(hf_blip_config().to_dict())
 
@@ -208,7 +208,7 @@ def build_workload(args: argparse.Namespace, wd: Path) -> dict[str, Any]:
     import torch
     import torch_reference as tr
 
-    from iterprime_jax.language import encode_batch, load_spacy
+    from iterprime_jax.method.language import encode_batch, load_spacy
 
     t0 = time.perf_counter()
     model = tr.build_model(args.seed, hf_blip_config())
@@ -273,7 +273,7 @@ def text_rows(data: dict[str, np.ndarray], i: int, n: int, bucketed: bool = True
     rows = tuple(data[k][i, :n] for k in ("input_ids", "attention_mask", "focus", "primary"))
     if not bucketed:
         return rows
-    from iterprime_jax.pipeline import text_length_bucket
+    from iterprime_jax.method.pipeline import text_length_bucket
 
     tl = text_length_bucket(rows[1], rows[1].shape[1])
     return tuple(a[:, :tl] for a in rows)
@@ -283,7 +283,7 @@ def text_rows(data: dict[str, np.ndarray], i: int, n: int, bucketed: bool = True
 def jax_setup(wd: Path, cfg: Any) -> Any:
     import jax
 
-    from iterprime_jax.convert import convert_state_dict
+    from iterprime_jax.models.convert import convert_state_dict
 
     with np.load(wd / "weights.npz") as z:
         sd = {k: z[k] for k in z.files}
@@ -323,13 +323,13 @@ class Ours:
         return self.compiled[key]
 
     def encoder(self, pixels: np.ndarray) -> Any:
-        from iterprime_jax.pipeline import encode_image_jit
+        from iterprime_jax.method.pipeline import encode_image_jit
 
         return self._get(f"encode_image[{pixels.shape[0]}]", ("enc", self.cfg, pixels.shape),
                          lambda: encode_image_jit.lower(self.params, self.cfg, pixels))
 
     def core(self, canvas: int, args: tuple) -> Any:
-        from iterprime_jax.pipeline import segment_core_jit
+        from iterprime_jax.method.pipeline import segment_core_jit
 
         b, t = args[1].shape
         key = ("core", self.cfg, self.mcfg, canvas) + tuple(np.shape(a) for a in args)
@@ -343,7 +343,7 @@ class Ours:
         text_len token positions (trailing padding only)."""
         import jax
 
-        from iterprime_jax.pipeline import prepare_image
+        from iterprime_jax.method.pipeline import prepare_image
 
         s = text[0].shape[0]
         t0 = time.perf_counter()
@@ -614,11 +614,11 @@ def component_costs(ours: Ours, data: dict[str, np.ndarray], args: argparse.Name
     import jax
     import jax.numpy as jnp
 
-    from iterprime_jax import pipeline as pl
-    from iterprime_jax.gradcam import gradcam_from_embeds
-    from iterprime_jax.heat import heat_map
-    from iterprime_jax.modeling import match_from_embeds
-    from iterprime_jax.select import select_proposal
+    from iterprime_jax.method import pipeline as pl
+    from iterprime_jax.method.gradcam import gradcam_from_embeds
+    from iterprime_jax.method.heat import heat_map
+    from iterprime_jax.method.select import select_proposal
+    from iterprime_jax.models.blip.modeling import match_from_embeds
 
     cfg, mcfg, params = ours.cfg, ours.mcfg, ours.params
     s = args.sentences
@@ -809,7 +809,7 @@ def worker_devices(args: argparse.Namespace, wd: Path) -> dict[str, Any]:
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from iterprime_jax import pipeline as pl
+    from iterprime_jax.method import pipeline as pl
 
     n = args.n_devices
     devs = jax.devices()

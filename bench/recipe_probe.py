@@ -3,12 +3,12 @@ IteRPrimE needs from it.
 
     python bench/recipe_probe.py NAME [--steps 3000] [--set FIELD=VALUE ...] [--out DIR]
 
-Trains `train_itm.TrainConfig` with the given overrides (`--set pos_init=sincos`,
-`--set shape_negatives=4`, ...) for `--steps` steps, then reports what `train_itm.diagnose`
-measures (as `train_itm`'s own run does):
-- held-out ITM accuracy (`train_itm.evaluate_itm`) and per hard-negative type
-  (`train_itm.itm_by_negative_kind`): which words the matching score checks;
-- the localisation probe on the ShapesRef *train* split (`train_itm.localisation_probe`): per text
+Trains `training.TrainConfig` with the given overrides (`--set pos_init=sincos`,
+`--set shape_negatives=4`, ...) for `--steps` steps, then reports what `training.diagnose`
+measures (as the training CLI's own run does):
+- held-out ITM accuracy (`training.evaluate_itm`) and per hard-negative type
+  (`training.itm_by_negative_kind`): which words the matching score checks;
+- the localisation probe on the ShapesRef *train* split (`training.localisation_probe`): per text
   layer, the fraction of sentences whose Grad-CAM heat argmax lies inside the referred object,
   by expression kind, and on any object.
 Prints a table and writes `bench/results/recipe-NAME.json` (recipe, timings, all of the above).
@@ -24,12 +24,12 @@ import json
 import time
 from pathlib import Path
 
-from iterprime_jax import train_itm
+from iterprime_jax import training
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, object]:
     """`FIELD=VALUE` strings -> TrainConfig overrides, typed like the field's default."""
-    defaults = train_itm.TrainConfig()
+    defaults = training.TrainConfig()
     out: dict[str, object] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -47,12 +47,12 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     over = {"steps": args.steps, "workers": 1, **parse_overrides(args.set)}
-    tc = dataclasses.replace(train_itm.TrainConfig(), **over)
-    tok = train_itm.make_tokenizer()
+    tc = dataclasses.replace(training.TrainConfig(), **over)
+    tok = training.make_tokenizer()
     t0 = time.perf_counter()
-    params, config, history = train_itm.train(tc, tok, progress=True)
+    params, config, history = training.train(tc, tok, progress=True)
     train_s = time.perf_counter() - t0
-    diag = train_itm.diagnose(params, config, tok, tc)
+    diag = training.diagnose(params, config, tok, tc)
     itm, by_neg, probe = (diag["heldout_itm"], diag["heldout_itm_by_negative"],
                           diag["localisation_probe"])
     record = {"name": args.name, "overrides": over, "recipe": tc.to_dict(),

@@ -1,13 +1,20 @@
-"""iterprime-jax: IteRPrimE zero-shot referring image segmentation in JAX/Flax."""
+"""iterprime-jax: IteRPrimE zero-shot referring image segmentation in JAX/Flax.
 
-from .config import BlipConfig, IteRPrimEConfig, TextConfig, VisionConfig
-from .convert import CheckpointError, convert_hf_checkpoint
-from .gradcam import GradCAM, cross_attention_gradcam, gradcam_from_embeds
-from .loading import Model, load, method_config
-from .modeling import encode_image, init_params, itm_logits, match_from_embeds
-from .pipeline import SegmentResult, segment, segment_batch, segment_images
-from .preprocess import preprocess_image, tokenize
-from .refine import IGRSResult, igrs
+The public API, re-exported: the model (`models`: BLIP ITM config, parameters, conversion,
+loading), the method (`method`: Grad-CAM, IGRS, `segment`) and the method's switches
+(`IteRPrimEConfig`). Evaluation, ShapesRef and training are subpackages.
+"""
+
+from .config import IteRPrimEConfig
+from .method.gradcam import GradCAM, cross_attention_gradcam, gradcam_from_embeds
+from .method.pipeline import SegmentResult, segment, segment_batch, segment_images
+from .method.refine import IGRSResult, igrs
+from .models.blip.config import BlipConfig, TextConfig, VisionConfig
+from .models.blip.modeling import encode_image, init_params, itm_logits, match_from_embeds
+from .models.blip.preprocess import preprocess_image, tokenize
+from .models.checkpoint import CheckpointError
+from .models.convert import convert_hf_checkpoint
+from .models.loading import Model, load, method_config
 
 __all__ = [
     "BlipConfig", "IteRPrimEConfig", "TextConfig", "VisionConfig", "CheckpointError",

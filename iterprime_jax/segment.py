@@ -2,7 +2,7 @@
 [--proposals FILE] --out OUT.png` writes the mask PNG and `OUT.overlay.png` (heat map and mask
 outline on the image).
 
-(The library function is `iterprime_jax.segment`, defined in `iterprime_jax.pipeline`.)
+(The library function is `iterprime_jax.segment`, defined in `iterprime_jax.method.pipeline`.)
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from . import load
-    from .evaluate import resolve_method_config
-    from .pipeline import segment
+    from .evaluation import resolve_method_config
+    from .method.pipeline import segment
     from .visualize import overlay
 
     try:

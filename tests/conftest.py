@@ -9,7 +9,7 @@ import jax
 import pytest
 
 import iterprime_jax as ij
-from iterprime_jax.convert import save_params
+from iterprime_jax.models.convert import save_params
 
 DATA = Path(__file__).parent / "data"
 VOCAB = DATA / "bert-base-uncased-vocab.txt"

@@ -1,4 +1,4 @@
-"""The evaluation driver (iterprime_jax.evaluate, run_eval.py): files, metrics, sharding over
+"""The evaluation driver (iterprime_jax.evaluation, run_eval.py): files, metrics, sharding over
 devices and processes, resume after SIGKILL, proposals files, the ablation, bad inputs.
 
 One tiny random model and two small datasets (the refer fixture as ``refcoco_unc`` and a small
@@ -25,7 +25,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 import run_eval
-from iterprime_jax import evaluate as ev
+from iterprime_jax import evaluation as ev
 from iterprime_jax.config import IteRPrimEConfig
 from iterprime_jax.metrics import summarize
 from iterprime_jax.shapesref import ShapesRefConfig, decode_segmentation, write_shapesref

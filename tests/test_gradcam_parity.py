@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import iterprime_jax as ij  # noqa: E402
-from iterprime_jax.gradcam import cross_attention_gradcam, gradcam_from_embeds  # noqa: E402
+from iterprime_jax.method.gradcam import cross_attention_gradcam, gradcam_from_embeds  # noqa: E402
 
 from .torch_ref import build_model, hf_config, run_torch  # noqa: E402
 
@@ -22,7 +22,7 @@ def models(tmp_path_factory):
     src = tmp_path_factory.mktemp("hf")
     model.save_pretrained(str(src))
     dst = ij.convert_hf_checkpoint(src, tmp_path_factory.mktemp("flax") / "ckpt")
-    from iterprime_jax.convert import restore_params
+    from iterprime_jax.models.convert import restore_params
     cfg = ij.BlipConfig.load(dst / "blip_config.json")
     return model, cfg, restore_params(dst, cfg)
 

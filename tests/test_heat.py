@@ -1,4 +1,4 @@
-"""Tests for iterprime_jax.heat: the masked jnp PWE formula against an index-list reference."""
+"""Tests for iterprime_jax.method.heat: the masked PWE formula against an index-list reference."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from iterprime_jax.heat import heat_map, minmax_normalize, plain_heat, pwe_heat
+from iterprime_jax.method.heat import heat_map, minmax_normalize, plain_heat, pwe_heat
 
 HEADS, T, GH, GW = 3, 12, 5, 4
 

@@ -1,4 +1,4 @@
-"""Tests for iterprime_jax.language (spaCy parse, focus / primary WordPiece masks)."""
+"""Tests for iterprime_jax.method.language (spaCy parse, focus / primary WordPiece masks)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from transformers import BertTokenizer
 
 from iterprime_jax.config import IteRPrimEConfig
-from iterprime_jax.language import (
+from iterprime_jax.method.language import (
     TextInputs,
     encode_batch,
     encode_expression,

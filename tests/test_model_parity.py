@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import iterprime_jax as ij  # noqa: E402
-from iterprime_jax.modeling import encode_image, match_from_embeds  # noqa: E402
+from iterprime_jax.models.blip.modeling import encode_image, match_from_embeds  # noqa: E402
 
 from .torch_ref import build_model, hf_config, run_torch, save_model  # noqa: E402
 
@@ -46,7 +46,7 @@ def converted(request, tmp_path_factory):
 
 
 def _load_no_tok(dst):
-    from iterprime_jax.convert import restore_params
+    from iterprime_jax.models.convert import restore_params
     cfg = ij.BlipConfig.load(dst / "blip_config.json")
     return ij.Model(config=cfg, params=restore_params(dst, cfg), tokenizer=None, path=dst)
 

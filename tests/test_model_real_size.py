@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import iterprime_jax as ij  # noqa: E402
-from iterprime_jax.convert import read_hf_state_dict  # noqa: E402
+from iterprime_jax.models.convert import read_hf_state_dict  # noqa: E402
 
 from .torch_ref import build_model, run_torch  # noqa: E402
 
@@ -28,7 +28,7 @@ def test_base_coco_architecture_conversion_and_logits(tmp_path):
     cfg = ij.BlipConfig.load(dst / "blip_config.json")
     assert cfg.vision.grid == (24, 24) and cfg.text.vocab_size == 30524
 
-    from iterprime_jax.convert import restore_params
+    from iterprime_jax.models.convert import restore_params
     params = restore_params(dst, cfg)
     n_flax = len(jax.tree_util.tree_leaves(params))
     state = read_hf_state_dict(tmp_path / "hf")

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 import iterprime_jax as ij
-from iterprime_jax import pipeline
 from iterprime_jax.config import IteRPrimEConfig
+from iterprime_jax.method import pipeline
 
 # layer 0: at the last layer only the [CLS] row reaches the ITM head (other rows get no grad)
 CFG = IteRPrimEConfig(layer=0, max_text_length=16)
@@ -65,7 +65,7 @@ def test_compiles_once_per_bucket(tiny_model):
 def test_text_length_bucket_drops_only_padding(tiny_model):
     """Prompts padded to 40 and cut to their bucket (16) give the same results."""
     cfg = CFG.replace(max_text_length=40)
-    batch = ij.pipeline.encode_texts(tiny_model, EXPRS, cfg)
+    batch = pipeline.encode_texts(tiny_model, EXPRS, cfg)
     lengths = batch.attention_mask.sum(-1)
     assert batch.input_ids.shape[1] == 40 and 8 < lengths.max() <= 16
     assert pipeline.text_length_bucket(batch.attention_mask, 40) == 16

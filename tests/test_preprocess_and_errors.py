@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import iterprime_jax as ij
-from iterprime_jax.convert import CheckpointError
+from iterprime_jax.models.convert import CheckpointError
 
 DATA = Path(__file__).parent / "data"
 
@@ -133,7 +133,7 @@ def test_cli_converts_and_load_roundtrips(tmp_path):
     pytest.importorskip("torch")
     import shutil
 
-    from iterprime_jax.convert import main
+    from iterprime_jax.models.convert import main
 
     from .torch_ref import build_model, hf_config
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from iterprime_jax.config import IteRPrimEConfig
-from iterprime_jax.refine import igrs, stretch
+from iterprime_jax.method.refine import igrs, stretch
 
 GRID = (4, 4)
 BASE = jnp.asarray(np.random.default_rng(0).random((2, 4, 4)), jnp.float32)

@@ -1,4 +1,4 @@
-"""Tests for iterprime_jax.select (proposal selection, METHOD.md section 4)."""
+"""Tests for iterprime_jax.method.select (proposal selection, METHOD.md section 4)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from iterprime_jax.select import (
+from iterprime_jax.method.select import (
     Selection,
     check_proposals,
     count_components,

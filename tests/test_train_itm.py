@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 import iterprime_jax
-from iterprime_jax import train_itm
-from iterprime_jax.modeling import itm_logits
+from iterprime_jax import training
+from iterprime_jax.models.blip.modeling import itm_logits
+from iterprime_jax.training.trainer import _parser
 
-TINY = train_itm.TrainConfig(
+TINY = training.TrainConfig(
     steps=30, batch_size=16, lr=2e-3, warmup=3, width=32, heads=2, vision_layers=1,
     text_layers=1, patch_size=16, max_text_length=20, max_position_embeddings=24,
     projection_dim=8, pool_scenes=60, workers=1, seed=0, log_every=1)
@@ -21,16 +22,16 @@ TINY = train_itm.TrainConfig(
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_itm.make_tokenizer()
+    return training.make_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def pool(tokenizer):
-    return train_itm.build_pool(TINY, tokenizer, TINY.pool_scenes, TINY.seed, workers=1)
+    return training.build_pool(TINY, tokenizer, TINY.pool_scenes, TINY.seed, workers=1)
 
 
 def test_pool_is_deterministic_and_tokenised_with_template(tokenizer, pool):
-    again = train_itm.build_pool(TINY, tokenizer, 5, TINY.seed, workers=1)
+    again = training.build_pool(TINY, tokenizer, 5, TINY.seed, workers=1)
     np.testing.assert_array_equal(again.images, pool.images[:5])
     assert len(pool) == TINY.pool_scenes
     assert len(pool.pos) >= len(pool) and len(pool.neg) > 0
@@ -45,7 +46,7 @@ def test_pool_is_deterministic_and_tokenised_with_template(tokenizer, pool):
 
 
 def test_loss_decreases(tokenizer, pool):
-    losses = train_itm.step_losses(TINY, tokenizer, pool)
+    losses = training.step_losses(TINY, tokenizer, pool)
     assert len(losses) == TINY.steps
     assert np.all(np.isfinite(losses))
     first, last = float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
@@ -54,9 +55,9 @@ def test_loss_decreases(tokenizer, pool):
 
 def test_save_load_roundtrip(tmp_path, tokenizer, pool):
     tc = dataclasses.replace(TINY, steps=2)
-    params, config, history = train_itm.train(tc, tokenizer, pool, progress=False)
+    params, config, history = training.train(tc, tokenizer, pool, progress=False)
     assert [h["step"] for h in history] == [1, 2]
-    out = train_itm.save_model(tmp_path / "m", params, config)
+    out = training.save_model(tmp_path / "m", params, config)
     model = iterprime_jax.load(out)
     assert model.config == config
     for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(model.params),
@@ -66,26 +67,26 @@ def test_save_load_roundtrip(tmp_path, tokenizer, pool):
                                                                  "circle"]
     assert json.loads((out / "tokenizer_config.json").read_text())["do_lower_case"] is True
     images, ids, mask, _ = pool.sample(np.random.default_rng(1), 4)
-    pixels = train_itm.normalise_images(images, config)
+    pixels = training.normalise_images(images, config)
     got = itm_logits(model.params, model.config, pixels, ids, mask)
     want = itm_logits(params, config, pixels, ids, mask)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
 def test_model_config_and_cli_defaults():
-    cfg = train_itm.model_config(train_itm.TrainConfig())
+    cfg = training.model_config(training.TrainConfig())
     assert cfg.text.vocab_size == 30524
     assert cfg.vision.grid == (8, 8)
     assert cfg.text.encoder_hidden_size == cfg.vision.hidden_size
     assert cfg.text.max_position_embeddings >= iterprime_jax.IteRPrimEConfig().max_text_length
-    args = train_itm._parser().parse_args(["--out", "x", "--steps", "7"])
-    assert args.steps == 7 and args.width == train_itm.TrainConfig().width
+    args = _parser().parse_args(["--out", "x", "--steps", "7"])
+    assert args.steps == 7 and args.width == training.TrainConfig().width
 
 
 def test_itm_by_negative_kind_reports_each_perturbation(tokenizer, pool):
-    params, config, _ = train_itm.train(dataclasses.replace(TINY, steps=1), tokenizer, pool,
+    params, config, _ = training.train(dataclasses.replace(TINY, steps=1), tokenizer, pool,
                                         progress=False)
-    got = train_itm.itm_by_negative_kind(params, config, tokenizer, num_scenes=9, seed=3)
+    got = training.itm_by_negative_kind(params, config, tokenizer, num_scenes=9, seed=3)
     assert set(got) == {"attribute", "position", "relation"}
     for kind, groups in got.items():
         assert groups["match"]["n"] == 3, kind
@@ -93,7 +94,7 @@ def test_itm_by_negative_kind_reports_each_perturbation(tokenizer, pool):
         for g, v in groups.items():
             assert 0.0 <= v["accuracy"] <= 1.0 and v["n"] >= 1, (kind, g)
     assert "relation" in got["relation"] and "relation" not in got["position"]
-    assert train_itm.itm_by_negative_kind(params, config, tokenizer, num_scenes=9, seed=3) == got
+    assert training.itm_by_negative_kind(params, config, tokenizer, num_scenes=9, seed=3) == got
 
 
 def test_shape_swaps_are_false_and_differ_only_in_shape(tokenizer):
@@ -102,7 +103,7 @@ def test_shape_swaps_are_false_and_differ_only_in_shape(tokenizer):
     rng = np.random.default_rng(5)
     scene = sr.generate_scene(rng, sr.ShapesRefConfig(), "attribute")
     ref = sr.make_ref(scene, scene.targets[0], rng)
-    swaps = train_itm.shape_swaps(scene, ref.expressions, 3, rng)
+    swaps = training.shape_swaps(scene, ref.expressions, 3, rng)
     assert 1 <= len(swaps) <= 3
     for text in swaps:
         e = sr.parse_expression(text)
@@ -110,13 +111,13 @@ def test_shape_swaps_are_false_and_differ_only_in_shape(tokenizer):
         assert any(dataclasses.replace(e.desc, shape=x.desc.shape) == x.desc
                    and e.desc.shape != x.desc.shape for x in ref.expressions), text
     tc = dataclasses.replace(TINY, shape_negatives=2)
-    more = train_itm.build_pool(tc, tokenizer, 6, 0, workers=1)
-    base = train_itm.build_pool(TINY, tokenizer, 6, 0, workers=1)
+    more = training.build_pool(tc, tokenizer, 6, 0, workers=1)
+    base = training.build_pool(TINY, tokenizer, 6, 0, workers=1)
     assert len(more.neg) > len(base.neg)
 
 
 def test_posemb_sincos_2d_init():
-    pe = train_itm.posemb_sincos_2d(3, 4, 8)
+    pe = training.posemb_sincos_2d(3, 4, 8)
     assert pe.shape == (1, 13, 8)
     np.testing.assert_array_equal(pe[0, 0], 0.0)
     # patch (row 2, column 3), row-major; width 8 -> frequencies w = (1, 0.01)
@@ -124,9 +125,9 @@ def test_posemb_sincos_2d_init():
     want = np.concatenate([np.sin(2 * w), np.cos(2 * w), np.sin(3 * w), np.cos(3 * w)])
     np.testing.assert_allclose(pe[0, 1 + 4 * 2 + 3], want, rtol=1e-6)
     tc = dataclasses.replace(TINY, pos_init="sincos")
-    params = train_itm.init_model(tc, train_itm.model_config(tc), jax.random.PRNGKey(0))
+    params = training.init_model(tc, training.model_config(tc), jax.random.PRNGKey(0))
     got = np.asarray(params["vision_model"]["embeddings"]["position_embedding"])
-    np.testing.assert_allclose(got, train_itm.posemb_sincos_2d(4, 4, TINY.width), rtol=1e-6)
+    np.testing.assert_allclose(got, training.posemb_sincos_2d(4, 4, TINY.width), rtol=1e-6)
     with pytest.raises(ValueError, match="pos_init"):
-        train_itm.init_model(dataclasses.replace(TINY, pos_init="x"),
-                             train_itm.model_config(TINY), jax.random.PRNGKey(0))
+        training.init_model(dataclasses.replace(TINY, pos_init="x"),
+                             training.model_config(TINY), jax.random.PRNGKey(0))

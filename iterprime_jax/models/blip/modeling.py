@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from .config import BlipConfig
-from .model import BlipForImageTextRetrieval
+from .itm import BlipForImageTextRetrieval
 
 Array = jax.Array
 Params = dict

@@ -5,8 +5,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ..config import BlipConfig
 from .common import Array, compute_dtype
+from .config import BlipConfig
 from .text import BlipTextModel
 from .vision import BlipVisionModel
 

@@ -58,11 +58,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .cli_args import METHOD_FLAG_FIELDS  # noqa: F401 - re-exported
-from .config import IteRPrimEConfig
-from .metrics import CONVENTIONS, summarize
-from .modeling import encode_image
-from .pipeline import (
+from ..cli_args import METHOD_FLAG_FIELDS  # noqa: F401 - re-exported
+from ..config import IteRPrimEConfig
+from ..method.pipeline import (
     bucket,
     canvas_side,
     encode_texts,
@@ -71,6 +69,8 @@ from .pipeline import (
     segment_core,
     text_length_bucket,
 )
+from ..metrics import CONVENTIONS, summarize
+from ..models.blip.modeling import encode_image
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,8 @@ class AblationRow:
 # --------------------------------------------------------------------------- method config
 def load_method_json(weights_dir: str | Path) -> dict[str, Any]:
     """The optional ``method.json`` of a weights dir: recommended `IteRPrimEConfig` fields."""
-    from .convert import CheckpointError
-    from .loading import read_method_json
+    from ..models.checkpoint import CheckpointError
+    from ..models.loading import read_method_json
 
     try:
         return read_method_json(weights_dir)
@@ -307,7 +307,7 @@ class SplitSources:
 
 def ensure_shapesref(manual_dir: str | Path) -> None:
     """Write the default ShapesRef benchmark into `manual_dir` unless a build is there."""
-    from .shapesref import DATASET_DIR, STAMP_FILE, ShapesRefConfig, write_shapesref
+    from ..shapesref import DATASET_DIR, STAMP_FILE, ShapesRefConfig, write_shapesref
 
     if (Path(manual_dir) / DATASET_DIR / STAMP_FILE).is_file():
         return
@@ -836,12 +836,12 @@ class _Context:
 
 
 def load_model(config: EvalConfig, model: Any) -> tuple[Any, Path]:
-    from .loading import load
+    from ..models.loading import load
 
     weights = Path(config.weights).expanduser().resolve()
     if model is None:
         if not weights.is_dir():
-            hint = (" (train it with `python -m iterprime_jax.train_itm --out "
+            hint = (" (train it with `python -m iterprime_jax.training --out "
                     f"{config.weights}`)" if "shapesref" in config.weights else "")
             raise EvalError(f"weights directory {config.weights} does not exist{hint}")
         model = load(weights)

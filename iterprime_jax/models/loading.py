@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import BlipConfig, IteRPrimEConfig
-from .convert import CONFIG_NAME, CheckpointError, restore_params
+from ..config import IteRPrimEConfig
+from .blip.config import BlipConfig
+from .checkpoint import CheckpointError
+from .convert import CONFIG_NAME, restore_params
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ..config import TextConfig
 from .common import Array, activation, compute_dtype, masked_softmax
+from .config import TextConfig
 
 
 class BlipTextSelfAttention(nn.Module):

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .config import IteRPrimEConfig
+from ..config import IteRPrimEConfig
 
 Array = jax.Array
 # keep (B, gh*gw) int32, 1 = visible  ->  heat (B, gh, gw) in [0, 1], P(match) (B,)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from iterprime_jax.config import IteRPrimEConfig
+from ..config import IteRPrimEConfig
 
 __all__ = [
     "FOCUS_POS",

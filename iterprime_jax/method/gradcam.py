@@ -13,8 +13,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .config import BlipConfig
-from .modeling import Params, encode_image, match_from_embeds
+from ..models.blip.config import BlipConfig
+from ..models.blip.modeling import Params, encode_image, match_from_embeds
 
 Array = jax.Array
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ..config import VisionConfig
 from .common import Array, activation, compute_dtype, masked_softmax
+from .config import VisionConfig
 
 
 class BlipAttention(nn.Module):

@@ -20,12 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .config import BlipConfig, IteRPrimEConfig
+from ..config import IteRPrimEConfig
+from ..models.blip.config import BlipConfig
+from ..models.blip.modeling import Params, encode_image
+from ..models.blip.preprocess import as_rgb_uint8, preprocess_image
 from .gradcam import gradcam_from_embeds
 from .heat import heat_map
 from .language import TextBatch, encode_batch, load_spacy
-from .modeling import Params, encode_image
-from .preprocess import as_rgb_uint8, preprocess_image
 from .refine import IGRSResult, igrs, stretch
 from .select import check_proposals, count_components, select_proposal
 

@@ -1,0 +1,2 @@
+"""Models: the Flax ports (`blip`), checkpoint reading (`checkpoint`), HF -> orbax conversion
+(`convert`) and loading a converted checkpoint (`loading`)."""

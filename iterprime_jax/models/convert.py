@@ -1,0 +1,134 @@
+"""HF checkpoint directory -> converted checkpoint (orbax params + config + tokenizer files),
+and reading converted params back.
+
+`convert_hf_checkpoint` dispatches on the `model_type` of the HF `config.json` to the model's key
+table (`blip`: `iterprime_jax.models.blip.convert`); tensors are read by
+`iterprime_jax.models.checkpoint`.
+
+CLI: `python -m iterprime_jax.models.convert SRC_HF_DIR DST_DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from .blip.config import BlipConfig
+from .blip.convert import convert_state_dict, read_hf_config
+from .blip.modeling import abstract_params
+from .checkpoint import CheckpointError, read_hf_state_dict
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "blip_config.json"
+PARAMS_DIR = "params"
+TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.json", "preprocessor_config.json")
+#: HF `config.json` model_type values this package converts.
+MODEL_TYPES = ("blip",)
+
+__all__ = ["CONFIG_NAME", "CheckpointError", "convert_hf_checkpoint", "read_hf_state_dict",
+           "restore_params", "save_params"]
+
+
+# --------------------------------------------------------------------------- orbax save/load
+def save_params(dst_dir: str | Path, params: Any, config: BlipConfig) -> Path:
+    """Write `dst_dir/params` (orbax) and `dst_dir/blip_config.json`."""
+    import orbax.checkpoint as ocp
+
+    dst = Path(dst_dir).absolute()
+    dst.mkdir(parents=True, exist_ok=True)
+    target = dst / PARAMS_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(target, jax.tree_util.tree_map(np.asarray, params))
+    ckpt.wait_until_finished()
+    config.replace(dtype="float32").save(dst / CONFIG_NAME)
+    return dst
+
+
+def restore_params(src_dir: str | Path, config: BlipConfig) -> dict:
+    """Read orbax params from `src_dir/params`, checked against the config's tree."""
+    import orbax.checkpoint as ocp
+
+    path = Path(src_dir).absolute() / PARAMS_DIR
+    if not path.exists():
+        raise CheckpointError(f"no converted params at {path} (run python -m "
+                              "iterprime_jax.models.convert on an HF checkpoint first)")
+    target = abstract_params(config)
+    ckpt = ocp.StandardCheckpointer()
+    try:
+        params = ckpt.restore(path, target)
+    except Exception as e:  # orbax raises several types for a tree/shape mismatch
+        raise CheckpointError(f"params at {path} do not match {CONFIG_NAME}: {e}") from e
+    return jax.tree_util.tree_map(np.asarray, params)
+
+
+def copy_tokenizer_files(src_dir: str | Path, dst_dir: str | Path) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        f = Path(src_dir) / name
+        if f.exists():
+            shutil.copy2(f, Path(dst_dir) / name)
+            copied.append(name)
+    return copied
+
+
+def hf_model_type(src_dir: str | Path) -> str:
+    """``model_type`` of an HF checkpoint's `config.json` (``blip`` when absent or unreadable:
+    the model's reader then reports what is wrong with the file)."""
+    try:
+        hf = json.loads((Path(src_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return "blip"
+    return str(hf.get("model_type", "blip")) if isinstance(hf, dict) else "blip"
+
+
+def convert_hf_checkpoint(src_dir: str | Path, dst_dir: str | Path,
+                          config_overrides: Mapping[str, Any] | None = None) -> Path:
+    """Convert an HF checkpoint dir into `dst_dir` (orbax params, config, tokenizer).
+
+    The model is chosen by `config.json`'s ``model_type`` (one of `MODEL_TYPES`; absent means
+    ``blip``). `config_overrides` replace fields of the vision config (e.g. a non-square
+    `image_size`).
+    """
+    kind = hf_model_type(src_dir)
+    if kind not in MODEL_TYPES:
+        raise CheckpointError(f"{Path(src_dir) / 'config.json'}: model_type {kind!r} is not "
+                              f"supported (supported: {', '.join(MODEL_TYPES)})")
+    config = read_hf_config(src_dir)
+    if config_overrides:
+        config = config.replace(vision=dataclasses.replace(config.vision, **config_overrides))
+    state = read_hf_state_dict(src_dir)
+    params = convert_state_dict(state, config)
+    dst = save_params(dst_dir, params, config)
+    copied = copy_tokenizer_files(src_dir, dst)
+    log.info("converted %d tensors from %s to %s (tokenizer files: %s)", len(state), src_dir,
+             dst, copied or "none")
+    return dst
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("src", help="HF checkpoint dir (config.json + model.safetensors)")
+    ap.add_argument("dst", help="output dir (orbax params + blip_config.json + tokenizer)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        convert_hf_checkpoint(args.src, args.dst)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""`python -m iterprime_jax.shapesref ROOT [...]`: write ShapesRef (see `writer.main`)."""
+
+from .writer import main
+
+main()

@@ -1,0 +1,43 @@
+"""Training the small ShapesRef ITM model (BLIP architecture, tiny config) and its diagnostics.
+
+`config` (the recipe, `TrainConfig`), `data` (the scene pool and batches), `trainer` (init,
+optimiser, the training loop, saving, the CLI `python -m iterprime_jax.training --out DIR`) and
+`diagnostics` (held-out ITM accuracy, per hard-negative type, the localisation probe).
+"""
+
+from .config import DEFAULT_VOCAB, LOG_NAME, TrainConfig, make_tokenizer, model_config
+from .data import (
+    Pool,
+    build_pool,
+    expression_false,
+    false_variants,
+    normalise_images,
+    shape_swaps,
+    tokenize_prompts,
+)
+from .diagnostics import (
+    diagnose,
+    evaluate_itm,
+    itm_by_negative_kind,
+    localisation_probe,
+    predict_match,
+    recommended_method,
+)
+from .trainer import (
+    init_model,
+    lr_schedule,
+    main,
+    make_optimizer,
+    posemb_sincos_2d,
+    save_model,
+    step_losses,
+    train,
+)
+
+__all__ = [
+    "DEFAULT_VOCAB", "LOG_NAME", "Pool", "TrainConfig", "build_pool", "diagnose",
+    "evaluate_itm", "expression_false", "false_variants", "init_model", "itm_by_negative_kind",
+    "localisation_probe", "lr_schedule", "main", "make_optimizer", "make_tokenizer",
+    "model_config", "normalise_images", "posemb_sincos_2d", "predict_match",
+    "recommended_method", "save_model", "shape_swaps", "step_losses", "tokenize_prompts", "train",
+]

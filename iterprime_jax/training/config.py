@@ -1,0 +1,90 @@
+"""The training recipe of the small ShapesRef ITM model (`TrainConfig`), its BLIP config
+(`model_config`) and tokenizer (`make_tokenizer`), and the names of the files it writes."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ..models.blip.config import BlipConfig, TextConfig, VisionConfig
+
+#: bert-base-uncased WordPiece vocabulary (in the repository's test data).
+DEFAULT_VOCAB = (Path(__file__).resolve().parents[2] / "tests" / "data"
+                 / "bert-base-uncased-vocab.txt")
+LOG_NAME = "training_log.json"
+METHOD_NAME = "method.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The whole recipe; defaults are the shipped model's.
+
+    Attributes:
+      steps, batch_size, lr, warmup, weight_decay, clip: AdamW with linear warmup + cosine decay.
+      width: hidden size of both encoders (MLP 4x); heads: attention heads of both.
+      vision_layers, text_layers: depth (every text layer has cross-attention).
+      patch_size: ViT patch (64x64 images -> (64 / patch)^2 patches).
+      max_text_length: token bucket for training (prompt incl. [CLS]/[SEP]).
+      max_position_embeddings: text positions (>= the pipeline's max_text_length, 40).
+      pool_scenes: scenes generated for training; refs_per_scene: targets described per scene.
+      other_neg_frac: share of negatives that are expressions of other scenes.
+      attribute_frac: share of attribute scenes (the rest: position and relation, equally).
+      shape_negatives: extra negatives per described target that swap only the shape word
+        (certified false), on top of `max_negatives` (shape is the slowest attribute to learn).
+      init_scale: multiplier on the default (lecun-normal) Dense init.
+      pos_init: vision position embeddings' init: "normal" (std 1/sqrt(width)) or "sincos"
+        (fixed-frequency 2D sine/cosine of the patch row and column, as in MAE/big_vision;
+        still trained).
+      seed: seeds data, init and batch order.
+    """
+
+    steps: int = 10000
+    batch_size: int = 64
+    lr: float = 7e-4
+    warmup: int = 500
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    width: int = 64
+    heads: int = 4
+    vision_layers: int = 2
+    text_layers: int = 3
+    patch_size: int = 8
+    image_size: int = 64
+    max_text_length: int = 24
+    max_position_embeddings: int = 64
+    projection_dim: int = 32
+    pool_scenes: int = 16000
+    refs_per_scene: int = 2
+    max_negatives: int = 8
+    other_neg_frac: float = 0.25
+    attribute_frac: float = 0.7
+    shape_negatives: int = 0
+    init_scale: float = 1.0
+    pos_init: str = "normal"
+    seed: int = 0
+    log_every: int = 100
+    workers: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def model_config(tc: TrainConfig) -> BlipConfig:
+    """The BLIP config of the small model (bert-base-uncased vocabulary, 30524 like BLIP)."""
+    w = tc.width
+    vision = VisionConfig(image_size=tc.image_size, patch_size=tc.patch_size, hidden_size=w,
+                          intermediate_size=4 * w, num_hidden_layers=tc.vision_layers,
+                          num_attention_heads=tc.heads)
+    text = TextConfig(vocab_size=30524, hidden_size=w, intermediate_size=4 * w,
+                      num_hidden_layers=tc.text_layers, num_attention_heads=tc.heads,
+                      max_position_embeddings=tc.max_position_embeddings,
+                      encoder_hidden_size=w)
+    return BlipConfig(vision=vision, text=text, projection_dim=tc.projection_dim)
+
+
+def make_tokenizer(vocab: str | Path = DEFAULT_VOCAB) -> Any:
+    """Slow BertTokenizer over a WordPiece vocab file (the fast one maps all to [UNK])."""
+    from transformers import BertTokenizer
+
+    return BertTokenizer(str(vocab), do_lower_case=True)

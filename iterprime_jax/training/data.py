@@ -1,0 +1,166 @@
+"""Training data of the ITM model: a pool of ShapesRef scenes with matching and certified-false
+texts (generated up front in worker processes, `build_pool`), batches sampled from it
+(`Pool.sample`), prompt tokenisation and image normalisation."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .. import shapesref as sr
+from ..config import IteRPrimEConfig
+from ..models.blip.config import BlipConfig
+from .config import TrainConfig
+
+
+def false_variants(scene: sr.Scene, expr: sr.Expression, kind: str) -> list[sr.Expression]:
+    """The one-word variants of `expr` of perturbation `kind` (`shapesref.perturbations`) that
+    are clearly false in `scene`."""
+    return [x for x in sr.perturbations(expr, scene.config)[kind] if expression_false(scene, x)]
+
+
+def shape_swaps(scene: sr.Scene, exprs: Sequence[sr.Expression], n: int,
+                rng: np.random.Generator) -> list[str]:
+    """Up to `n` phrasings of `exprs` with only the shape word swapped, each clearly false."""
+    out = [x for e in exprs for x in false_variants(scene, e, "shape")]
+    phrased = [sr.phrasings(out[i]) for i in rng.permutation(len(out))[:n]]
+    return [ph[int(rng.integers(len(ph)))] for ph in phrased]
+
+
+def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float, int]
+               ) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
+    """Scenes `start..start+n` of the pool: images, positive texts and negative texts."""
+    seed, start, n, refs_per_scene, max_neg, other_frac, image_size, attr_frac, n_shape = args
+    cfg = sr.ShapesRefConfig(image_size=image_size)
+    images = np.zeros((n, image_size, image_size, 3), np.uint8)
+    pos_all: list[list[str]] = []
+    neg_all: list[list[str]] = []
+    recent: list[tuple[sr.Expression, str]] = []  # expressions of earlier scenes of the chunk
+    for i in range(n):
+        rng = np.random.default_rng([seed, 7919, start + i])
+        kind = "attribute" if rng.random() < attr_frac else sr.KINDS[1 + int(rng.integers(2))]
+        scene = sr.generate_scene(rng, cfg, kind)
+        images[i] = scene.image
+        targets = [scene.targets[j] for j in rng.permutation(len(scene.targets))]
+        pos: list[str] = []
+        neg: list[str] = []
+        for t in targets[:refs_per_scene]:
+            ref = sr.make_ref(scene, t, rng)
+            p, q = sr.matching_pairs(ref, rng, max_negatives=max_neg)
+            pos += p
+            neg += q
+            if n_shape:
+                neg += shape_swaps(scene, ref.expressions, n_shape, rng)
+            recent += list(zip(ref.expressions, ref.sentences, strict=True))
+        # negatives from other scenes: their expressions that are clearly false here
+        n_other = int(round(other_frac / max(1e-6, 1 - other_frac) * len(neg)))
+        others: list[str] = []
+        for j in rng.permutation(len(recent))[: 6 * n_other]:
+            e, s = recent[j]
+            if len(others) >= n_other:
+                break
+            if s not in pos and expression_false(scene, e):
+                others.append(s)
+        recent = recent[-200:]
+        pos = list(dict.fromkeys(pos))
+        neg = [s for s in dict.fromkeys(neg + others) if s not in set(pos)]
+        pos_all.append(pos)
+        neg_all.append(neg)
+    return images, pos_all, neg_all
+
+
+def expression_false(scene: sr.Scene, expr: sr.Expression) -> bool:
+    return sr.expression_truth(scene, expr) is False
+
+
+@dataclasses.dataclass
+class Pool:
+    """Pre-generated training scenes with tokenised texts.
+
+    images: (N, H, W, 3) uint8; ids/mask: (U, T) int32 over the unique texts; pos/neg: per scene
+    int arrays of text indices, flattened with offsets (`pos_off[i]:pos_off[i+1]`).
+    """
+
+    images: np.ndarray
+    ids: np.ndarray
+    mask: np.ndarray
+    texts: list[str]
+    pos: np.ndarray
+    pos_off: np.ndarray
+    neg: np.ndarray
+    neg_off: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def sample(self, rng: np.random.Generator, batch: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(images uint8, ids, mask, labels): random scenes, 50% matching texts."""
+        idx = rng.integers(0, len(self), batch)
+        labels = (rng.random(batch) < 0.5).astype(np.int32)
+        n_pos = self.pos_off[idx + 1] - self.pos_off[idx]
+        n_neg = self.neg_off[idx + 1] - self.neg_off[idx]
+        labels = np.where(n_neg == 0, 1, labels)
+        u = rng.random(batch)
+        pick_pos = self.pos[self.pos_off[idx] + (u * n_pos).astype(np.int64)]
+        pick_neg = self.neg[self.neg_off[idx] + (u * np.maximum(n_neg, 1)).astype(np.int64)
+                            % np.maximum(n_neg, 1)]
+        t = np.where(labels == 1, pick_pos, pick_neg)
+        return self.images[idx], self.ids[t], self.mask[t], labels
+
+
+def tokenize_prompts(tokenizer: Any, texts: Sequence[str], max_len: int,
+                     template: str = IteRPrimEConfig().template
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """`[CLS] template(text) [SEP] [PAD]...` ids and attention mask, (U, max_len) int32."""
+    ids = np.full((len(texts), max_len), int(tokenizer.pad_token_id), np.int32)
+    mask = np.zeros((len(texts), max_len), np.int32)
+    for i, t in enumerate(texts):
+        pieces = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(template.format(t)))
+        row = [tokenizer.cls_token_id, *pieces[: max_len - 2], tokenizer.sep_token_id]
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def build_pool(tc: TrainConfig, tokenizer: Any, n_scenes: int, seed: int,
+               workers: int | None = None, chunk: int = 500) -> Pool:
+    """Generate `n_scenes` scenes (seeded by `seed`, independent of `workers`) and tokenise."""
+    workers = tc.workers if workers is None else workers
+    jobs = [(seed, s, min(chunk, n_scenes - s), tc.refs_per_scene, tc.max_negatives,
+             tc.other_neg_frac, tc.image_size, tc.attribute_frac, tc.shape_negatives)
+            for s in range(0, n_scenes, chunk)]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(workers) as ex:
+            parts = list(ex.map(_gen_chunk, jobs))
+    else:
+        parts = [_gen_chunk(j) for j in jobs]
+    images = np.concatenate([p[0] for p in parts])
+    pos_lists = [x for p in parts for x in p[1]]
+    neg_lists = [x for p in parts for x in p[2]]
+    index: dict[str, int] = {}
+    for lst in pos_lists + neg_lists:
+        for s in lst:
+            index.setdefault(s, len(index))
+    texts = list(index)
+    ids, mask = tokenize_prompts(tokenizer, texts, tc.max_text_length)
+
+    def flat(lists: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        off = np.zeros(len(lists) + 1, np.int64)
+        off[1:] = np.cumsum([len(x) for x in lists])
+        return np.asarray([index[s] for x in lists for s in x], np.int64), off
+
+    pos, pos_off = flat(pos_lists)
+    neg, neg_off = flat(neg_lists)
+    return Pool(images, ids, mask, texts, pos, pos_off, neg, neg_off)
+
+
+def normalise_images(images: np.ndarray, config: BlipConfig) -> np.ndarray:
+    """uint8 (B, H, W, 3) -> float32 normalised like `preprocess_image` (images at model size)."""
+    mean = np.asarray(config.image_mean, np.float32)
+    std = np.asarray(config.image_std, np.float32)
+    return (images.astype(np.float32) / 255.0 - mean) / std

@@ -1,0 +1,252 @@
+"""Train the small ShapesRef ITM model: BLIP architecture (same Flax code), tiny config.
+
+Image-text matching only: positives are expressions of the image's objects, negatives are hard
+negatives certified false in the image (swapped colour / shape / size / position word / relation /
+landmark attribute, absent attribute combinations, expressions of other images). The model never
+sees a mask or a box. Its Grad-CAM over cross-attention is what IteRPrimE turns into masks.
+
+    python -m iterprime_jax.training --out weights/shapesref-itm
+
+writes orbax params + `blip_config.json` (`iterprime_jax.models.convert.save_params`), the tokenizer
+(`vocab.txt`, `tokenizer_config.json`) and `training_log.json` (recipe, command, wall time, loss /
+accuracy history, held-out ITM accuracy, and a localisation probe: the fraction of ShapesRef
+train-split sentences whose Grad-CAM heat peaks inside the referred object's mask, per text
+layer) and `method.json` (the Grad-CAM layer the probe recommends; chosen on the ShapesRef train
+split, which the ITM training pool never draws from, so val stays untouched).
+
+Data: a pool of scenes is generated up front (numpy, in worker processes), with the prompt
+template of the pipeline (`IteRPrimEConfig().template`) applied before tokenisation; batches are
+sampled from the pool (50% matches). Everything is seeded by `--seed`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..models.blip.config import BlipConfig
+from ..models.blip.modeling import init_params, itm_logits
+from ..models.convert import save_params
+from .config import DEFAULT_VOCAB, LOG_NAME, METHOD_NAME, TrainConfig, make_tokenizer, model_config
+from .data import Pool, build_pool, normalise_images
+from .diagnostics import diagnose, recommended_method
+
+log = logging.getLogger(__name__)
+
+
+def posemb_sincos_2d(gh: int, gw: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """(1, 1 + gh*gw, width) float32: row 0 (the CLS position) zeros, then per patch (row-major)
+    [sin(y w), cos(y w), sin(x w), cos(x w)] over the width/4 frequencies
+    w_k = temperature^(-k / (width/4))."""
+    if width % 4:
+        raise ValueError(f"sincos position embeddings need width % 4 == 0, got {width}")
+    q = width // 4
+    omega = 1.0 / temperature ** (np.arange(q) / q)
+    y, x = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+    ya = y.reshape(-1, 1) * omega
+    xa = x.reshape(-1, 1) * omega
+    pe = np.concatenate([np.sin(ya), np.cos(ya), np.sin(xa), np.cos(xa)], axis=1)
+    return np.concatenate([np.zeros((1, width)), pe])[None].astype(np.float32)
+
+
+def init_model(tc: TrainConfig, config: BlipConfig, key: jax.Array) -> dict:
+    """`init_params`, with Dense kernels scaled by `init_scale` and embeddings at std
+    1/sqrt(width) (BERT's 0.02 leaves tiny models' cross-attention uniform); with
+    `pos_init="sincos"` the vision position embeddings start as `posemb_sincos_2d`."""
+    if tc.pos_init not in ("normal", "sincos"):
+        raise ValueError(f"pos_init must be 'normal' or 'sincos', got {tc.pos_init!r}")
+    params = init_params(config, key)
+    emb_std = 1.0 / math.sqrt(tc.width)
+    keys = iter(jax.random.split(jax.random.fold_in(key, 1), 64))
+
+    def fix(path: tuple, x: jax.Array) -> jax.Array:
+        names = [getattr(p, "key", str(p)) for p in path]
+        if names[-1] == "position_embedding" and tc.pos_init == "sincos":
+            gh, gw = config.vision.grid
+            return jnp.asarray(posemb_sincos_2d(gh, gw, x.shape[-1]), x.dtype)
+        if names[-1] == "kernel" and tc.init_scale != 1.0:
+            return x * tc.init_scale
+        if names[-1] == "embedding" or names[-1] in ("position_embedding", "class_embedding"):
+            return emb_std * jax.random.normal(next(keys), x.shape, x.dtype)
+        return x
+
+    return jax.tree_util.tree_map_with_path(fix, params)
+
+
+def lr_schedule(tc: TrainConfig) -> optax.Schedule:
+    """Linear warmup (at most a tenth of the steps), then cosine decay to 2% of `lr`."""
+    warmup = min(tc.warmup, max(1, tc.steps // 10))
+    return optax.warmup_cosine_decay_schedule(0.0, tc.lr, warmup, max(tc.steps, warmup + 1),
+                                              end_value=tc.lr * 0.02)
+
+
+def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
+    sched = lr_schedule(tc)
+
+    def decay_mask(params: Any) -> Any:
+        return jax.tree_util.tree_map_with_path(
+            lambda p, x: getattr(p[-1], "key", "") in ("kernel",), params)
+
+    return optax.chain(optax.clip_by_global_norm(tc.clip),
+                       optax.adamw(sched, weight_decay=tc.weight_decay, mask=decay_mask))
+
+
+def _loss_fn(params: dict, config: BlipConfig, pixels: jax.Array, ids: jax.Array,
+             mask: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    logits = itm_logits(params, config, pixels, ids, mask)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    acc = (jnp.argmax(logits, -1) == labels).mean()
+    return loss, acc
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _train_step(params: dict, config: BlipConfig, opt: optax.GradientTransformation,
+                opt_state: Any, pixels: jax.Array, ids: jax.Array, mask: jax.Array,
+                labels: jax.Array) -> tuple[dict, Any, jax.Array, jax.Array]:
+    (loss, acc), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
+        params, config, pixels, ids, mask, labels)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, acc
+
+
+def train(tc: TrainConfig, tokenizer: Any | None = None, pool: Pool | None = None,
+          progress: bool = True) -> tuple[dict, BlipConfig, list[dict[str, float]]]:
+    """Train from scratch; returns (params, model config, history of logged steps).
+
+    history rows: step, loss and accuracy (means over the last `log_every` steps), lr.
+    """
+    from tqdm.auto import tqdm
+
+    tokenizer = make_tokenizer() if tokenizer is None else tokenizer
+    config = model_config(tc)
+    if pool is None:
+        t0 = time.perf_counter()
+        pool = build_pool(tc, tokenizer, tc.pool_scenes, tc.seed)
+        log.info("generated %d training scenes, %d texts (%d positives, %d negatives) in %.1fs",
+                 len(pool), len(pool.texts), len(pool.pos), len(pool.neg),
+                 time.perf_counter() - t0)
+    key = jax.random.PRNGKey(tc.seed)
+    params = init_model(tc, config, key)
+    opt = make_optimizer(tc)
+    opt_state = opt.init(params)
+    rng = np.random.default_rng([tc.seed, 1])
+    history: list[dict[str, float]] = []
+    losses: list[jax.Array] = []
+    accs: list[jax.Array] = []
+    sched = lr_schedule(tc)
+    bar = tqdm(range(1, tc.steps + 1), desc="train ITM", disable=not progress, unit="step")
+    for step in bar:
+        images, ids, mask, labels = pool.sample(rng, tc.batch_size)
+        params, opt_state, loss, acc = _train_step(
+            params, config, opt, opt_state, normalise_images(images, config), ids, mask, labels)
+        losses.append(loss)
+        accs.append(acc)
+        if step % tc.log_every == 0 or step == tc.steps:
+            lv = float(np.mean(jax.device_get(losses)))
+            av = float(np.mean(jax.device_get(accs)))
+            row = {"step": step, "loss": lv, "accuracy": av, "lr": float(sched(step))}
+            history.append(row)
+            losses, accs = [], []
+            bar.set_postfix(loss=f"{lv:.3f}", acc=f"{av:.3f}")
+            log.info("step %d: loss %.4f, ITM accuracy %.3f, lr %.2e", step, lv, av, row["lr"])
+    return jax.device_get(params), config, history
+
+
+def step_losses(tc: TrainConfig, tokenizer: Any, pool: Pool) -> list[float]:
+    """Per-step training losses (for tests): `train` with log_every=1."""
+    _, _, hist = train(dataclasses.replace(tc, log_every=1), tokenizer, pool, progress=False)
+    return [h["loss"] for h in hist]
+
+
+def save_model(out_dir: str | Path, params: dict, config: BlipConfig,
+               vocab: str | Path = DEFAULT_VOCAB) -> Path:
+    """Orbax params + blip_config.json (`save_params`) + vocab.txt + tokenizer_config.json,
+    loadable with `iterprime_jax.load(out_dir)`."""
+    out = save_params(out_dir, params, config)
+    shutil.copyfile(vocab, out / "vocab.txt")
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"do_lower_case": True, "tokenizer_class": "BertTokenizer", "model_max_length": 512,
+         "cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+         "unk_token": "[UNK]", "mask_token": "[MASK]"}, indent=2))
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    ap = argparse.ArgumentParser(prog="python -m iterprime_jax.training",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="output directory (weights/shapesref-itm)")
+    ap.add_argument("--vocab", default=str(DEFAULT_VOCAB), help="WordPiece vocab.txt")
+    ap.add_argument("--probe-images", type=int, default=200,
+                    help="ShapesRef images for the localisation probe (0 = skip)")
+    ap.add_argument("--probe-split", default="train",
+                    help="ShapesRef split of the probe (it picks method.json's layer)")
+    ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        ap.add_argument(flag, type=type(getattr(d, f.name)), default=getattr(d, f.name),
+                        help=f"(default {getattr(d, f.name)})")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    tc = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    t0 = time.perf_counter()
+    tokenizer = make_tokenizer(args.vocab)
+    params, config, history = train(tc, tokenizer, progress=not args.no_progress)
+    train_s = time.perf_counter() - t0
+    out = save_model(args.out, params, config, args.vocab)
+    diag = diagnose(params, config, tokenizer, tc, args.probe_images, args.probe_split)
+    itm, by_kind, probe = (diag["heldout_itm"], diag["heldout_itm_by_negative"],
+                           diag["localisation_probe"])
+    log.info("held-out ITM accuracy %.3f (match %.3f, mismatch %.3f)", itm["accuracy"],
+             itm["accuracy_match"], itm["accuracy_mismatch"])
+    log.info("held-out ITM accuracy by negative type: %s", "; ".join(
+        f"{k}: " + ", ".join(f"{g} {v['accuracy']:.2f}" for g, v in d.items())
+        for k, d in by_kind.items()))
+    if probe is not None:
+        log.info("localisation probe (heat argmax in target mask): best %s = %.3f; %s",
+                 probe["best"], probe["hit_rate"][probe["best"]],
+                 ", ".join(f"{k} {v:.3f}" for k, v in probe["hit_rate"].items()))
+    record = {
+        "command": "python -m iterprime_jax.training " + " ".join(argv),
+        "wall_time_s": time.perf_counter() - t0,
+        "train_time_s": train_s,
+        "recipe": tc.to_dict(),
+        "model_config": config.to_dict(),
+        "devices": [str(d) for d in jax.devices()],
+        "jax_version": jax.__version__,
+        "history": history,
+        "heldout_itm": itm,
+        "heldout_itm_by_negative": by_kind,
+        "localisation_probe": probe,
+    }
+    (out / LOG_NAME).write_text(json.dumps(record, indent=1))
+    if probe is not None:
+        method = recommended_method(probe)
+        (out / METHOD_NAME).write_text(json.dumps(method, indent=2) + "\n")
+        log.info("wrote %s: %s", out / METHOD_NAME, method)
+    log.info("wrote %s in %.0fs", out, record["wall_time_s"])
+    return record
+
+
+if __name__ == "__main__":
+    main()
