@@ -56,8 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run the paper's ablation (threshold, +proposals, +PWE, +IGRS 2/3/4, "
                          "full) and write OUT/ablation.json")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ap.add_argument("--sleep-per-batch", type=float, default=0.0,
-                    help="testing: sleep this many seconds after every batch")
     g = ap.add_argument_group("multi-process (jax.distributed)")
     g.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() (cluster auto-detection unless "
@@ -67,13 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--process-id", type=int, default=None)
     add_method_args(ap)
     return ap
-
-
-def explicit_dests(argv: list[str]) -> set[str]:
-    """Destinations of the options actually given in `argv` (defaults suppressed)."""
-    from iterprime_jax.cli_args import explicit_dests as _explicit
-
-    return _explicit(build_parser(), argv)
 
 
 def _rename_first_column(table: str, name: str) -> str:
@@ -121,33 +112,25 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import tensorflow_datasets as tfds
 
-    from iterprime_jax.cli_args import explicit_method_fields, method_config_from_args
-    from iterprime_jax.evaluation import (
-        EvalConfig,
-        EvalError,
-        evaluate,
-        load_model,
-        resolve_method_config,
-        run_ablation,
-    )
+    from iterprime_jax.cli_args import method_overrides
+    from iterprime_jax.evaluation import EvalConfig, EvalError, evaluate, load_model, run_ablation
     from iterprime_jax.metrics import format_table
-    from iterprime_jax.models.convert import CheckpointError
+    from iterprime_jax.models.checkpoint import CheckpointError
+    from iterprime_jax.models.loading import resolve_method
 
     tfds.disable_progress_bar()
     config = EvalConfig(
         dataset=args.dataset, split=args.split, manual_dir=args.manual_dir,
         data_dir=args.data_dir, weights=args.weights, proposals=args.proposals, out=args.out,
         limit=args.limit, batch_size=args.batch_size, canvas=args.canvas,
-        convention=args.convention, sleep_per_batch=args.sleep_per_batch)
+        convention=args.convention)
     pi = jax.process_index()
     bar = _Bar(not args.no_progress, f"eval p{pi}" if jax.process_count() > 1 else "eval")
     try:
         model, weights = load_model(config, None)
         tc = model.config.text
-        explicit = explicit_method_fields(parser, argv)
-        method = resolve_method_config(
-            weights, tc.num_hidden_layers, method_config_from_args(args, tc.num_hidden_layers),
-            explicit, tc.max_position_embeddings)
+        method = resolve_method(weights, tc.num_hidden_layers, method_overrides(args),
+                                tc.max_position_embeddings)
         if args.ablation:
             table = run_ablation(config, method, model=model, progress=bar)
             bar.close()

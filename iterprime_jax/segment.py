@@ -8,7 +8,6 @@ outline on the image).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -32,7 +31,8 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_proposals(path: str | Path, hw: tuple[int, int]) -> np.ndarray:
-    """(N, H, W) masks from .npy / .npz (first array) or a COCO-style RLE JSON list."""
+    """(N, H, W) masks from .npy / .npz (first array) or a COCO-style RLE JSON list
+    (`iterprime_jax.evaluation.proposals.read_proposals_json`, the reader of the evaluator)."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"proposals file {path} does not exist")
@@ -42,14 +42,9 @@ def read_proposals(path: str | Path, hw: tuple[int, int]) -> np.ndarray:
         with np.load(path) as z:
             arr = z[z.files[0]]
     elif path.suffix == ".json":
-        from pycocotools import mask as mask_utils
-        items = json.loads(path.read_text())
-        rles = [it.get("segmentation", it) for it in items]
-        for r in rles:
-            if isinstance(r.get("counts"), str):
-                r["counts"] = r["counts"].encode()
-        arr = np.asarray(mask_utils.decode(rles)).transpose(2, 0, 1) if rles else \
-            np.zeros((0, *hw), bool)
+        from .evaluation.proposals import read_proposals_json
+
+        arr = read_proposals_json(path, hw)
     else:
         raise ValueError(f"proposals file {path}: expected .npy, .npz or .json")
     arr = np.asarray(arr).astype(bool)
@@ -60,7 +55,7 @@ def read_proposals(path: str | Path, hw: tuple[int, int]) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli_args import add_method_args, explicit_method_fields, method_config_from_args
+    from .cli_args import add_method_args, method_overrides
 
     ap = argparse.ArgumentParser(description="IteRPrimE: segment one object in one image.")
     ap.add_argument("--weights", required=True, help="converted weights dir")
@@ -71,9 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     add_method_args(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from . import load
-    from .evaluation import resolve_method_config
     from .method.pipeline import segment
+    from .models.loading import load, resolve_method
     from .visualize import overlay
 
     try:
@@ -82,11 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         props = None if args.proposals is None else read_proposals(args.proposals,
                                                                    image.shape[:2])
         tc = model.config.text
-        cfg = resolve_method_config(  # method.json of the weights, then explicit flags
-            args.weights, tc.num_hidden_layers,
-            method_config_from_args(args, tc.num_hidden_layers),
-            explicit_method_fields(ap, list(sys.argv[1:] if argv is None else argv)),
-            tc.max_position_embeddings)
+        cfg = resolve_method(args.weights, tc.num_hidden_layers, method_overrides(args),
+                             tc.max_position_embeddings)
         res = segment(model, image, args.text, props, cfg)
     except ValueError as e:
         log.error("%s", e)

@@ -8,6 +8,7 @@ every other run must reproduce sample for sample.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,8 +27,10 @@ from pycocotools import mask as mask_utils
 
 import run_eval
 from iterprime_jax import evaluation as ev
+from iterprime_jax.cli_args import method_overrides
 from iterprime_jax.config import IteRPrimEConfig
 from iterprime_jax.metrics import summarize
+from iterprime_jax.models.loading import resolve_method
 from iterprime_jax.shapesref import ShapesRefConfig, decode_segmentation, write_shapesref
 from tests.conftest import write_tiny_model
 from tests.refer_fixture import write_refer_fixture
@@ -70,6 +73,18 @@ def shapes_args(env: dict, out: Path, *extra: str) -> list[str]:
             "--out", str(out), "--no-progress", *extra]
 
 
+# `evaluate` on ShapesRef val (argv: manual dir, data dir, weights, out), sleeping 5 s after every
+# batch (the progress callback runs once a batch's samples are written).
+SLOW_EVAL = """
+import sys, time
+from iterprime_jax import evaluation as ev
+manual, data, weights, out = sys.argv[1:5]
+config = ev.EvalConfig(dataset="shapesref", split="val", manual_dir=manual, data_dir=data,
+                       weights=weights, out=out)
+ev.evaluate(config, progress=lambda done, total: time.sleep(5) if done else None)
+"""
+
+
 def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -103,9 +118,9 @@ def run_cli(env: dict, args: list[str], devices: int = 1, timeout: float = 300
 def baseline(env: dict) -> Path:
     """The reference: an uninterrupted in-process run on 1 device."""
     out = env["root"] / "baseline"
-    before = ev.TRACE_COUNT["eval_step"]
+    before = ev.eval_step._cache_size()  # compilations held by JAX's cache of the step
     assert run_eval.main(shapes_args(env, out)) == 0
-    env["baseline_traces"] = ev.TRACE_COUNT["eval_step"] - before
+    env["baseline_traces"] = ev.eval_step._cache_size() - before
     return out
 
 
@@ -178,9 +193,11 @@ def test_killed_and_resumed(env: dict, baseline: Path) -> None:
     out = env["root"] / "killed"
     samples = out / "samples.jsonl"
     args = shapes_args(env, out)  # 16 images, 8 per step: killed after the first step
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run_eval.py"), *args,
-                             "--sleep-per-batch", "5"], cwd=ROOT, env=subprocess_env(env),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The run is made slow from here: its progress callback sleeps after every batch.
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_EVAL, str(env["root"] / "shapes_manual"),
+                             str(env["data_dir"]), str(env["model"]), str(out)], cwd=ROOT,
+                            env=subprocess_env(env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180
         while not (samples.exists() and samples.read_text().count("\n") >= 1):
@@ -398,24 +415,46 @@ def test_unknown_split(env: dict, caplog: pytest.LogCaptureFixture) -> None:
 def test_method_json_and_explicit_flags(env: dict, tmp_path: Path) -> None:
     weights = tmp_path / "weights"
     shutil.copytree(env["model"], weights)
-    assert ev.resolve_method_config(weights, 2).layer == 1  # clipped default
+    assert resolve_method(weights, 2).layer == 1  # clipped default
     (weights / "method.json").write_text(json.dumps({"layer": 0, "max_text_length": 24,
                                                      "iterations": 2}))
-    m = ev.resolve_method_config(weights, 2)
+    m = resolve_method(weights, 2)
     assert (m.layer, m.max_text_length, m.iterations) == (0, 24, 2)
-    # Flags given on the command line win over method.json.
-    explicit = {ev.METHOD_FLAG_FIELDS[d] for d in run_eval.explicit_dests(
-        ["--iterations", "4", "--no-pwe", "--out", "x"]) if d in ev.METHOD_FLAG_FIELDS}
-    assert explicit == {"iterations", "use_pwe"}
-    cli = IteRPrimEConfig(layer=1, iterations=4, use_pwe=False)
-    m = ev.resolve_method_config(weights, 2, cli, explicit)
+    # Flags given on the command line win over method.json; flags not given are absent.
+    args = run_eval.build_parser().parse_args(["--iterations", "4", "--no-pwe", "--out", "x"])
+    overrides = method_overrides(args)
+    assert overrides == {"iterations": 4, "use_pwe": False}
+    m = resolve_method(weights, 2, overrides)
     assert (m.layer, m.max_text_length, m.iterations, m.use_pwe) == (0, 24, 4, False)
     (weights / "method.json").write_text(json.dumps({"layers": 0}))
-    with pytest.raises(ev.EvalError, match="method.json.*unknown"):
-        ev.resolve_method_config(weights, 2)
+    with pytest.raises(ValueError, match="method.json.*unknown"):
+        resolve_method(weights, 2)
     (weights / "method.json").write_text(json.dumps({"layer": 5}))
-    with pytest.raises(ev.EvalError, match="layer 5 is out of range.*2 text layers"):
-        ev.resolve_method_config(weights, 2)
+    with pytest.raises(ValueError, match="layer 5 is out of range.*2 text layers"):
+        resolve_method(weights, 2)
+
+
+def test_every_method_field_has_a_flag() -> None:
+    """Each IteRPrimEConfig field is settable from the command line, with its help text."""
+    parser = run_eval.build_parser()
+    fields = dataclasses.fields(IteRPrimEConfig)
+    argv = ["--layer", "2", "--no-use-template", "--template", "a {}", "--no-pwe",
+            "--iterations", "5", "--alpha", "0.3", "--stretch-sharpness", "7.5",
+            "--stretch-center", "0.25", "--mask-threshold", "0.75", "--keep-rejected",
+            "--max-components", "3", "--heat-threshold", "0.4", "--max-text-length", "32",
+            "--spacy-model", "x", "--no-empty-if-no-candidate"]
+    got = method_overrides(parser.parse_args(argv))
+    assert set(got) == {f.name for f in fields}
+    want = IteRPrimEConfig(layer=2, use_template=False, template="a {}", use_pwe=False,
+                           iterations=5, alpha=0.3, stretch_sharpness=7.5, stretch_center=0.25,
+                           mask_threshold=0.75, keep_rejected=True, max_components=3,
+                           heat_threshold=0.4, max_text_length=32, spacy_model="x",
+                           empty_if_no_candidate=False)
+    assert IteRPrimEConfig(**got) == want
+    assert method_overrides(parser.parse_args([])) == {}
+    helps = {a.dest: a.help for a in parser._actions}  # noqa: SLF001
+    for f in fields:
+        assert f.metadata["help"] in helps[f.name]
 
 
 def test_truncate_partial_line(tmp_path: Path) -> None:

@@ -48,18 +48,18 @@ def test_segment_result_fields(tiny_model):
 def test_compiles_once_per_bucket(tiny_model):
     cfg = CFG.replace(alpha=0.25)  # a config no other test uses: its own jit cache entries
     ij.segment(tiny_model, _image(), "warm up", _proposals(n=3), cfg)  # 7 tokens: bucket 8
-    before = pipeline.TRACE_COUNT["segment_core"]
+    before = pipeline.segment_core_jit._cache_size()
     # other text of the same token bucket, other proposal count in the same bucket (4), other
     # image size (same canvas 64)
     ij.segment(tiny_model, _image(30, 60, 1), "a blue car", _proposals(30, 60, 4), cfg)
     ij.segment(tiny_model, _image(64, 20, 2), "left guy", _proposals(64, 20, 2), cfg)
-    assert pipeline.TRACE_COUNT["segment_core"] == before
+    assert pipeline.segment_core_jit._cache_size() == before
     ij.segment(tiny_model, _image(), "left guy", _proposals(n=5), cfg)  # bucket 8: one more
-    assert pipeline.TRACE_COUNT["segment_core"] == before + 1
+    assert pipeline.segment_core_jit._cache_size() == before + 1
     # 9 and 10 prompt tokens: both in the next text-length bucket (16), one more compilation
     ij.segment(tiny_model, _image(), "giraffe on the right", _proposals(n=3), cfg)
     ij.segment(tiny_model, _image(), "the giraffe on the left", _proposals(n=4), cfg)
-    assert pipeline.TRACE_COUNT["segment_core"] == before + 2
+    assert pipeline.segment_core_jit._cache_size() == before + 2
 
 
 def test_text_length_bucket_drops_only_padding(tiny_model):

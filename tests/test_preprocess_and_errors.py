@@ -144,3 +144,29 @@ def test_cli_converts_and_load_roundtrips(tmp_path):
     m = ij.load(tmp_path / "out")
     assert m.tokenizer.convert_tokens_to_ids("dog") != m.tokenizer.unk_token_id
     assert m.config.vision.grid == (4, 4)
+
+
+def test_safetensors_bf16_and_sharded(tmp_path):
+    """Sharded safetensors (model.safetensors.index.json) with a bf16 tensor, read through the
+    safetensors package; a broken shard is a CheckpointError naming the file."""
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    from iterprime_jax.models.checkpoint import read_hf_state_dict
+
+    a = np.arange(6, dtype=np.float32).reshape(2, 3).astype(ml_dtypes.bfloat16)
+    b = np.linspace(0, 1, 4, dtype=np.float32)
+    shards = {"model-00001-of-00002.safetensors": {"a": a},
+              "model-00002-of-00002.safetensors": {"b": b}}
+    for name, tensors in shards.items():
+        save_file(tensors, str(tmp_path / name))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: name for name, t in shards.items() for k in t}}))
+    sd = read_hf_state_dict(tmp_path)
+    assert sorted(sd) == ["a", "b"]
+    assert sd["a"].dtype == ml_dtypes.bfloat16 and sd["a"].shape == (2, 3)
+    np.testing.assert_array_equal(sd["a"].astype(np.float32), a.astype(np.float32))
+    np.testing.assert_array_equal(sd["b"], b)
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"{junk")
+    with pytest.raises(CheckpointError, match="cannot read safetensors file .*00002"):
+        read_hf_state_dict(tmp_path)

@@ -1,40 +1,36 @@
-"""Evaluation: IteRPrimE over a referring-segmentation split (dataset index, proposal sources,
-the sharded / resumable / multi-process runner, samples and metrics files, the ablation).
+"""Evaluation: IteRPrimE over a referring-segmentation split -> per-sentence I/U and metrics.
 
-`evaluate(EvalConfig(...))` and `run_ablation(...)` are the entry points (`run_eval.py` is their
-CLI); see `iterprime_jax.evaluation.runner` for the files written.
+Modules: `config` (EvalConfig, EvalError, file names), `index` (build / open a tfds_refcoco
+split, group its refs by image), `proposals` (gt / heatmap / RLE-JSON proposals file),
+`loader` (host batches, prefetch thread), `device` (mesh, jitted encode and eval step),
+`records` (samples.jsonl, run_config.json, resume, metrics from records), `distributed`
+(jax.distributed start-up, barriers, each process's images), `runner` (`evaluate`: the
+resumable driver; its docstring lists the files written) and `ablation` (`run_ablation`).
+`run_eval.py` is their CLI.
 """
 
-from .runner import (
+from .ablation import ablation_rows, run_ablation
+from .config import (
     ABLATION,
     DATASETS,
-    METHOD_FLAG_FIELDS,
-    METHOD_JSON,
     METRICS,
     RUN_CONFIG,
     SAMPLES,
-    TRACE_COUNT,
     AblationRow,
     EvalConfig,
     EvalError,
     EvalResult,
-    ablation_rows,
-    evaluate,
-    initialize_distributed,
-    load_method_json,
-    load_model,
-    metrics_from_samples,
-    prepare_split,
-    resolve_method_config,
-    run_ablation,
-    truncate_partial_line,
-    validate_method_config,
 )
+from .device import eval_step
+from .distributed import initialize_distributed
+from .index import prepare_split
+from .proposals import load_proposals_file, read_proposals_json
+from .records import metrics_from_samples, truncate_partial_line
+from .runner import evaluate, load_model
 
 __all__ = [
-    "ABLATION", "DATASETS", "METHOD_FLAG_FIELDS", "METHOD_JSON", "METRICS", "RUN_CONFIG",
-    "SAMPLES", "TRACE_COUNT", "AblationRow", "EvalConfig", "EvalError", "EvalResult",
-    "ablation_rows", "evaluate", "initialize_distributed", "load_method_json", "load_model",
-    "metrics_from_samples", "prepare_split", "resolve_method_config", "run_ablation",
-    "truncate_partial_line", "validate_method_config",
+    "ABLATION", "DATASETS", "METRICS", "RUN_CONFIG", "SAMPLES", "AblationRow", "EvalConfig",
+    "EvalError", "EvalResult", "ablation_rows", "eval_step", "evaluate",
+    "initialize_distributed", "load_model", "load_proposals_file", "metrics_from_samples",
+    "prepare_split", "read_proposals_json", "run_ablation", "truncate_partial_line",
 ]

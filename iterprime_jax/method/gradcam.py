@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from ..models.blip.config import BlipConfig
-from ..models.blip.modeling import Params, encode_image, match_from_embeds
+from ..models.blip.modeling import encode_image, match_from_embeds
+from ..types import Params
 
 Array = jax.Array
 

@@ -10,13 +10,17 @@ Inputs for one sentence:
   valid:   (T,) attention mask (1 = real token, 0 = padding); position 0 is the text [CLS].
   focus:   (T,) focus-word WordPiece positions (primary word included).
   primary: (T,) primary-word WordPiece positions.
+
+`resize_heatmap` is the one upsampling of a patch-grid heat map to pixels (bicubic), used by
+the pipeline and by the training diagnostics.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
-__all__ = ["heat_map", "minmax_normalize", "plain_heat", "pwe_heat"]
+__all__ = ["heat_map", "minmax_normalize", "plain_heat", "pwe_heat", "resize_heatmap"]
 
 _NORM_EPS = 1e-8
 
@@ -103,3 +107,16 @@ def heat_map(attn, grad, valid, focus, primary, use_pwe: bool = True) -> jnp.nda
     if use_pwe:
         return pwe_heat(attn, grad, valid, focus, primary)
     return plain_heat(attn, grad, valid)
+
+
+def resize_heatmap(heat: jnp.ndarray, image_hw: jnp.ndarray, canvas: int) -> jnp.ndarray:
+    """(gh, gw) patch-grid map -> (canvas, canvas): bicubic with half-pixel centres, the grid
+    stretched over the top-left ``image_hw`` (2,) int region (a traced value, so one
+    compilation serves every image size on the canvas); values outside the region are
+    unspecified (callers mask them)."""
+    gh, gw = heat.shape
+    hw = jnp.asarray(image_hw).astype(jnp.float32)
+    scale = jnp.stack([hw[0] / gh, hw[1] / gw])
+    return jax.image.scale_and_translate(heat, (canvas, canvas), (0, 1), scale,
+                                         jnp.zeros(2, jnp.float32), method="cubic",
+                                         antialias=False)

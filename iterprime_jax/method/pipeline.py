@@ -22,10 +22,12 @@ import numpy as np
 
 from ..config import IteRPrimEConfig
 from ..models.blip.config import BlipConfig
-from ..models.blip.modeling import Params, encode_image
+from ..models.blip.modeling import encode_image
 from ..models.blip.preprocess import as_rgb_uint8, preprocess_image
+from ..models.loading import Model
+from ..types import Params
 from .gradcam import gradcam_from_embeds
-from .heat import heat_map
+from .heat import heat_map, resize_heatmap
 from .language import TextBatch, encode_batch, load_spacy
 from .refine import IGRSResult, igrs, stretch
 from .select import check_proposals, count_components, select_proposal
@@ -65,14 +67,9 @@ def text_heatmaps(params: Params, bconfig: BlipConfig, mconfig: IteRPrimEConfig,
 
 def upsample_heat(heat: Array, image_hw: Array, canvas: int, mconfig: IteRPrimEConfig
                   ) -> tuple[Array, Array]:
-    """(gh, gw) map -> (canvas, canvas) map (bicubic, half-pixel centres) over the top-left
+    """(gh, gw) map -> (canvas, canvas) map (`heat.resize_heatmap`) over the top-left
     image_hw region, min-max normalised there; zero outside. Returns (heat, region mask)."""
-    gh, gw = heat.shape
-    hw = image_hw.astype(jnp.float32)
-    scale = jnp.stack([hw[0] / gh, hw[1] / gw])
-    up = jax.image.scale_and_translate(heat, (canvas, canvas), (0, 1), scale,
-                                       jnp.zeros(2, jnp.float32), method="cubic",
-                                       antialias=False)
+    up = resize_heatmap(heat, image_hw, canvas)
     rows = jnp.arange(canvas)[:, None] < image_hw[0]
     cols = jnp.arange(canvas)[None, :] < image_hw[1]
     region = rows & cols
@@ -124,19 +121,11 @@ def segment_core(params: Params, bconfig: BlipConfig, mconfig: IteRPrimEConfig, 
     return CoreOutput(heat=up, mask=mask, index=index, has_candidate=has, igrs=res)
 
 
-TRACE_COUNT = {"segment_core": 0}  # incremented at trace time (tests count compilations)
-
-
-def _segment_core_traced(*args: Any) -> CoreOutput:
-    TRACE_COUNT["segment_core"] += 1
-    return segment_core(*args)
-
-
-segment_core_jit = jax.jit(_segment_core_traced, static_argnums=(1, 2, 3))
+segment_core_jit = jax.jit(segment_core, static_argnums=(1, 2, 3))
 encode_image_jit = jax.jit(encode_image, static_argnums=1)
 # vmap over images (each with its own padded sentences and proposals on a shared canvas).
 segment_images_core = jax.jit(
-    jax.vmap(_segment_core_traced, in_axes=(None, None, None, None) + (0,) * 9),
+    jax.vmap(segment_core, in_axes=(None, None, None, None) + (0,) * 9),
     static_argnums=(1, 2, 3))
 
 
@@ -240,7 +229,7 @@ def _results(out: CoreOutput, batch: TextBatch, hw: tuple[int, int]) -> list[Seg
     return results
 
 
-def encode_texts(model: Any, expressions: Sequence[str], config: IteRPrimEConfig) -> TextBatch:
+def encode_texts(model: Model, expressions: Sequence[str], config: IteRPrimEConfig) -> TextBatch:
     """spaCy + WordPiece with the prompt template -> fixed-length (B, T) arrays."""
     if isinstance(expressions, str):
         expressions = [expressions]
@@ -252,7 +241,7 @@ def encode_texts(model: Any, expressions: Sequence[str], config: IteRPrimEConfig
     return encode_batch(model.tokenizer, load_spacy(config.spacy_model), expressions, config)
 
 
-def segment_batch(model: Any, image: Any, expressions: Sequence[str], proposals: Any = None,
+def segment_batch(model: Model, image: Any, expressions: Sequence[str], proposals: Any = None,
                   config: IteRPrimEConfig = IteRPrimEConfig()) -> list[SegmentResult]:
     """All expressions of one image in one jitted call (image encoded once)."""
     batch = encode_texts(model, expressions, config)
@@ -266,7 +255,7 @@ def segment_batch(model: Any, image: Any, expressions: Sequence[str], proposals:
     return _results(out, batch, prep.hw)
 
 
-def segment(model: Any, image_uint8: Any, expression: str, proposals: Any = None,
+def segment(model: Model, image_uint8: Any, expression: str, proposals: Any = None,
             config: IteRPrimEConfig = IteRPrimEConfig()) -> SegmentResult:
     """Segment the object `expression` refers to in `image_uint8` (H, W, 3).
 
@@ -275,7 +264,7 @@ def segment(model: Any, image_uint8: Any, expression: str, proposals: Any = None
     return segment_batch(model, image_uint8, [expression], proposals, config)[0]
 
 
-def segment_images(model: Any, images: Sequence[Any], expressions: Sequence[Sequence[str]],
+def segment_images(model: Model, images: Sequence[Any], expressions: Sequence[Sequence[str]],
                    proposals: Sequence[Any] | None = None,
                    config: IteRPrimEConfig = IteRPrimEConfig()) -> list[list[SegmentResult]]:
     """Several images at once (vmap over images): per image, all its expressions."""

@@ -1,5 +1,6 @@
-"""Reading checkpoint tensors into numpy: safetensors (single file or sharded) and, with torch
-installed, a PyTorch `.bin`; and `CheckpointError`, the error of every checkpoint problem.
+"""Reading checkpoint tensors into numpy: safetensors (single file or sharded, through the
+`safetensors` package) and, with torch installed, a PyTorch `.bin`; and `CheckpointError`,
+the error of every checkpoint problem.
 
 Model-independent: the per-model key tables (`iterprime_jax.models.blip.convert`) map what is
 read here onto a Flax parameter tree.
@@ -8,10 +9,8 @@ read here onto a Flax parameter tree.
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
 
@@ -19,33 +18,17 @@ class CheckpointError(ValueError):
     """A checkpoint directory or tensor does not match the model."""
 
 
-# --------------------------------------------------------------------------- reading tensors
-_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
-              "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
-              "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-
-
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a `.safetensors` file into numpy arrays (no torch; bf16 via ml_dtypes)."""
+    """Read a `.safetensors` file into numpy arrays with the `safetensors` package's numpy
+    backend (no torch; bf16 tensors come back as `ml_dtypes.bfloat16` arrays)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-            data = f.read()
-    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+        return dict(load_file(str(path)))
+    except (OSError, SafetensorError, ValueError, TypeError) as e:
         raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
-    out = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        dtype = _ST_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        arr = np.frombuffer(data[start:end], dtype=dtype).reshape(info["shape"])
-        out[key] = arr
-    return out
 
 
 def read_torch_bin(path: str | Path) -> dict[str, np.ndarray]:

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from ..types import Params
 from .blip.config import BlipConfig
 from .blip.convert import convert_state_dict, read_hf_config
 from .blip.modeling import abstract_params
@@ -41,7 +43,7 @@ __all__ = ["CONFIG_NAME", "CheckpointError", "convert_hf_checkpoint", "read_hf_s
 
 
 # --------------------------------------------------------------------------- orbax save/load
-def save_params(dst_dir: str | Path, params: Any, config: BlipConfig) -> Path:
+def save_params(dst_dir: str | Path, params: Params, config: BlipConfig) -> Path:
     """Write `dst_dir/params` (orbax) and `dst_dir/blip_config.json`."""
     import orbax.checkpoint as ocp
 
@@ -53,11 +55,11 @@ def save_params(dst_dir: str | Path, params: Any, config: BlipConfig) -> Path:
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(target, jax.tree_util.tree_map(np.asarray, params))
     ckpt.wait_until_finished()
-    config.replace(dtype="float32").save(dst / CONFIG_NAME)
+    config.replace(dtype=jnp.float32).save(dst / CONFIG_NAME)
     return dst
 
 
-def restore_params(src_dir: str | Path, config: BlipConfig) -> dict:
+def restore_params(src_dir: str | Path, config: BlipConfig) -> Params:
     """Read orbax params from `src_dir/params`, checked against the config's tree."""
     import orbax.checkpoint as ocp
 

@@ -1,13 +1,17 @@
-"""`load(path)`: a converted checkpoint directory -> config, params and tokenizer."""
+"""Loading a converted checkpoint: `load(dir)` -> `Model` (config, params, tokenizer); and the
+method settings a checkpoint recommends (`method.json`, `METHOD_JSON`): `method_config` for the
+library and `resolve_method`, the one resolver of every CLI (flags > method.json > defaults)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..config import IteRPrimEConfig
+from ..types import DType, Params
 from .blip.config import BlipConfig
 from .checkpoint import CheckpointError
 from .convert import CONFIG_NAME, restore_params
@@ -18,8 +22,8 @@ class Model:
     """A loaded ITM model: pass `.params` and `.config` to the pure functions."""
 
     config: BlipConfig
-    params: Any
-    tokenizer: Any
+    params: Params
+    tokenizer: Any  # a transformers BertTokenizer
     path: Path
 
 
@@ -36,10 +40,11 @@ def load_tokenizer(path: str | Path) -> Any:
     return BertTokenizer(str(path / "vocab.txt"), do_lower_case=True)
 
 
-def load(path: str | Path, dtype: str | None = None) -> Model:
+def load(path: str | Path, dtype: DType | str | None = None) -> Model:
     """Load a directory written by `convert_hf_checkpoint` (or the shipped small model).
 
-    `dtype` overrides the compute dtype ("bfloat16"); parameters stay float32.
+    `dtype` overrides the compute dtype (``jnp.bfloat16`` or its name); parameters stay
+    float32.
     """
     path = Path(path)
     if not path.is_dir():
@@ -55,13 +60,14 @@ def load(path: str | Path, dtype: str | None = None) -> Model:
     return Model(config=config, params=params, tokenizer=tokenizer, path=path)
 
 
-METHOD_NAME = "method.json"
+#: Per-checkpoint recommended `IteRPrimEConfig` fields (written by the training CLI).
+METHOD_JSON = "method.json"
 
 
 def read_method_json(path: str | Path) -> dict[str, Any]:
     """The `method.json` of a checkpoint directory (empty dict if absent): recommended
     `IteRPrimEConfig` fields, checked for unknown names and wrong types (CheckpointError)."""
-    f = Path(path) / METHOD_NAME
+    f = Path(path) / METHOD_JSON
     if not f.exists():
         return {}
     try:
@@ -93,3 +99,33 @@ def method_config(model: Model | str | Path, **overrides: Any) -> IteRPrimEConfi
     """
     path = Path(model.path if isinstance(model, Model) else model)
     return IteRPrimEConfig(**{**read_method_json(path), **overrides})
+
+
+def validate_method(method: IteRPrimEConfig, num_text_layers: int,
+                    max_positions: int | None = None, source: str = "") -> None:
+    """Clear errors (ValueError) for a Grad-CAM layer, pass count or text length the model
+    cannot serve; `source` names where the settings came from."""
+    where = f" ({source})" if source else ""
+    if not 0 <= method.layer < num_text_layers:
+        raise ValueError(f"Grad-CAM layer {method.layer} is out of range for a model with "
+                         f"{num_text_layers} text layers{where}")
+    if method.iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {method.iterations}{where}")
+    if max_positions is not None and method.max_text_length > max_positions:
+        raise ValueError(f"max_text_length {method.max_text_length} exceeds the model's "
+                         f"{max_positions} text positions{where}")
+
+
+def resolve_method(weights_dir: str | Path, num_text_layers: int,
+                   overrides: Mapping[str, Any] | None = None,
+                   max_positions: int | None = None) -> IteRPrimEConfig:
+    """The method settings of a run, validated: `IteRPrimEConfig()` defaults (the Grad-CAM
+    layer clipped to the model's last layer), then the weights' `method.json`, then
+    `overrides` (the flags given on a command line, `cli_args.method_overrides`)."""
+    d = IteRPrimEConfig()
+    rec = read_method_json(weights_dir)
+    fields = {"layer": min(d.layer, num_text_layers - 1), **rec, **(overrides or {})}
+    method = d.replace(**fields)
+    src = f"{Path(weights_dir) / METHOD_JSON}" if rec else "command line"
+    validate_method(method, num_text_layers, max_positions, src)
+    return method

@@ -30,7 +30,6 @@ from .trainer import (
     make_optimizer,
     posemb_sincos_2d,
     save_model,
-    step_losses,
     train,
 )
 
@@ -39,5 +38,5 @@ __all__ = [
     "evaluate_itm", "expression_false", "false_variants", "init_model", "itm_by_negative_kind",
     "localisation_probe", "lr_schedule", "main", "make_optimizer", "make_tokenizer",
     "model_config", "normalise_images", "posemb_sincos_2d", "predict_match",
-    "recommended_method", "save_model", "shape_swaps", "step_losses", "tokenize_prompts", "train",
+    "recommended_method", "save_model", "shape_swaps", "tokenize_prompts", "train",
 ]

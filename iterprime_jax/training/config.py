@@ -13,7 +13,6 @@ from ..models.blip.config import BlipConfig, TextConfig, VisionConfig
 DEFAULT_VOCAB = (Path(__file__).resolve().parents[2] / "tests" / "data"
                  / "bert-base-uncased-vocab.txt")
 LOG_NAME = "training_log.json"
-METHOD_NAME = "method.json"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,20 +17,21 @@ import numpy as np
 from .. import shapesref as sr
 from ..config import IteRPrimEConfig
 from ..method.gradcam import gradcam_from_embeds
-from ..method.heat import heat_map
+from ..method.heat import heat_map, resize_heatmap
 from ..models.blip.config import BlipConfig
 from ..models.blip.modeling import encode_image, itm_logits
+from ..types import Params
 from .config import TrainConfig
 from .data import Pool, build_pool, false_variants, normalise_images, tokenize_prompts
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def _eval_logits(params: dict, config: BlipConfig, pixels: jax.Array, ids: jax.Array,
+def _eval_logits(params: Params, config: BlipConfig, pixels: jax.Array, ids: jax.Array,
                  mask: jax.Array) -> jax.Array:
     return itm_logits(params, config, pixels, ids, mask)
 
 
-def predict_match(params: dict, config: BlipConfig, images: np.ndarray, ids: np.ndarray,
+def predict_match(params: Params, config: BlipConfig, images: np.ndarray, ids: np.ndarray,
                   mask: np.ndarray, batch: int = 250) -> np.ndarray:
     """ITM decisions (1 = match) for uint8 images (N, H, W, 3) paired with texts (N, T), in
     batches of `batch`."""
@@ -41,7 +42,7 @@ def predict_match(params: dict, config: BlipConfig, images: np.ndarray, ids: np.
         for b in range(0, len(ids), batch)])
 
 
-def evaluate_itm(params: dict, config: BlipConfig, pool: Pool, n: int = 2000, seed: int = 0,
+def evaluate_itm(params: Params, config: BlipConfig, pool: Pool, n: int = 2000, seed: int = 0,
                  batch: int = 250) -> dict[str, float]:
     """ITM accuracy on `n` (scene, text) pairs of a held-out pool: overall, matches, mismatches."""
     rng = np.random.default_rng([seed, 2])
@@ -60,7 +61,7 @@ def evaluate_itm(params: dict, config: BlipConfig, pool: Pool, n: int = 2000, se
             "pairs": int(total.sum())}
 
 
-def itm_by_negative_kind(params: dict, config: BlipConfig, tokenizer: Any,
+def itm_by_negative_kind(params: Params, config: BlipConfig, tokenizer: Any,
                          num_scenes: int = 400, seed: int = 0, max_len: int = 24,
                          batch: int = 200) -> dict[str, dict[str, dict[str, float]]]:
     """ITM accuracy per scene kind and per hard-negative type, on fresh scenes.
@@ -101,19 +102,21 @@ def itm_by_negative_kind(params: dict, config: BlipConfig, tokenizer: Any,
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _probe_heat(params: dict, config: BlipConfig, layer: int, use_pwe: bool,
+def _probe_heat(params: Params, config: BlipConfig, layer: int, use_pwe: bool,
                 embeds: jax.Array, ids: jax.Array, mask: jax.Array, focus: jax.Array,
                 primary: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Heat maps upsampled (bicubic) to the image size, (B, H, W), and P(match) (B,)."""
+    """Heat maps upsampled to the image size (`resize_heatmap`), (B, H, W), and P(match)
+    (B,)."""
     cam = gradcam_from_embeds(params, config, embeds, ids, mask, layer=layer)
     heat = jax.vmap(lambda a, g, v, f, p: heat_map(a, g, v, f, p, use_pwe=use_pwe))(
         cam.attn, cam.grad, mask, focus, primary)
     h, w = config.vision.image_hw
-    up = jax.image.resize(heat, (heat.shape[0], h, w), "bicubic")
+    up = jax.vmap(resize_heatmap, in_axes=(0, None, None))(
+        heat, jnp.asarray([h, w], jnp.int32), max(h, w))[:, :h, :w]
     return up, cam.match_prob
 
 
-def localisation_probe(params: dict, config: BlipConfig, tokenizer: Any, num_images: int = 200,
+def localisation_probe(params: Params, config: BlipConfig, tokenizer: Any, num_images: int = 200,
                        split: str = "train", layers: Sequence[int] | None = None,
                        method: IteRPrimEConfig | None = None, batch: int = 64
                        ) -> dict[str, Any]:
@@ -193,7 +196,7 @@ def recommended_method(probe: dict[str, Any]) -> dict[str, Any]:
     return {"layer": int(best.removeprefix("layer").split("_")[0])}
 
 
-def diagnose(params: dict, config: BlipConfig, tokenizer: Any, tc: TrainConfig,
+def diagnose(params: Params, config: BlipConfig, tokenizer: Any, tc: TrainConfig,
              probe_images: int = 200, probe_split: str = "train") -> dict[str, Any]:
     """What a trained model offers IteRPrimE: held-out ITM accuracy (`evaluate_itm` on 1000
     fresh scenes), per hard-negative type (`itm_by_negative_kind`) and the localisation probe

@@ -42,7 +42,9 @@ import optax
 from ..models.blip.config import BlipConfig
 from ..models.blip.modeling import init_params, itm_logits
 from ..models.convert import save_params
-from .config import DEFAULT_VOCAB, LOG_NAME, METHOD_NAME, TrainConfig, make_tokenizer, model_config
+from ..models.loading import METHOD_JSON
+from ..types import Params
+from .config import DEFAULT_VOCAB, LOG_NAME, TrainConfig, make_tokenizer, model_config
 from .data import Pool, build_pool, normalise_images
 from .diagnostics import diagnose, recommended_method
 
@@ -64,7 +66,7 @@ def posemb_sincos_2d(gh: int, gw: int, width: int, temperature: float = 10_000.0
     return np.concatenate([np.zeros((1, width)), pe])[None].astype(np.float32)
 
 
-def init_model(tc: TrainConfig, config: BlipConfig, key: jax.Array) -> dict:
+def init_model(tc: TrainConfig, config: BlipConfig, key: jax.Array) -> Params:
     """`init_params`, with Dense kernels scaled by `init_scale` and embeddings at std
     1/sqrt(width) (BERT's 0.02 leaves tiny models' cross-attention uniform); with
     `pos_init="sincos"` the vision position embeddings start as `posemb_sincos_2d`."""
@@ -106,7 +108,7 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
                        optax.adamw(sched, weight_decay=tc.weight_decay, mask=decay_mask))
 
 
-def _loss_fn(params: dict, config: BlipConfig, pixels: jax.Array, ids: jax.Array,
+def _loss_fn(params: Params, config: BlipConfig, pixels: jax.Array, ids: jax.Array,
              mask: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     logits = itm_logits(params, config, pixels, ids, mask)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -115,9 +117,9 @@ def _loss_fn(params: dict, config: BlipConfig, pixels: jax.Array, ids: jax.Array
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
-def _train_step(params: dict, config: BlipConfig, opt: optax.GradientTransformation,
+def _train_step(params: Params, config: BlipConfig, opt: optax.GradientTransformation,
                 opt_state: Any, pixels: jax.Array, ids: jax.Array, mask: jax.Array,
-                labels: jax.Array) -> tuple[dict, Any, jax.Array, jax.Array]:
+                labels: jax.Array) -> tuple[Params, Any, jax.Array, jax.Array]:
     (loss, acc), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
         params, config, pixels, ids, mask, labels)
     updates, opt_state = opt.update(grads, opt_state, params)
@@ -125,7 +127,7 @@ def _train_step(params: dict, config: BlipConfig, opt: optax.GradientTransformat
 
 
 def train(tc: TrainConfig, tokenizer: Any | None = None, pool: Pool | None = None,
-          progress: bool = True) -> tuple[dict, BlipConfig, list[dict[str, float]]]:
+          progress: bool = True) -> tuple[Params, BlipConfig, list[dict[str, float]]]:
     """Train from scratch; returns (params, model config, history of logged steps).
 
     history rows: step, loss and accuracy (means over the last `log_every` steps), lr.
@@ -167,13 +169,7 @@ def train(tc: TrainConfig, tokenizer: Any | None = None, pool: Pool | None = Non
     return jax.device_get(params), config, history
 
 
-def step_losses(tc: TrainConfig, tokenizer: Any, pool: Pool) -> list[float]:
-    """Per-step training losses (for tests): `train` with log_every=1."""
-    _, _, hist = train(dataclasses.replace(tc, log_every=1), tokenizer, pool, progress=False)
-    return [h["loss"] for h in hist]
-
-
-def save_model(out_dir: str | Path, params: dict, config: BlipConfig,
+def save_model(out_dir: str | Path, params: Params, config: BlipConfig,
                vocab: str | Path = DEFAULT_VOCAB) -> Path:
     """Orbax params + blip_config.json (`save_params`) + vocab.txt + tokenizer_config.json,
     loadable with `iterprime_jax.load(out_dir)`."""
@@ -242,8 +238,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     (out / LOG_NAME).write_text(json.dumps(record, indent=1))
     if probe is not None:
         method = recommended_method(probe)
-        (out / METHOD_NAME).write_text(json.dumps(method, indent=2) + "\n")
-        log.info("wrote %s: %s", out / METHOD_NAME, method)
+        (out / METHOD_JSON).write_text(json.dumps(method, indent=2) + "\n")
+        log.info("wrote %s: %s", out / METHOD_JSON, method)
     log.info("wrote %s in %.0fs", out, record["wall_time_s"])
     return record
 

@@ -7,15 +7,21 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-Array = jax.Array
+from ...types import Array, DType
+
+COMPUTE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
-def compute_dtype(name: str) -> jnp.dtype:
-    """Map a config dtype name ("float32" / "bfloat16") to a jnp dtype."""
+def compute_dtype(dtype: DType | str) -> jnp.dtype:
+    """A compute dtype (``jnp.float32``, ``jnp.bfloat16``, ``jnp.float16`` or its name) as a
+    `jnp.dtype`; anything else is a ValueError."""
     try:
-        return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
-    except KeyError:
-        raise ValueError(f"unknown compute dtype {name!r}; use 'float32' or 'bfloat16'") from None
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in COMPUTE_DTYPES:
+        raise ValueError(f"unknown compute dtype {dtype!r}; use float32 or bfloat16")
+    return dt
 
 
 def activation(name: str) -> Callable[[Array], Array]:

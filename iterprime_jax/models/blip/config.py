@@ -12,6 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
+
+from ...types import DType
+from .common import compute_dtype
+
 # CLIP / BLIP image normalisation constants (BlipImageProcessor defaults).
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -69,7 +74,8 @@ class TextConfig:
 class BlipConfig:
     """The whole ITM model: vision + text + heads, plus preprocessing constants.
 
-    `dtype` is the compute dtype ("float32" or "bfloat16"); parameters stay float32.
+    `dtype` is the compute dtype, a `jnp.dtype` (``jnp.float32`` or ``jnp.bfloat16``; a name
+    is accepted and converted); parameters stay float32. JSON files hold its name.
     """
 
     vision: VisionConfig = VisionConfig()
@@ -77,14 +83,18 @@ class BlipConfig:
     projection_dim: int = 256
     image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     image_std: tuple[float, float, float] = OPENAI_CLIP_STD
-    dtype: str = "float32"
+    dtype: DType = jnp.dtype(jnp.float32)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", compute_dtype(self.dtype))
 
     def replace(self, **kw: Any) -> BlipConfig:
         return dataclasses.replace(self, **kw)
 
     # -- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON-ready dict (the dtype by name)."""
+        return {**dataclasses.asdict(self), "dtype": self.dtype.name}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BlipConfig:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ...types import Params
 from ..checkpoint import CheckpointError
 from .config import BlipConfig
 from .modeling import abstract_params
@@ -94,7 +95,7 @@ def _map_tensor(key: str, value: np.ndarray, targets: Mapping[tuple[str, ...], A
     return prefix + (leaf,), value
 
 
-def convert_state_dict(state_dict: Mapping[str, np.ndarray], config: BlipConfig) -> dict:
+def convert_state_dict(state_dict: Mapping[str, np.ndarray], config: BlipConfig) -> Params:
     """Map an HF `BlipForImageTextRetrieval` state dict onto the Flax parameter tree.
 
     Raises CheckpointError naming every unknown, missing or mis-shaped key.

@@ -10,11 +10,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from ...types import Array, Params
 from .config import BlipConfig
 from .itm import BlipForImageTextRetrieval
-
-Array = jax.Array
-Params = dict
 
 
 def _module(config: BlipConfig, delta_layer: int = -1) -> BlipForImageTextRetrieval:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ...types import DType
 from .common import Array, activation, compute_dtype, masked_softmax
 from .config import TextConfig
 
 
 class BlipTextSelfAttention(nn.Module):
     config: TextConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, kv: Array, mask: Array | None,
@@ -52,7 +53,7 @@ class BlipTextSelfAttention(nn.Module):
 
 class BlipTextSelfOutput(nn.Module):
     config: TextConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, residual: Array) -> Array:
@@ -64,7 +65,7 @@ class BlipTextSelfOutput(nn.Module):
 
 class BlipTextAttention(nn.Module):
     config: TextConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, kv: Array, mask: Array | None,
@@ -75,7 +76,7 @@ class BlipTextAttention(nn.Module):
 
 class BlipTextIntermediate(nn.Module):
     config: TextConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -86,7 +87,7 @@ class BlipTextIntermediate(nn.Module):
 
 class BlipTextLayer(nn.Module):
     config: TextConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, attention_mask: Array, image_embeds: Array,
@@ -103,7 +104,7 @@ class BlipTextLayer(nn.Module):
 
 class BlipTextEmbeddings(nn.Module):
     config: TextConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, input_ids: Array) -> Array:
@@ -118,7 +119,7 @@ class BlipTextEmbeddings(nn.Module):
 
 class BlipTextEncoder(nn.Module):
     config: TextConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
     delta_layer: int = -1
 
     def setup(self) -> None:
@@ -140,7 +141,7 @@ class BlipTextModel(nn.Module):
     """Text encoder: (B, T) ids + (B, S, Dv) image embeds -> (B, T, D) and cross-attentions."""
 
     config: TextConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
     delta_layer: int = -1
 
     @nn.compact

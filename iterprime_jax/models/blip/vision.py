@@ -9,13 +9,14 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ...types import DType
 from .common import Array, activation, compute_dtype, masked_softmax
 from .config import VisionConfig
 
 
 class BlipAttention(nn.Module):
     config: VisionConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -34,7 +35,7 @@ class BlipAttention(nn.Module):
 
 class BlipMLP(nn.Module):
     config: VisionConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -46,7 +47,7 @@ class BlipMLP(nn.Module):
 
 class BlipEncoderLayer(nn.Module):
     config: VisionConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -60,7 +61,7 @@ class BlipEncoderLayer(nn.Module):
 
 class BlipEncoder(nn.Module):
     config: VisionConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     def setup(self) -> None:
         self.layers = [BlipEncoderLayer(self.config, self.dtype)
@@ -74,7 +75,7 @@ class BlipEncoder(nn.Module):
 
 class BlipVisionEmbeddings(nn.Module):
     config: VisionConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, pixel_values: Array) -> Array:
@@ -98,7 +99,7 @@ class BlipVisionModel(nn.Module):
     """(B, H, W, 3) float pixels -> (B, 1 + gh*gw, D) image embeddings (post-LN)."""
 
     config: VisionConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, pixel_values: Array) -> Array:

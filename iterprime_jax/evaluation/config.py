@@ -1,0 +1,96 @@
+"""What an evaluation run is (`EvalConfig`), what it returns (`EvalResult`), its error
+(`EvalError`), the ablation row type and the file names of a run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import IteRPrimEConfig
+
+DATASETS: tuple[str, ...] = ("refcoco_unc", "refcoco+_unc", "refcocog_umd", "refcocog_google",
+                             "shapesref")
+COCO_DATASETS = frozenset({"refcoco_unc", "refcoco_plus_unc", "refcocog_umd", "refcocog_google"})
+COCO_CANVAS = 640
+SAMPLES = "samples.jsonl"
+METRICS = "metrics.json"
+RUN_CONFIG = "run_config.json"
+ABLATION = "ablation.json"
+RUN_CONFIG_VERSION = 1
+MIN_SENTENCE_BUCKET = 4
+MIN_PROPOSAL_BUCKET = 4
+TINY_CANVAS = 128  # canvases up to this side get a default batch of 8 images
+
+#: ``progress(done, total)``: sentences of this process done so far, and in all.
+Progress = Callable[[int, int], None]
+
+
+class EvalError(ValueError):
+    """Bad evaluation input (the message names it) or a resume with a different run config."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation run. Defaults: ShapesRef val with the shipped small model (built into
+    ``manual_dir`` if missing), oracle (``gt``) proposals.
+
+    Attributes:
+      dataset: one of `DATASETS` (``refcoco+_unc`` is an alias of ``refcoco_plus_unc``).
+      split: split name (val, testA, testB, test, ...).
+      manual_dir: refer-layout root the TFDS builder reads (see tfds_refcoco/README.md).
+      data_dir: TFDS data dir (built array_record files are cached there).
+      weights: converted checkpoint dir (`iterprime_jax.load`); an optional ``method.json``
+        there holds recommended `IteRPrimEConfig` fields for that model.
+      proposals: ``"gt"`` (the image's instance masks, oracle), ``"heatmap"`` (no proposals:
+        thresholded heat map) or the path of a COCO-style results JSON of class-agnostic masks.
+      out: output directory (samples.jsonl, metrics.json, run_config.json).
+      limit: evaluate only the first `limit` images of the split (all their sentences).
+      batch_size: images per step (rounded up to a multiple of the local device count);
+        default: the device count, or 8 for canvases <= 128.
+      canvas: square canvas side for every image (default 640 for COCO datasets, else the
+        largest image side of the split rounded up to 64).
+      convention: metric convention, "standard" or "iterprime" (`iterprime_jax.metrics`).
+      build_shapesref: for dataset shapesref, write the benchmark into `manual_dir` if missing.
+    """
+
+    dataset: str = "shapesref"
+    split: str = "val"
+    manual_dir: str = "data/shapesref_raw"
+    data_dir: str = "data/tfds"
+    weights: str = "weights/shapesref-itm"
+    proposals: str = "gt"
+    out: str = "results/shapesref-val"
+    limit: int | None = None
+    batch_size: int | None = None
+    canvas: int | None = None
+    convention: str = "standard"
+    build_shapesref: bool = True
+
+    def replace(self, **kw: Any) -> EvalConfig:
+        return dataclasses.replace(self, **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """What `evaluate` returns. `metrics` is ``{split: summarize(...)}`` on process 0, None on
+    the others; `computed` counts the samples this process computed in this call (resume
+    skips the rest)."""
+
+    metrics: dict[str, dict[str, float | int]] | None
+    num_images: int
+    num_samples: int
+    no_candidate: int | None
+    computed: int
+    elapsed_s: float
+    out: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class AblationRow:
+    """One row of the ablation table."""
+
+    name: str
+    method: IteRPrimEConfig
+    use_proposals: bool

@@ -1,0 +1,165 @@
+"""The dataset side of an evaluation: building / opening a `tfds_refcoco` split (ShapesRef is
+generated first when missing) and the split index (`build_index`: one image's refs are
+consecutive examples) without decoding images."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import EvalConfig, EvalError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RefMeta:
+    """One ref (data-source example) of an image."""
+
+    index: int
+    ref_id: int
+    ann_id: int
+    sent_ids: tuple[int, ...]
+    sentences: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageMeta:
+    """One image of the split: its refs (consecutive examples) and sizes."""
+
+    position: int
+    image_id: int
+    hw: tuple[int, int]
+    refs: tuple[RefMeta, ...]
+    num_gt_proposals: int
+
+    @property
+    def num_sentences(self) -> int:
+        return sum(len(r.sent_ids) for r in self.refs)
+
+    def keys(self) -> list[tuple[int, int]]:
+        """(ref_id, sent_id) of every sentence, in order."""
+        return [(r.ref_id, s) for r in self.refs for s in r.sent_ids]
+
+
+def _text(v: Any) -> str:
+    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+def _image_hw(encoded: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(encoded)) as im:  # header only
+        return int(im.height), int(im.width)
+
+
+def build_index(light_source: Sequence[dict[str, Any]], name: str = "") -> list[ImageMeta]:
+    """Group the examples (one per ref, one image's refs consecutive) into images.
+
+    `light_source` must skip decoding of image / mask / proposals (see `open_split`).
+    """
+    images: list[ImageMeta] = []
+    seen: set[int] = set()
+    cur: dict[str, Any] | None = None
+
+    def close() -> None:
+        if cur is not None:
+            images.append(ImageMeta(position=len(images), image_id=cur["image_id"],
+                                    hw=cur["hw"], refs=tuple(cur["refs"]),
+                                    num_gt_proposals=cur["n"]))
+
+    for i in range(len(light_source)):
+        ex = light_source[i]
+        image_id, ref_id = int(ex["image_id"]), int(ex["ref_id"])
+        sents = tuple(_text(s) for s in ex["sentences"])
+        sent_ids = tuple(int(s) for s in np.asarray(ex["sent_ids"]).reshape(-1))
+        if len(sents) != len(sent_ids):
+            raise EvalError(f"{name}: ref_id {ref_id} has {len(sents)} sentences but "
+                            f"{len(sent_ids)} sent_ids")
+        if not sents:
+            raise EvalError(f"{name}: ref_id {ref_id} (image {image_id}) has no sentence")
+        for s, sid in zip(sents, sent_ids, strict=True):
+            if not s.strip():
+                raise EvalError(f"{name}: ref_id {ref_id} sent_id {sid} (image {image_id}) "
+                                f"has an empty sentence {s!r}")
+        ref = RefMeta(index=i, ref_id=ref_id, ann_id=int(ex["ann_id"]), sent_ids=sent_ids,
+                      sentences=sents)
+        if cur is None or image_id != cur["image_id"]:
+            close()
+            if image_id in seen:
+                raise EvalError(f"{name}: the refs of image {image_id} are not consecutive "
+                                "(the data source must be ordered by image)")
+            seen.add(image_id)
+            cur = {"image_id": image_id, "hw": _image_hw(ex["image"]), "refs": [],
+                   "n": int(np.asarray(ex["proposal_ann_ids"]).size)}
+        cur["refs"].append(ref)
+    close()
+    return images
+
+
+@dataclasses.dataclass
+class SplitSources:
+    """Three views of one split: full decode, mask only (image/proposals skipped), light."""
+
+    full: Any
+    mask_only: Any
+    light: Any
+    name: str
+
+
+def ensure_shapesref(manual_dir: str | Path) -> None:
+    """Write the default ShapesRef benchmark into `manual_dir` unless a build is there."""
+    from ..shapesref import DATASET_DIR, STAMP_FILE, ShapesRefConfig, write_shapesref
+
+    if (Path(manual_dir) / DATASET_DIR / STAMP_FILE).is_file():
+        return
+    log.info("ShapesRef not found in %s: generating it (default ShapesRefConfig)", manual_dir)
+    t0 = time.perf_counter()
+    write_shapesref(manual_dir, ShapesRefConfig())
+    log.info("ShapesRef written to %s in %.1fs", manual_dir, time.perf_counter() - t0)
+
+
+def prepare_split(config: EvalConfig) -> None:
+    """Build the TFDS split if needed (and the ShapesRef sources if missing)."""
+    from tfds_refcoco import canonical_config_name, load_split, make_builder
+    from tfds_refcoco.refer import LAYOUTS, ReferFormatError
+
+    name = canonical_config_name(config.dataset)
+    if not make_builder(name, config.data_dir).is_prepared():
+        if name == "shapesref" and config.build_shapesref:
+            ensure_shapesref(config.manual_dir)
+        layout = LAYOUTS[name]  # fail with the file's name before TFDS's manual-dir check
+        for path, what in ((layout.refs_path(config.manual_dir), "refs pickle"),
+                           (layout.instances_path(config.manual_dir), "instances file")):
+            if not Path(path).expanduser().is_file():
+                raise ReferFormatError(f"{what} not found: {path} (dataset {config.dataset} "
+                                       f"is not built in {config.data_dir} either)")
+    load_split(name, config.split, config.manual_dir, config.data_dir)
+
+
+def open_split(config: EvalConfig) -> SplitSources:
+    """Open the (prepared) split as random-access data sources."""
+    import tensorflow_datasets as tfds
+
+    from tfds_refcoco import canonical_config_name, make_builder
+
+    name = canonical_config_name(config.dataset)
+    builder = make_builder(name, config.data_dir)
+    if config.split not in builder.info.splits:
+        raise EvalError(f"dataset {config.dataset} has no split {config.split!r}; available: "
+                        f"{list(builder.info.splits)}")
+    skip = tfds.decode.SkipDecoding
+    return SplitSources(
+        full=builder.as_data_source(config.split),
+        mask_only=builder.as_data_source(config.split,
+                                         decoders={"image": skip(), "proposals": skip()}),
+        light=builder.as_data_source(
+            config.split, decoders={"image": skip(), "mask": skip(), "proposals": skip()}),
+        name=f"{config.dataset}/{config.split}")

@@ -1,0 +1,162 @@
+"""Host side of an evaluation: a batch of images prepared for the device (`Loader.make`: decode,
+proposals, spaCy + tokenisation, padding to the buckets) and the background thread that
+prepares the next batches while the device runs the current one (`Prefetch`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..config import IteRPrimEConfig
+from ..method.pipeline import bucket, encode_texts, pad_text, prepare_image, text_length_bucket
+from ..models.loading import Model
+from .config import MIN_SENTENCE_BUCKET, EvalError
+from .device import Device
+from .index import ImageMeta, SplitSources
+from .proposals import ProposalSource, decode_rles
+
+
+@dataclasses.dataclass
+class HostBatch:
+    images: list[ImageMeta]          # real images (dummies excluded)
+    primary_words: list[list[str | None]]
+    proposal_ids: list[np.ndarray]   # per image: sample "proposal" value of each index
+    sentences: int
+    pixels: Any
+    common: list[Any]                # ids, attn, focus, primary, hw (device arrays)
+    props: list[Any]                 # props, valid, ncomp
+    no_props: list[Any]              # the same with 0 proposals (heat-map rows)
+    gt: list[Any]                    # gt, sref
+    truncated: int
+
+
+class Loader:
+    """Host-side batch preparation (run in a background thread)."""
+
+    def __init__(self, model: Model, device: Device, sources: SplitSources,
+                 proposals: ProposalSource, text_config: IteRPrimEConfig, canvas: int,
+                 proposal_bucket: int, batch_size: int, need_props: bool, need_no_props: bool):
+        self.model, self.device, self.sources = model, device, sources
+        self.proposals, self.text_config, self.canvas = proposals, text_config, canvas
+        self.nb, self.batch_size = proposal_bucket, batch_size
+        self.need_props, self.need_no_props = need_props, need_no_props
+
+    def _image(self, meta: ImageMeta) -> dict[str, Any]:
+        first = self.sources.full[meta.refs[0].index]
+        if int(first["image_id"]) != meta.image_id:
+            raise EvalError(f"{self.sources.name}: example {meta.refs[0].index} is image "
+                            f"{first['image_id']}, the index says {meta.image_id}")
+        gts = [first["mask"]] + [self.sources.mask_only[r.index]["mask"] for r in meta.refs[1:]]
+        props, ids = None, np.zeros((0,), np.int64)
+        if self.proposals.kind == "gt":
+            props, ids = first["proposals"], np.asarray(first["proposal_ann_ids"], np.int64)
+        elif self.proposals.kind == "file":
+            assert self.proposals.by_image is not None
+            rles = self.proposals.by_image.get(meta.image_id, [])
+            props = decode_rles(rles, meta.hw, self.proposals.path, meta.image_id)
+            ids = np.arange(len(rles), dtype=np.int64)
+        image = first["image"]
+        if tuple(image.shape[:2]) != meta.hw:
+            raise EvalError(f"{self.sources.name}: image {meta.image_id} decodes to "
+                            f"{image.shape[:2]}, its header says {meta.hw}")
+        prep = prepare_image(image, self.model.config, props if self.need_props else None,
+                             self.canvas, self.nb)
+        sentences = [s for r in meta.refs for s in r.sentences]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # truncation is counted and logged once
+            text = encode_texts(self.model, sentences, self.text_config)
+        sref = np.concatenate([np.full(len(r.sent_ids), k, np.int32)
+                               for k, r in enumerate(meta.refs)])
+        return {"prep": prep, "gts": gts, "text": text, "sref": sref, "ids": ids}
+
+    def make(self, metas: list[ImageMeta]) -> HostBatch:
+        items = [self._image(m) for m in metas]
+        b = self.batch_size
+        sb = bucket(max(m.num_sentences for m in metas), MIN_SENTENCE_BUCKET)
+        c = self.canvas
+        rows = [items[min(k, len(items) - 1)] for k in range(b)]  # dummies repeat the last
+        tl = max(text_length_bucket(it["text"].attention_mask, it["text"].input_ids.shape[1])
+                 for it in items)
+        texts = [pad_text(it["text"], sb, tl) for it in rows]
+        common = [np.stack([t[j] for t in texts]) for j in range(4)]
+        common.append(np.asarray([it["prep"].hw for it in rows], np.int32))
+        pixels = np.stack([it["prep"].pixels for it in rows])
+        gt = np.zeros((b, sb, c, c), bool)
+        sref = np.zeros((b, sb), np.int32)
+        for k, it in enumerate(rows):
+            for r, m in enumerate(it["gts"]):
+                gt[k, r, : m.shape[0], : m.shape[1]] = m.astype(bool)
+            sref[k, : len(it["sref"])] = it["sref"]
+        d = self.device
+        props = no_props = []
+        if self.need_props:
+            props = d.put([np.stack([it["prep"].proposals for it in rows]),
+                           np.stack([it["prep"].proposal_valid for it in rows]),
+                           np.stack([it["prep"].num_components for it in rows])])
+        if self.need_no_props:
+            no_props = d.put([np.zeros((b, 0, c, c), bool), np.zeros((b, 0), bool),
+                              np.zeros((b, 0), np.int32)])
+        return HostBatch(
+            images=list(metas),
+            primary_words=[[t.primary_word for t in it["text"].items] for it in items],
+            proposal_ids=[it["ids"] for it in items],
+            sentences=sum(m.num_sentences for m in metas),
+            pixels=d.put([pixels])[0], common=d.put(common), props=props, no_props=no_props,
+            gt=d.put([gt, sref]),
+            truncated=sum(t.truncated for it in items for t in it["text"].items))
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_END = object()
+
+
+class Prefetch:
+    """Runs `make(batch)` for every batch in a background thread, `depth` batches ahead."""
+
+    def __init__(self, make: Callable[[Any], Any], batches: Sequence[Any], depth: int = 2):
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(make, list(batches)),
+                                        name="eval-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, make: Callable[[Any], Any], batches: list[Any]) -> None:
+        try:
+            for b in batches:
+                if self._stop.is_set() or not self._put(make(b)):
+                    return
+            self._put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            self._put(_Failure(e))
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            item = self._q.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)

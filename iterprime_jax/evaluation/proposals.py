@@ -1,0 +1,134 @@
+"""Proposal sources of an evaluation: ``gt`` (the image's instance masks), ``heatmap`` (none) or a
+COCO-style results JSON of class-agnostic RLE masks, read and decoded here (the one RLE-JSON
+proposals reader, also used by the one-image CLI)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import EvalError
+from .index import ImageMeta
+
+
+@dataclasses.dataclass(frozen=True)
+class ProposalSource:
+    """``gt`` / ``heatmap`` / ``file`` (RLEs per image id, in file order)."""
+
+    kind: str
+    path: Path | None = None
+    by_image: Mapping[int, list[dict[str, Any]]] | None = None
+
+    @property
+    def uses_proposals(self) -> bool:
+        return self.kind != "heatmap"
+
+    def count(self, image: ImageMeta) -> int:
+        if self.kind == "gt":
+            return image.num_gt_proposals
+        if self.kind == "file":
+            assert self.by_image is not None
+            return len(self.by_image.get(image.image_id, ()))
+        return 0
+
+    def describe(self) -> Any:
+        if self.kind == "file":
+            assert self.path is not None
+            return {"file": str(self.path), "sha256": _sha256(self.path)}
+        return self.kind
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_json_list(path: Path) -> list[Any]:
+    if not path.is_file():
+        raise EvalError(f"proposals file {path} does not exist")
+    try:
+        items = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise EvalError(f"proposals file {path} is not valid JSON: {e}") from None
+    if not isinstance(items, list):
+        raise EvalError(f"proposals file {path} must hold a JSON list of results "
+                        f"({{'image_id', 'segmentation'}}), got {type(items).__name__}")
+    return items
+
+
+def _checked_rle(seg: Any, path: Path, k: int, image_id: Any) -> dict[str, Any]:
+    """A ``{"size": [H, W], "counts": str | list}`` RLE, checked; EvalError naming entry k."""
+    size = seg.get("size") if isinstance(seg, dict) else None
+    counts = seg.get("counts") if isinstance(seg, dict) else None
+    if (not isinstance(size, list) or len(size) != 2
+            or not all(isinstance(v, int) and v > 0 for v in size)
+            or not isinstance(counts, str | list)):
+        raise EvalError(f"proposals file {path}: entry {k} (image {image_id}) needs an RLE "
+                        "segmentation {'size': [H, W], 'counts': str or list}")
+    return {"size": [int(v) for v in size], "counts": counts}
+
+
+def load_proposals_file(path: str | Path) -> dict[int, list[dict[str, Any]]]:
+    """A COCO-style results JSON of class-agnostic masks -> {image_id: [RLE, ...]}.
+
+    Entries: ``{"image_id": int, "segmentation": {"size": [H, W], "counts": str | list},
+    "score": float (optional)}``; order within an image is kept (the ``proposal`` index of a
+    sample refers to it).
+    """
+    path = Path(path)
+    out: dict[int, list[dict[str, Any]]] = {}
+    for k, it in enumerate(_read_json_list(path)):
+        if not isinstance(it, dict) or "image_id" not in it or "segmentation" not in it:
+            raise EvalError(f"proposals file {path}: entry {k} lacks 'image_id' or "
+                            "'segmentation'")
+        image_id = it["image_id"]
+        if isinstance(image_id, bool) or not isinstance(image_id, int):
+            raise EvalError(f"proposals file {path}: entry {k} has a non-integer image_id "
+                            f"{image_id!r}")
+        out.setdefault(image_id, []).append(_checked_rle(it["segmentation"], path, k, image_id))
+    return out
+
+
+def read_proposals_json(path: str | Path, hw: tuple[int, int]) -> np.ndarray:
+    """The proposals of one image from a JSON list of COCO results (``{"segmentation": RLE,
+    ...}``; ``image_id`` not needed) or of bare RLEs -> (N, H, W) bool, sizes checked."""
+    path = Path(path)
+    rles = [_checked_rle(it.get("segmentation", it) if isinstance(it, dict) else it, path, k,
+                         "of the file")
+            for k, it in enumerate(_read_json_list(path))]
+    return decode_rles(rles, hw, path)
+
+
+def decode_rles(rles: Sequence[dict[str, Any]], hw: tuple[int, int], path: Any = "",
+                image_id: int = -1) -> np.ndarray:
+    """RLE dicts -> (N, H, W) bool; the size must equal the image size `hw`."""
+    from tfds_refcoco.refer import decode_segmentation
+
+    masks = np.zeros((len(rles), *hw), bool)
+    for k, r in enumerate(rles):
+        if tuple(r["size"]) != tuple(hw):
+            raise EvalError(f"proposals file {path}: a mask of image {image_id} has size "
+                            f"{tuple(r['size'])}, the image is {tuple(hw)}")
+        try:
+            masks[k] = decode_segmentation(r, *hw).astype(bool)
+        except Exception as e:  # noqa: BLE001 - pycocotools raises anything on bad counts
+            raise EvalError(f"proposals file {path}: cannot decode a mask of image "
+                            f"{image_id}: {e}") from None
+    return masks
+
+
+def proposal_source(spec: str) -> ProposalSource:
+    """``gt`` / ``heatmap`` / the path of a proposals file (read here)."""
+    if spec in ("gt", "heatmap"):
+        return ProposalSource(spec)
+    path = Path(spec).expanduser().resolve()
+    return ProposalSource("file", path, load_proposals_file(path))

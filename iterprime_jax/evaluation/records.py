@@ -1,0 +1,166 @@
+"""The files of a run directory: per-sentence records (``samples.jsonl``; reading, repairing a
+half-written last line after a kill, merging the per-process files), the run identity
+(``run_config.json``, checked on resume) and split metrics from the records."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import IteRPrimEConfig
+from ..metrics import summarize
+from ..models.loading import METHOD_JSON
+from .config import RUN_CONFIG, RUN_CONFIG_VERSION, SAMPLES, EvalConfig, EvalError
+from .proposals import ProposalSource
+
+
+def sample_key(rec: Mapping[str, Any]) -> tuple[int, int]:
+    """Identity of a sample: (ref_id, sent_id)."""
+    return int(rec["ref_id"]), int(rec["sent_id"])
+
+
+def sort_key(rec: Mapping[str, Any]) -> tuple[int, int, int]:
+    """The stable order of samples.jsonl: (image_id, ref_id, sent_id)."""
+    return int(rec["image_id"]), int(rec["ref_id"]), int(rec["sent_id"])
+
+
+def truncate_partial_line(path: Path) -> int:
+    """Cut a half-written last line (no trailing newline) off `path`; returns bytes cut."""
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with path.open("r+b") as f:
+        tail = min(size, 1 << 16)
+        keep = None
+        pos = size
+        while pos > 0 and keep is None:
+            start = max(0, pos - tail)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+            pos = start
+        keep = keep or 0
+        if keep < size:
+            f.truncate(keep)
+    return size - keep
+
+
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    """The samples of one jsonl file; an unparsable last line (a run killed mid-write) is
+    ignored, an unparsable line elsewhere is an error naming the file and line."""
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    out = []
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            sample_key(rec), sort_key(rec), int(rec["I"]), int(rec["U"])
+        except (ValueError, KeyError, TypeError) as e:
+            if n == len(lines) - 1:  # partial last line
+                continue
+            raise EvalError(f"{path}: line {n + 1} is not a sample: {e}") from None
+        out.append(rec)
+    return out
+
+
+def sample_files(out: Path) -> list[Path]:
+    return [out / SAMPLES, *sorted(out.glob("samples.p*.jsonl"))]
+
+
+def atomic_write(path: Path, data: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(data, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def dumps_sample(rec: Mapping[str, Any]) -> str:
+    return json.dumps(rec, ensure_ascii=False)
+
+
+def merge_samples(out: Path) -> list[dict[str, Any]]:
+    """Union of samples.jsonl and samples.p*.jsonl (later files win on duplicate keys),
+    rewritten sorted to samples.jsonl; the per-process files are removed."""
+    files = sample_files(out)
+    merged: dict[tuple[int, int], dict[str, Any]] = {}
+    for f in files:
+        for rec in read_samples(f):
+            merged[sample_key(rec)] = rec
+    recs = sorted(merged.values(), key=sort_key)
+    atomic_write(out / SAMPLES, "".join(dumps_sample(r) + "\n" for r in recs))
+    for f in files[1:]:
+        f.unlink(missing_ok=True)
+    return recs
+
+
+# --------------------------------------------------------------------------- run config
+def _weights_fingerprint(path: Path) -> str:
+    """sha256 over the checkpoint's config file and the names and sizes of its files."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = f.relative_to(path).as_posix()
+        if rel in (METHOD_JSON,) or rel.startswith("training_log"):
+            continue
+        h.update(f"{rel}:{f.stat().st_size}\n".encode())
+        if f.suffix == ".json" and f.stat().st_size < (1 << 20):
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def run_identity(config: EvalConfig, method: IteRPrimEConfig, proposals: ProposalSource,
+                 weights: Path) -> dict[str, Any]:
+    from tfds_refcoco import canonical_config_name
+
+    return {
+        "version": RUN_CONFIG_VERSION,
+        "dataset": canonical_config_name(config.dataset),
+        "split": config.split,
+        "weights": str(weights),
+        "weights_fingerprint": _weights_fingerprint(weights),
+        "proposals": proposals.describe(),
+        "method": dataclasses.asdict(method),
+    }
+
+
+def check_run_config(out: Path, identity: Mapping[str, Any], write: bool) -> bool:
+    """Compare with ``out/run_config.json`` (EvalError on a difference); write it if missing
+    and `write`. Returns whether a previous run config was found."""
+    path = out / RUN_CONFIG
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError as e:
+            raise EvalError(f"{path} is not valid JSON ({e}); remove it or use another --out") \
+                from None
+        diff = [k for k in identity if old.get(k) != identity[k]]
+        if diff:
+            details = "; ".join(f"{k}: {old.get(k)!r} -> {identity[k]!r}" for k in diff)
+            raise EvalError(f"{out} holds a run with a different configuration ({details}); "
+                            "use another --out or remove it to start over")
+        return True
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(dict(identity), indent=2) + "\n")
+    return False
+
+
+def metrics_from_samples(recs: Iterable[Mapping[str, Any]], convention: str = "standard"
+                         ) -> dict[str, float | int]:
+    """`summarize` over the I and U of sample records (int64)."""
+    recs = list(recs)
+    i = np.asarray([int(r["I"]) for r in recs], np.int64)
+    u = np.asarray([int(r["U"]) for r in recs], np.int64)
+    return summarize(i, u, convention=convention)  # type: ignore[arg-type]
