@@ -7,6 +7,7 @@ loading), the method (`method`: Grad-CAM, IGRS, `segment`) and the method's swit
 
 from .config import IteRPrimEConfig
 from .method.gradcam import GradCAM, cross_attention_gradcam, gradcam_from_embeds
+from .method.heat import resize_heatmap
 from .method.pipeline import SegmentResult, segment, segment_batch, segment_images
 from .method.refine import IGRSResult, igrs
 from .models.blip.config import BlipConfig, TextConfig, VisionConfig
@@ -22,5 +23,5 @@ __all__ = [
     "Model", "load", "method_config", "encode_image", "init_params", "itm_logits",
     "match_from_embeds",
     "SegmentResult", "segment", "segment_batch", "segment_images", "preprocess_image",
-    "tokenize", "IGRSResult", "igrs",
+    "tokenize", "IGRSResult", "igrs", "resize_heatmap",
 ]

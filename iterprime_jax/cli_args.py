@@ -36,7 +36,8 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
                            default=argparse.SUPPRESS, help=help_text)
         else:
             g.add_argument(*flags, dest=f.name, type=type(value), default=argparse.SUPPRESS,
-                           metavar=f.name.upper(), help=help_text)
+                           metavar=f.name.upper(), choices=f.metadata.get("choices"),
+                           help=help_text)
 
 
 def method_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -29,6 +29,11 @@ class IteRPrimEConfig:
     template: str = _field("there is a {}", "prompt template")
     use_pwe: bool = _field(True, "Primary Word Emphasis (off: the mean of grad*cam over the "
                                  "tokens)", aliases=("--pwe",))
+    no_primary_tokens: str = _field(
+        "authors", "tokens averaged when PWE finds no primary word: 'authors' = the authors' "
+        "code as written (every real token if the expression has focus words, else [CLS] "
+        "alone); 'focus' = its evident intent (the focus tokens plus [CLS])",
+        choices=("authors", "focus"))
     iterations: int = _field(3, "IGRS passes in all (1 = plain Grad-CAM)")
     alpha: float = _field(0.2, "IGRS blend weight of a new pass into the running map")
     stretch_sharpness: float = _field(20.0, "k of stretch(x) = sigmoid(k (x - c)) / max")
@@ -36,7 +41,8 @@ class IteRPrimEConfig:
     mask_threshold: float = _field(0.5, "patches with stretch(heat) >= this are hidden in the "
                                         "next IGRS pass")
     keep_rejected: bool = _field(False, "authors' behaviour: blend a rejected IGRS pass into "
-                                        "the map anyway")
+                                        "the returned map anyway (default: the map from "
+                                        "before the rejected pass)")
     max_components: int = _field(12, "proposals with more connected components are not "
                                      "candidates")
     heat_threshold: float = _field(0.5, "mask = heat >= threshold when no proposals are given "
@@ -47,6 +53,11 @@ class IteRPrimEConfig:
     empty_if_no_candidate: bool = _field(True, "authors' rule: when no proposal covers a seed "
                                                "the mask is empty (off: the thresholded heat "
                                                "map)")
+
+    def __post_init__(self) -> None:
+        if self.no_primary_tokens not in ("authors", "focus"):
+            raise ValueError("IteRPrimEConfig.no_primary_tokens must be 'authors' or 'focus', "
+                             f"got {self.no_primary_tokens!r}")
 
     def replace(self, **kw: Any) -> IteRPrimEConfig:
         return dataclasses.replace(self, **kw)

@@ -21,7 +21,7 @@ def _minmax(x):
     return x / x.max() if x.max() > 0 else x
 
 
-def ref_pwe(attn, grad, valid, focus_ids, primary_ids):
+def ref_pwe(attn, grad, valid, focus_ids, primary_ids, no_primary="authors"):
     attn = np.asarray(attn, np.float64)
     grad = np.asarray(grad, np.float64)
     v = np.asarray(valid, np.float64)[None, :, None, None]
@@ -44,13 +44,13 @@ def ref_pwe(attn, grad, valid, focus_ids, primary_ids):
             maps.append(D / norm * mg * mm)
         maps.append(g[:, F] * cam[:, F])
         per_head = np.concatenate(maps, axis=1).mean(1)
+        return _minmax(per_head.mean(0))
+    # no primary word: per token (head-mean grad) * (head-mean cam), mean over the tokens S
+    if no_primary == "authors":  # their condition, as written
+        S = [t for t in range(attn.shape[1]) if valid[t]] if focus_ids else [0]
     else:
-        if focus_ids:
-            S = [0] + focus_ids
-        else:
-            S = [t for t in range(attn.shape[1]) if valid[t]]
-        per_head = g[:, S].mean(1) * cam[:, S].mean(1)
-    return _minmax(per_head.mean(0))
+        S = [0] + focus_ids
+    return _minmax((g.mean(0)[S] * cam.mean(0)[S]).mean(0))
 
 
 def ref_plain(attn, grad, valid):
@@ -102,6 +102,67 @@ def test_pwe_matches_reference(case, seed):
     assert got.shape == (GH, GW) and got.dtype == np.float32
     assert got.min() == 0.0 and np.isclose(got.max(), 1.0)
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["no_primary", "no_focus", "primary"])
+def test_no_primary_focus_option_matches_reference(case):
+    n_valid, focus_ids, primary_ids = CASES[case]
+    attn, grad = _inputs(5)
+    valid, focus, primary = _masks(n_valid, focus_ids, primary_ids)
+    got = np.asarray(pwe_heat(attn, grad, valid, focus, primary, no_primary="focus"))
+    np.testing.assert_allclose(got, ref_pwe(attn, grad, valid, focus_ids, primary_ids, "focus"),
+                               atol=1e-6, rtol=0)
+
+
+def _hand_case():
+    """2 heads, 5 tokens ([CLS], focus word, other word, [SEP], padding), a 1x3 grid.
+
+    Per token, (head-mean relu(grad)) * (head-mean cam), per pixel:
+      [CLS]: grad heads [3,0,0] and [0,0,0] -> [1.5,0,0]; cam [1,1,1] both -> [1.5, 0, 0]
+      focus: grad [0,2,0] and 0 -> [0,1,0];    cam [0,2,0] and 0 -> [0,1,0]: [0, 1, 0]
+             (the head-mean of the products would be [0, 2, 0])
+      other: grad [0,0,3] both -> [0,0,3];     cam [0,0,1] both: [0, 0, 3]
+      [SEP]: grad -5 everywhere (relu -> 0):   [0, 0, 0]
+      padding: 9 everywhere, ignored.
+    """
+    grad = np.zeros((2, 5, 1, 3), np.float32)
+    cam = np.zeros((2, 5, 1, 3), np.float32)
+    grad[0, 0, 0, 0] = 3
+    cam[:, 0] = 1
+    grad[0, 1, 0, 1] = 2
+    cam[0, 1, 0, 1] = 2
+    grad[:, 2, 0, 2] = 3
+    cam[:, 2, 0, 2] = 1
+    grad[:, 3] = -5
+    cam[:, 3] = 1
+    grad[:, 4] = cam[:, 4] = 9
+    valid = np.array([1, 1, 1, 1, 0])
+    return cam, grad, valid
+
+
+def test_no_primary_word_hand_computed():
+    cam, grad, valid = _hand_case()
+    focus = np.array([0, 1, 0, 0, 0], bool)
+    none = np.zeros(5, bool)
+
+    def heat(f, mode):
+        return np.asarray(pwe_heat(cam, grad, valid, f, none, no_primary=mode))
+
+    # authors, with focus words: mean over the 4 real tokens = [1.5, 1, 3] / 4
+    #   -> min-max (x - 1/4) / (3/4 - 1/4) = [0.25, 0, 1]
+    np.testing.assert_allclose(heat(focus, "authors"), [[0.25, 0.0, 1.0]], atol=1e-6)
+    # authors, no focus word: [CLS] alone = [1.5, 0, 0] -> [1, 0, 0]
+    np.testing.assert_allclose(heat(none, "authors"), [[1.0, 0.0, 0.0]], atol=1e-6)
+    # intent: focus + [CLS] = [1.5, 1, 0] / 2 -> [1, 2/3, 0]
+    np.testing.assert_allclose(heat(focus, "focus"), [[1.0, 2 / 3, 0.0]], atol=1e-6)
+    np.testing.assert_allclose(heat(none, "focus"), [[1.0, 0.0, 0.0]], atol=1e-6)
+    # the default of the pipeline's config is the authors' branch
+    from iterprime_jax.config import IteRPrimEConfig
+    assert IteRPrimEConfig().no_primary_tokens == "authors"
+    np.testing.assert_array_equal(np.asarray(pwe_heat(cam, grad, valid, focus, none)),
+                                  heat(focus, "authors"))
+    with pytest.raises(ValueError, match="no_primary_tokens"):
+        IteRPrimEConfig(no_primary_tokens="cls")
 
 
 @pytest.mark.parametrize("seed", [0, 1])

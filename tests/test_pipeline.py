@@ -9,6 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import iterprime_jax as ij
@@ -98,7 +99,9 @@ def test_batched_equals_one_by_one(tiny_model):
         single = ij.segment(tiny_model, img, expr, props, CFG)
         assert single.proposal_index == b.proposal_index
         assert single.iterations == b.iterations and single.primary_word == b.primary_word
-        np.testing.assert_allclose(single.heatmap, b.heatmap, atol=1e-4)
+        # float32 reduction order differs with the batch size (1e-5 on the grid); the stretch
+        # of a pass-0 map multiplies such differences by up to 5
+        np.testing.assert_allclose(single.heatmap, b.heatmap, atol=1e-3)
         np.testing.assert_array_equal(single.mask, b.mask)
 
 
@@ -111,7 +114,7 @@ def test_vmap_over_images_equals_per_image(tiny_model):
         per = ij.segment_batch(tiny_model, img, ex, pr, CFG)
         for a, b in zip(per, res, strict=True):
             assert a.proposal_index == b.proposal_index and a.iterations == b.iterations
-            np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-4)
+            np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-3)  # see above
 
 
 def test_no_proposals_is_threshold_baseline(tiny_model):
@@ -120,12 +123,74 @@ def test_no_proposals_is_threshold_baseline(tiny_model):
     np.testing.assert_array_equal(r.mask, r.heatmap >= CFG.heat_threshold)
 
 
-@pytest.mark.parametrize("switch", [dict(use_pwe=False), dict(iterations=1),
-                                    dict(use_template=False), dict(alpha=0.5),
-                                    dict(layer=1), dict(keep_rejected=True)])
+@pytest.mark.parametrize("switch", [dict(use_pwe=False), dict(use_template=False),
+                                    dict(layer=1), dict(no_primary_tokens="focus")])
 def test_every_ablation_switch_runs(tiny_model, switch):
     r = ij.segment(tiny_model, _image(), EXPRS[0], _proposals(), CFG.replace(**switch))
     assert r.mask.shape == (40, 50) and np.isfinite(r.heatmap).all()
+
+
+def _torch_bicubic(x, hw):
+    t = torch.from_numpy(np.asarray(x, np.float32))[None, None]
+    return torch.nn.functional.interpolate(t, size=hw, mode="bicubic",
+                                           align_corners=False)[0, 0].numpy()
+
+
+def expected_heatmap(r, cfg, hw=(40, 50)):
+    """METHOD.md section 3 from a result's per-pass maps and scores: the blend of accepted
+    passes (plus the rejected one with keep_rejected), torch-bicubic upsampled, min-max
+    normalised, and stretched iff it is pass 0's own map."""
+    heats, scores = r.heatmaps_per_iteration.astype(np.float64), r.scores
+    run, prev, first = heats[0], scores[0], True
+    for i in range(1, len(scores)):
+        if scores[i] >= prev or cfg.keep_rejected:
+            run, first = (1 - cfg.alpha) * run + cfg.alpha * heats[i], False
+        if scores[i] < prev:
+            break
+        prev = scores[i]
+    up = _torch_bicubic(run, hw).astype(np.float64)
+    up = (up - up.min()) / (up.max() - up.min())
+    if first:
+        up = 1 / (1 + np.exp(-20 * (up - 0.5)))
+        up = up / up.max()
+    return up
+
+
+MIXED = ["the man in a red shirt left of the dog", "giraffe on the right", "the dog",
+         "left guy"]
+
+
+def test_returned_map_iterations_alpha_keep_rejected(tiny_model):
+    """Which map is returned (METHOD.md section 3) under each IGRS switch; the tiny model
+    accepts later passes for some sentences and stops after pass 0 for others."""
+    img = _image()
+    runs = {}
+    for name, cfg in {"base": CFG, "alpha": CFG.replace(alpha=0.5),
+                      "keep_rejected": CFG.replace(keep_rejected=True),
+                      "one_pass": CFG.replace(iterations=1),
+                      "two_passes": CFG.replace(iterations=2)}.items():
+        runs[name] = ij.segment_batch(tiny_model, img, MIXED, None, cfg)
+        for r in runs[name]:
+            assert len(r.scores) == cfg.iterations
+            np.testing.assert_allclose(r.heatmap, expected_heatmap(r, cfg), atol=2e-4)
+    base = runs["base"]
+    accepted = [i for i, r in enumerate(base) if r.iterations > 1]
+    stopped = [i for i, r in enumerate(base) if r.iterations == 1]
+    assert accepted and stopped  # both branches exercised
+    for i in stopped:  # pass-0 map kept: stretched (about half the pixels pushed to ~0 / ~1)
+        assert np.mean((base[i].heatmap < 0.01) | (base[i].heatmap > 0.99)) > 0.5
+        # alpha changes nothing; keep_rejected returns the unstretched blend
+        np.testing.assert_array_equal(runs["alpha"][i].heatmap, base[i].heatmap)
+        assert np.abs(runs["keep_rejected"][i].heatmap - base[i].heatmap).max() > 0.05
+    for i in accepted:  # alpha changes the blend; keep_rejected changes nothing before a stop
+        assert np.abs(runs["alpha"][i].heatmap - base[i].heatmap).max() > 1e-3
+        if base[i].iterations == 3:
+            np.testing.assert_array_equal(runs["keep_rejected"][i].heatmap, base[i].heatmap)
+    for i in range(len(MIXED)):
+        assert runs["one_pass"][i].iterations == 1
+        assert runs["two_passes"][i].iterations == min(base[i].iterations, 2)
+        np.testing.assert_allclose(runs["one_pass"][i].heatmaps_per_iteration[0],
+                                   base[i].heatmaps_per_iteration[0], atol=1e-5)
 
 
 def test_switches_change_the_heatmap(tiny_model):

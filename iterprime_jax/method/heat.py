@@ -3,6 +3,8 @@
 All functions are pure `jax.numpy`, jit-able and vmap-able, with static shapes: token sets are
 boolean masks over the T text positions (not index lists), and the choice between the
 primary-word / no-primary-word / no-focus-word cases is made with `jnp.where` on scalars.
+`resize_heatmap` is the one upsampling path from the patch grid to image pixels (METHOD.md
+section 3, "Output"), exactly PyTorch's `F.interpolate(mode="bicubic", align_corners=False)`.
 
 Inputs for one sentence:
   attn:    (heads, T, gh, gw) cross-attention probabilities over image patches (image CLS dropped).
@@ -11,8 +13,7 @@ Inputs for one sentence:
   focus:   (T,) focus-word WordPiece positions (primary word included).
   primary: (T,) primary-word WordPiece positions.
 
-`resize_heatmap` is the one upsampling of a patch-grid heat map to pixels (bicubic), used by
-the pipeline and by the training diagnostics.
+`resize_heatmap` is used by the pipeline and by the training diagnostics.
 """
 
 from __future__ import annotations
@@ -20,9 +21,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["heat_map", "minmax_normalize", "plain_heat", "pwe_heat", "resize_heatmap"]
+__all__ = ["NO_PRIMARY_TOKENS", "bicubic_weights", "heat_map", "minmax_normalize",
+           "plain_heat", "pwe_heat", "resize_heatmap"]
 
 _NORM_EPS = 1e-8
+# Token sets averaged when there is no primary word (IteRPrimEConfig.no_primary_tokens):
+#   "authors": the authors' code as written: all non-padding tokens when the expression has
+#              focus words, [CLS] alone when it has none;
+#   "focus":   the evident intent: focus tokens plus [CLS] ([CLS] alone without focus words).
+NO_PRIMARY_TOKENS = ("authors", "focus")
+_CUBIC_A = -0.75  # PyTorch's bicubic kernel coefficient (jax.image uses Keys' -0.5)
 
 
 def minmax_normalize(x: jnp.ndarray) -> jnp.ndarray:
@@ -48,7 +56,19 @@ def _tok_sum(w, x):
     return jnp.einsum("t,htij->hij", w, x)
 
 
-def pwe_heat(attn, grad, valid, focus, primary) -> jnp.ndarray:
+def _no_primary_tokens(v, f, mode: str):
+    """(T,) float weights of the tokens averaged without a primary word (see NO_PRIMARY_TOKENS).
+    v: valid mask, f: focus mask (both float, padding already zeroed)."""
+    if mode not in NO_PRIMARY_TOKENS:
+        raise ValueError(f"no_primary_tokens must be one of {NO_PRIMARY_TOKENS}, got {mode!r}")
+    cls = jnp.zeros_like(v).at[0].set(1.0)
+    has_focus = jnp.sum(f) > 0
+    if mode == "authors":
+        return jnp.where(has_focus, v, cls)
+    return jnp.maximum(f, cls)
+
+
+def pwe_heat(attn, grad, valid, focus, primary, no_primary: str = "authors") -> jnp.ndarray:
     """PWE heat map (gh, gw) float32 in [0, 1].
 
     With a primary word (M = primary positions, O = focus minus M, |F| = number of focus
@@ -56,12 +76,13 @@ def pwe_heat(attn, grad, valid, focus, primary) -> jnp.ndarray:
       mg, mc = mean over M of relu(grad), cam;  mm = mg * mc
       D_o = mc - cam_o, divided by its L2 norm over o in O (zero norm -> 1e-8)
       heat_h = ( grad_cls*cam_cls + sum_o D_o*mg*mm + sum_t w_t grad_t*cam_t ) / (1 + |O| + sum w),
-      w_t = focus_t + primary_t * |F|   (F = focus with M's positions appended |F| more times).
-    Without a primary word: heat_h = mean_S(grad) * mean_S(cam), S = focus + [CLS], or all valid
-    tokens when there is no focus word. Then mean over heads and min-max normalisation.
+      w_t = focus_t + primary_t * |F|   (F = focus with M's positions appended |F| more times),
+    then the mean over heads.
+    Without a primary word: for each token t of a set S, (mean over heads of relu(grad_t)) *
+    (mean over heads of cam_t), averaged over S; S is chosen by `no_primary` (a static string,
+    see NO_PRIMARY_TOKENS; default: the authors' code). Finally min-max normalisation.
     """
     cam, g, v = _prepare(attn, grad, valid)
-    T = v.shape[0]
     f = jnp.asarray(focus).astype(jnp.float32) * v
     p = jnp.asarray(primary).astype(jnp.float32) * v
     o = f * (1.0 - p)
@@ -82,16 +103,14 @@ def pwe_heat(attn, grad, valid, focus, primary) -> jnp.ndarray:
     gc = g * cam
     cls_term = gc[:, 0]
     weighted = _tok_sum(w, gc)
-    pwe = (cls_term + enhanced + weighted) / (1.0 + n_o + jnp.sum(w))
+    pwe = jnp.mean((cls_term + enhanced + weighted) / (1.0 + n_o + jnp.sum(w)), axis=0)
 
-    # --- no primary word: product of token means over S ----------------------------------
-    cls = jnp.zeros((T,), jnp.float32).at[0].set(1.0)
-    s = jnp.where(n_f > 0, jnp.maximum(f, cls), v)
-    inv_ns = 1.0 / jnp.maximum(jnp.sum(s), 1.0)
-    nop = (_tok_sum(s, g) * inv_ns) * (_tok_sum(s, cam) * inv_ns)
+    # --- no primary word: per token (head-mean grad) * (head-mean cam), mean over S -------
+    s = _no_primary_tokens(v, f, no_primary)
+    per_token = jnp.mean(g, axis=0) * jnp.mean(cam, axis=0)  # (T, gh, gw)
+    nop = jnp.einsum("t,tij->ij", s, per_token) / jnp.maximum(jnp.sum(s), 1.0)
 
-    per_head = jnp.where(n_p > 0, pwe, nop)
-    return minmax_normalize(jnp.mean(per_head, axis=0))
+    return minmax_normalize(jnp.where(n_p > 0, pwe, nop))
 
 
 def plain_heat(attn, grad, valid) -> jnp.ndarray:
@@ -102,21 +121,71 @@ def plain_heat(attn, grad, valid) -> jnp.ndarray:
     return minmax_normalize(jnp.mean(per_head, axis=0))
 
 
-def heat_map(attn, grad, valid, focus, primary, use_pwe: bool = True) -> jnp.ndarray:
+def heat_map(attn, grad, valid, focus, primary, use_pwe: bool = True,
+             no_primary: str = "authors") -> jnp.ndarray:
     """`pwe_heat` if `use_pwe` (a static Python bool) else `plain_heat`."""
     if use_pwe:
-        return pwe_heat(attn, grad, valid, focus, primary)
+        return pwe_heat(attn, grad, valid, focus, primary, no_primary)
     return plain_heat(attn, grad, valid)
 
 
-def resize_heatmap(heat: jnp.ndarray, image_hw: jnp.ndarray, canvas: int) -> jnp.ndarray:
-    """(gh, gw) patch-grid map -> (canvas, canvas): bicubic with half-pixel centres, the grid
-    stretched over the top-left ``image_hw`` (2,) int region (a traced value, so one
-    compilation serves every image size on the canvas); values outside the region are
-    unspecified (callers mask them)."""
+# --------------------------------------------------------------------------- upsampling
+def _cubic_taps(t: jnp.ndarray) -> jnp.ndarray:
+    """Cubic-convolution weights (..., 4) of the taps at offsets -1, 0, 1, 2 for the fractional
+    source position t in [0, 1) (A = -0.75, as PyTorch)."""
+    a = _CUBIC_A
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return jnp.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+def bicubic_weights(in_size: int, out_size, length: int | None = None) -> jnp.ndarray:
+    """(length, in_size) float32 matrix W with W @ x = x resized from in_size to out_size
+    samples, as PyTorch `F.interpolate(mode="bicubic", align_corners=False)` does along one
+    axis: source coordinate (dst + 0.5) * in/out - 0.5 (not clamped), taps floor-1..floor+2 with
+    indices clamped to the border, no antialiasing.
+
+    `out_size` may be a traced scalar (jit-friendly): rows at or past it are zero, so one
+    compilation serves every size up to `length` (default: out_size, which must then be static).
+    """
+    if length is None:
+        length = int(out_size)
+    out_f = jnp.asarray(out_size, jnp.float32)
+    scale = jnp.float32(in_size) / out_f
+    dst = jnp.arange(length, dtype=jnp.float32)
+    src = (dst + 0.5) * scale - 0.5
+    base = jnp.floor(src)
+    taps = _cubic_taps(src - base)  # (length, 4)
+    idx = jnp.clip(base.astype(jnp.int32)[:, None] + jnp.arange(-1, 3)[None, :], 0, in_size - 1)
+    onehot = jnp.arange(in_size)[None, None, :] == idx[:, :, None]  # (length, 4, in)
+    w = jnp.sum(jnp.where(onehot, taps[:, :, None], 0.0), axis=1)
+    return jnp.where((dst < out_f)[:, None], w, 0.0)
+
+
+def resize_heatmap(heat, size, canvas: int | None = None) -> jnp.ndarray:
+    """Bicubic resize of a (gh, gw) map to `size` = (H, W), exactly as PyTorch
+    `F.interpolate(heat[None, None], size=(H, W), mode="bicubic", align_corners=False)`
+    (up to float32 rounding). No normalisation.
+
+    Without `canvas`, `size` is static and the result is (H, W). With `canvas` (a static int),
+    `size` may be traced: the result is (canvas, canvas) with the resized map in the top-left
+    (H, W) region and zeros elsewhere, so one compilation serves every image on that canvas.
+    """
+    heat = jnp.asarray(heat, jnp.float32)
+    if heat.ndim != 2:
+        raise ValueError(f"resize_heatmap expects a (gh, gw) map, got shape {heat.shape}")
     gh, gw = heat.shape
-    hw = jnp.asarray(image_hw).astype(jnp.float32)
-    scale = jnp.stack([hw[0] / gh, hw[1] / gw])
-    return jax.image.scale_and_translate(heat, (canvas, canvas), (0, 1), scale,
-                                         jnp.zeros(2, jnp.float32), method="cubic",
-                                         antialias=False)
+    if canvas is None:
+        size = (int(size[0]), int(size[1]))
+        rows, cols = bicubic_weights(gh, size[0]), bicubic_weights(gw, size[1])
+    else:
+        size = jnp.asarray(size)
+        rows = bicubic_weights(gh, size[0], canvas)
+        cols = bicubic_weights(gw, size[1], canvas)
+    hp = jax.lax.Precision.HIGHEST  # exact float32 products (TPU default is bf16 passes)
+    return jnp.matmul(jnp.matmul(rows, heat, precision=hp), cols.T, precision=hp)

@@ -29,7 +29,7 @@ from ..types import Params
 from .gradcam import gradcam_from_embeds
 from .heat import heat_map, resize_heatmap
 from .language import TextBatch, encode_batch, load_spacy
-from .refine import IGRSResult, igrs, stretch
+from .refine import IGRSResult, igrs
 from .select import check_proposals, count_components, select_proposal
 
 Array = jax.Array
@@ -54,7 +54,8 @@ def text_heatmaps(params: Params, bconfig: BlipConfig, mconfig: IteRPrimEConfig,
                   primary: Array) -> IGRSResult:
     """IGRS over B sentences of one image. image_embeds: (1, S, D); text arrays (B, T)."""
     b = input_ids.shape[0]
-    per_sample_heat = jax.vmap(functools.partial(heat_map, use_pwe=mconfig.use_pwe))
+    per_sample_heat = jax.vmap(functools.partial(heat_map, use_pwe=mconfig.use_pwe,
+                                                 no_primary=mconfig.no_primary_tokens))
 
     def step(keep: Array) -> tuple[Array, Array]:
         cam = gradcam_from_embeds(params, bconfig, image_embeds, input_ids, attention_mask,
@@ -65,19 +66,23 @@ def text_heatmaps(params: Params, bconfig: BlipConfig, mconfig: IteRPrimEConfig,
     return igrs(step, b, bconfig.vision.grid, mconfig)
 
 
-def upsample_heat(heat: Array, image_hw: Array, canvas: int, mconfig: IteRPrimEConfig
-                  ) -> tuple[Array, Array]:
-    """(gh, gw) map -> (canvas, canvas) map (`heat.resize_heatmap`) over the top-left
-    image_hw region, min-max normalised there; zero outside. Returns (heat, region mask)."""
+def upsample_heat(heat: Array, image_hw: Array, canvas: int, mconfig: IteRPrimEConfig,
+                  first_pass: Array | bool = False) -> tuple[Array, Array]:
+    """(gh, gw) map -> (canvas, canvas) map over the top-left image_hw region (traced), zero
+    outside: `resize_heatmap` (PyTorch bicubic), min-max normalised on the region, and, where
+    `first_pass` (the map is pass 0's own, METHOD.md section 3), stretched.
+    Returns (heat, region mask)."""
     up = resize_heatmap(heat, image_hw, canvas)
     rows = jnp.arange(canvas)[:, None] < image_hw[0]
     cols = jnp.arange(canvas)[None, :] < image_hw[1]
     region = rows & cols
     lo = jnp.min(jnp.where(region, up, jnp.inf))
     hi = jnp.max(jnp.where(region, up, -jnp.inf))
-    up = jnp.where(region, (up - lo) / jnp.maximum(hi - lo, 1e-12), 0.0)
-    if mconfig.iterations == 1:  # the authors stretch the single-pass map
-        up = jnp.where(region, stretch(up, mconfig.stretch_sharpness, mconfig.stretch_center), 0.)
+    rng = hi - lo
+    up = jnp.where(region & (rng > 0), (up - lo) / jnp.where(rng > 0, rng, 1.0), 0.0)
+    s = jax.nn.sigmoid(mconfig.stretch_sharpness * (up - mconfig.stretch_center))
+    s = s / jnp.max(jnp.where(region, s, 0.0))
+    up = jnp.where(region & first_pass, s, up)
     return up, region
 
 
@@ -105,8 +110,8 @@ def segment_core(params: Params, bconfig: BlipConfig, mconfig: IteRPrimEConfig, 
     res = text_heatmaps(params, bconfig, mconfig, image_embeds, input_ids, attention_mask,
                         focus, primary)
 
-    def localize(h: Array) -> tuple[Array, Array, Array, Array]:
-        up, region = upsample_heat(h, image_hw, canvas, mconfig)
+    def localize(h: Array, first: Array) -> tuple[Array, Array, Array, Array]:
+        up, region = upsample_heat(h, image_hw, canvas, mconfig, first)
         thresh = (up >= mconfig.heat_threshold) & region
         if proposals.shape[0] == 0:
             return up, thresh, jnp.int32(-1), jnp.asarray(False)
@@ -117,7 +122,7 @@ def segment_core(params: Params, bconfig: BlipConfig, mconfig: IteRPrimEConfig, 
             mask = jnp.where(sel.has_candidate, mask, thresh)
         return up, mask, sel.index, sel.has_candidate
 
-    up, mask, index, has = jax.vmap(localize)(res.heat)
+    up, mask, index, has = jax.vmap(localize)(res.heat, res.first_pass)
     return CoreOutput(heat=up, mask=mask, index=index, has_candidate=has, igrs=res)
 
 

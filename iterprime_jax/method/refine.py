@@ -2,6 +2,11 @@
 
 The loop is batch-native with static shapes: every sample runs every pass; a sample whose match
 probability dropped is frozen by masking (`active`), not by Python control flow.
+
+Which map is returned (METHOD.md section 3): the running map H; `IGRSResult.first_pass` says
+whether H is still pass 0's own map (no later pass blended in). The pipeline stretches exactly
+those maps after upsampling (the authors stretch pass 0's upsampled map whatever follows) and
+returns a blended map without stretch.
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ StepFn = Callable[[Array], tuple[Array, Array]]
 class IGRSResult(NamedTuple):
     """heat: (B, gh, gw) final running map; iterations: (B,) accepted passes (>= 1);
     scores: (B, n) P(match) per pass, NaN after the stop; heats: (B, n, gh, gw) per-pass maps
-    (zeros after the stop); keep: (B, gh, gw) final keep-mask (1 = visible)."""
+    (zeros after the stop); keep: (B, gh, gw) final keep-mask (1 = visible); first_pass: (B,)
+    bool, True where `heat` is pass 0's map unblended (to be stretched after upsampling)."""
 
     heat: Array
     iterations: Array
     scores: Array
     heats: Array
     keep: Array
+    first_pass: Array
 
 
 def stretch(x: Array, sharpness: float = 20.0, center: float = 0.5) -> Array:
@@ -55,10 +62,11 @@ def igrs(step: StepFn, batch: int, grid: tuple[int, int], config: IteRPrimEConfi
     keep = ~_hide(h0, config)
     scores = jnp.full((batch, n), jnp.nan, jnp.float32).at[:, 0].set(p0)
     heats = jnp.zeros((batch, n, gh, gw), jnp.float32).at[:, 0].set(h0)
-    state = (h0, keep, p0, jnp.ones((batch,), bool), jnp.ones((batch,), jnp.int32), scores, heats)
+    state = (h0, keep, p0, jnp.ones((batch,), bool), jnp.ones((batch,), jnp.int32), scores, heats,
+             jnp.ones((batch,), bool))
 
     def body(i: Array, state: tuple) -> tuple:
-        running, keep, prev, active, count, scores, heats = state
+        running, keep, prev, active, count, scores, heats, first = state
         hi, pi = step(keep.reshape(batch, -1).astype(jnp.int32))
         accept = active & (pi >= prev)
         rejected_now = active & ~accept
@@ -69,7 +77,8 @@ def igrs(step: StepFn, batch: int, grid: tuple[int, int], config: IteRPrimEConfi
         scores = scores.at[:, i].set(jnp.where(active, pi, jnp.nan))
         heats = heats.at[:, i].set(jnp.where(active[:, None, None], hi, 0.0))
         prev = jnp.where(accept, pi, prev)
-        return running, keep, prev, accept, count + accept, scores, heats
+        return running, keep, prev, accept, count + accept, scores, heats, first & ~blend
 
-    running, keep, _, _, count, scores, heats = jax.lax.fori_loop(1, n, body, state)
-    return IGRSResult(heat=running, iterations=count, scores=scores, heats=heats, keep=keep)
+    running, keep, _, _, count, scores, heats, first = jax.lax.fori_loop(1, n, body, state)
+    return IGRSResult(heat=running, iterations=count, scores=scores, heats=heats, keep=keep,
+                      first_pass=first)
