@@ -5,12 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import iterprime_jax as ij
+from iterprime_jax.models.blip.modeling import encode_image, match_from_embeds
 
-import iterprime_jax as ij  # noqa: E402
-from iterprime_jax.models.blip.modeling import encode_image, match_from_embeds  # noqa: E402
-
-from .torch_ref import build_model, hf_config, run_torch, save_model  # noqa: E402
+from .torch_ref import build_model, hf_config, run_torch, save_model
 
 # (hf kwargs, our image (H, W)) — includes a non-square grid and odd head counts.
 CONFIGS = {

@@ -7,12 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import iterprime_jax as ij
+from iterprime_jax.models.convert import read_hf_state_dict
 
-import iterprime_jax as ij  # noqa: E402
-from iterprime_jax.models.convert import read_hf_state_dict  # noqa: E402
-
-from .torch_ref import build_model, run_torch  # noqa: E402
+from .torch_ref import build_model, run_torch
 
 
 @pytest.mark.slow

@@ -108,7 +108,6 @@ def test_checkpoint_without_weights(tmp_path):
 
 
 def test_key_mismatched_checkpoint_names_the_keys(tmp_path):
-    pytest.importorskip("torch")
     from safetensors.numpy import load_file, save_file
 
     from .torch_ref import build_model, hf_config
@@ -130,7 +129,6 @@ def test_key_mismatched_checkpoint_names_the_keys(tmp_path):
 
 
 def test_cli_converts_and_load_roundtrips(tmp_path):
-    pytest.importorskip("torch")
     import shutil
 
     from iterprime_jax.models.convert import main

@@ -66,14 +66,14 @@ def test_score_ordering():
     heat = np.zeros((H, W), np.float32)
     heat[2, 3] = 1.0
     heat[2:4, 2:5] += 0.5
-    heat = heat / heat.max()
-    small = box(2, 4, 2, 5)  # tight around the hot area: high mean heat
-    large = box(0, 6, 0, 8)  # also covers the seed, diluted
-    sel = select(heat, [large, small])
-    assert int(sel.index) == 1
-    # score = sum(m * (1 + heat)) / (area + 1e-5), argmax
-    scores = [(m * (1 + heat)).sum() / (m.sum() + 1e-5) for m in (large, small)]
-    assert scores[1] > scores[0]
+    heat = heat / heat.max()  # peak 1 at (2, 3), 1/3 on the rest of rows 2-3, cols 2-4, else 0
+    large = box(0, 6, 0, 8)  # (48 + 1 + 5/3) / 48 = 1.056 (sum/sqrt(area) would give 7.31)
+    small = box(2, 4, 2, 5)  # (6 + 1 + 5/3) / 6 = 1.444 (sum/sqrt(area): 3.54)
+    medium = box(1, 4, 2, 5)  # (9 + 1 + 5/3) / 9 = 1.296
+    peak = box(2, 3, 3, 4)  # (1 + 1) / 1 = 2
+    assert int(select(heat, [large, small, medium]).index) == 1
+    assert int(select(heat, [large, medium]).index) == 1
+    assert int(select(heat, [large, small, medium, peak]).index) == 3
 
 
 def test_component_limit():

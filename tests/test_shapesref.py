@@ -120,7 +120,7 @@ def test_layout_and_links(built: Path, data: tuple[dict, list[dict]]) -> None:
 
 
 def test_tfds_reader_accepts_layout(built: Path) -> None:
-    refer = pytest.importorskip("tfds_refcoco.refer")
+    from tfds_refcoco import refer
     layout = refer.LAYOUTS["shapesref"]
     d = refer.load_refer(built.parent, layout)
     n = sum(1 for _ in refer.iter_examples(built.parent, layout, d, "testB"))
