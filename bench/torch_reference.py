@@ -6,7 +6,8 @@ probabilities (`retain_grad`), `logit.backward()` with every parameter requiring
 one sample at a time. The PWE heat formula and the IGRS rule are a straightforward port of the
 authors' code (index lists over token positions, a Python `break` on a rejected pass), written
 independently of `iterprime_jax` so that the benchmark's parity check compares two
-implementations. Proposal selection follows METHOD.md section 4.
+implementations. The final map is upsampled with torch's own `F.interpolate` (bicubic), as the
+authors do. Proposal selection follows docs/method.md section 4.
 
 torch is a benchmark/test tool only; the library never imports this file.
 
@@ -161,10 +162,12 @@ def pwe_heat(cam: np.ndarray, grad: np.ndarray, focus_ids: list[int], primary_id
         maps = torch.cat([(grad[:, 0] * cam[:, 0])[:, None], enhanced,
                           grad[:, all_ids] * cam[:, all_ids]], dim=1)
         per_head = maps.mean(1)
-    else:
-        ids = (list(focus_ids) + [0]) if focus_ids else list(range(n_valid))
-        per_head = grad[:, ids].mean(1) * cam[:, ids].mean(1)
-    return minmax(per_head.mean(0).numpy().astype(np.float32))
+        return minmax(per_head.mean(0).numpy().astype(np.float32))
+    # no primary word, the authors' branch as written: with focus words every real token,
+    # without them [CLS] alone; per token head-mean grad times head-mean cam, token mean
+    ids = list(range(n_valid)) if focus_ids else [0]
+    per_token = grad.mean(0)[ids] * cam.mean(0)[ids]
+    return minmax(per_token.mean(0).numpy().astype(np.float32))
 
 
 # --------------------------------------------------------------------------- IGRS
@@ -180,6 +183,7 @@ class RefResult:
     scores: list[float]         # P(match) per pass run
     keeps: list[np.ndarray]     # keep-mask fed to each pass (gh*gw,)
     iterations: int             # accepted passes
+    first_pass: bool = True     # `heat` is pass 0's own map (stretched after upsampling)
     keep: np.ndarray | None = None  # final keep-mask (gh*gw,) after the accepted passes
     up: np.ndarray | None = None
     index: int = -1
@@ -213,44 +217,19 @@ def igrs(model, hooks, image_uint8, input_ids, focus_ids, primary_ids, iteration
         running = (1 - alpha) * running + alpha * hi
         prev = pi
         res.iterations += 1
+        res.first_pass = False
     res.heat = running.astype(np.float32)
     res.keep = keep
     return res
 
 
 # --------------------------------------------------------------------------- upsampling
-def _keys_cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
-    x = np.abs(x)
-    return np.where(x <= 1, ((a + 2) * x - (a + 3)) * x * x + 1,
-                    np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0))
-
-
-def _weights(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) Keys-cubic (a=-0.5) weights, half-pixel centres, taps outside the input
-    dropped and renormalised: the rule of `jax.image.scale_and_translate` (no antialias)."""
-    scale = n_out / n_in
-    sample = (np.arange(n_out, dtype=np.float64) + 0.5) / scale - 0.5
-    w = _keys_cubic(sample[:, None] - np.arange(n_in)[None, :])
-    s = w.sum(1, keepdims=True)
-    return w / np.where(s != 0, s, 1.0)
-
-
-def upsample(heat: np.ndarray, hw: tuple[int, int], mode: str = "library") -> np.ndarray:
-    """(gh, gw) -> (H, W), min-max normalised.
-
-    mode "library": Keys a=-0.5 with renormalised borders (what iterprime_jax does);
-    mode "authors": `F.interpolate(mode="bicubic", align_corners=False)` (a=-0.75, clamped
-    borders), what the authors' code does.
-    """
-    if mode == "authors":
-        t = torch.from_numpy(np.asarray(heat, np.float32))[None, None]
-        up = F.interpolate(t, size=hw, mode="bicubic", align_corners=False)[0, 0].numpy()
-    elif mode == "library":
-        up = _weights(heat.shape[0], hw[0]) @ heat.astype(np.float64) @ \
-            _weights(heat.shape[1], hw[1]).T
-    else:
-        raise ValueError(f"unknown upsample mode {mode!r}")
-    return minmax(up.astype(np.float32))
+def upsample(heat: np.ndarray, hw: tuple[int, int], first_pass: bool = False) -> np.ndarray:
+    """(gh, gw) -> (H, W) as the authors: `F.interpolate(mode="bicubic",
+    align_corners=False)`, min-max normalised, and `stretch`ed when the map is pass 0's own."""
+    t = torch.from_numpy(np.asarray(heat, np.float32))[None, None]
+    up = minmax(F.interpolate(t, size=hw, mode="bicubic", align_corners=False)[0, 0].numpy())
+    return stretch(up).astype(np.float32) if first_pass else up
 
 
 # --------------------------------------------------------------------------- selection
@@ -293,8 +272,7 @@ class Reference:
     """The authors' way: one sentence at a time, full model forward + backward per pass."""
 
     def __init__(self, model: BlipForImageTextRetrieval, layer: int = 8, iterations: int = 3,
-                 alpha: float = 0.2, max_components: int = 12, upsample_mode: str = "library",
-                 device: str = "cpu"):
+                 alpha: float = 0.2, max_components: int = 12, device: str = "cpu"):
         self.model = model.to(device).eval()
         for p in self.model.parameters():
             p.requires_grad_(True)  # as the authors: parameter grads are computed too
@@ -302,14 +280,13 @@ class Reference:
         vc = model.config.vision_config
         self.grid = (vc.image_size // vc.patch_size,) * 2
         self.iterations, self.alpha = iterations, alpha
-        self.max_components, self.upsample_mode, self.device = (max_components, upsample_mode,
-                                                                device)
+        self.max_components, self.device = max_components, device
 
     def segment(self, image_uint8: np.ndarray, sentence: Sentence, proposals: np.ndarray,
                 ncomp: np.ndarray) -> RefResult:
         res = igrs(self.model, self.hooks, image_uint8, sentence.input_ids, sentence.focus_ids,
                    sentence.primary_ids, self.iterations, self.alpha, self.device, self.grid)
-        res.up = upsample(res.heat, image_uint8.shape[:2], self.upsample_mode)
+        res.up = upsample(res.heat, image_uint8.shape[:2], res.first_pass)
         if len(proposals):
             res.index, res.has_candidate = select(res.up, proposals, ncomp, self.max_components)
         return res
