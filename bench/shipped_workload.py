@@ -48,8 +48,6 @@ def hf_config_from_ours(cfg: Any) -> Any:
 def torch_model_from_params(params: Any, cfg: Any) -> Any:
     """A torch `BlipForImageTextRetrieval` holding `params` (our Flax tree)."""
     import torch
-    from transformers import BlipForImageTextRetrieval
-
     from iterprime_jax.convert import (
         IGNORED_BUFFERS,
         _flatten,
@@ -57,6 +55,7 @@ def torch_model_from_params(params: Any, cfg: Any) -> Any:
         abstract_params,
         convert_state_dict,
     )
+    from transformers import BlipForImageTextRetrieval
 
     model = BlipForImageTextRetrieval(hf_config_from_ours(cfg)).eval()
     targets = _flatten(abstract_params(cfg))
@@ -92,4 +91,72 @@ def shapesref_scenes(n_images: int, split: str = "val", start: int = 0
         scene, refs = sr.generate_example(sr.ShapesRefConfig(), split, i)
         props = np.stack([o.mask for o in scene.objects]).astype(bool)
         out.append((scene.image, [s for r in refs for s in r.sentences], props))
+    return out
+
+
+def ours_records(model: Any, mcfg: Any, image: np.ndarray, sentences: list[str],
+                 proposals: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, ...]]:
+    """The library's per-image path (`segment_batch` without the host conversion), returning
+    the patch-grid IGRS arrays and the upsampled maps, plus the unpadded text rows."""
+    import jax
+
+    from iterprime_jax import pipeline as pl
+
+    batch = pl.encode_texts(model, sentences, mcfg)
+    prep = pl.prepare_image(image, model.config, proposals)
+    emb = pl.encode_image_jit(model.params, model.config, prep.pixels[None])
+    text = pl.pad_text(batch, pl.bucket(len(sentences)),
+                       pl.text_length_bucket(batch.attention_mask, batch.input_ids.shape[1]))
+    out = jax.device_get(pl.segment_core_jit(
+        model.params, model.config, mcfg, prep.canvas, emb, *text,
+        np.asarray(prep.hw, np.int32), prep.proposals, prep.proposal_valid,
+        prep.num_components))
+    s, (h, w) = len(sentences), prep.hw
+    rec = {"heat": out.igrs.heat[:s], "heats": out.igrs.heats[:s],
+           "scores": out.igrs.scores[:s], "iterations": out.igrs.iterations[:s],
+           "keep": out.igrs.keep[:s], "index": out.index[:s],
+           "has_candidate": out.has_candidate[:s], "up": out.heat[:s, :h, :w]}
+    rows = (batch.input_ids, batch.attention_mask, batch.focus, batch.primary)
+    return rec, rows
+
+
+def shipped_parity(n_images: int, compare: Any, ref_records: Any) -> dict[str, Any]:
+    """The torch reference against the library on the first `n_images` ShapesRef val scenes
+    with the shipped model and its recommended method config; `compare` and `ref_records` are
+    bench_pipeline's. Reports how many sentences had 1, 2 and 3 accepted passes."""
+    import torch_reference as tr
+
+    import iterprime_jax as ij
+
+    model = ij.load(SHIPPED)
+    mcfg = ij.method_config(model)
+    tmodel = torch_model_from_params(model.params, model.config)
+    ref = tr.Reference(tmodel, layer=mcfg.layer, iterations=mcfg.iterations, alpha=mcfg.alpha,
+                       max_components=mcfg.max_components)
+    reports, accepted = [], [0] * mcfg.iterations
+    for image, sentences, props in shapesref_scenes(n_images):
+        orec, rows = ours_records(model, mcfg, image, sentences, props)
+        ncomp = tr.count_components(props)
+        results = [ref.segment(image, tr.Sentence.from_arrays(*(r[j] for r in rows)), props,
+                               ncomp) for j in range(len(sentences))]
+        rrec = ref_records(results, mcfg.iterations)
+        reports.append(compare(rrec, orec, mcfg.iterations, mcfg))
+        for it in rrec["iterations"]:
+            accepted[int(it) - 1] += 1
+    ref.hooks.remove()
+    keys = ("max_abs_pass_heat", "max_abs_final_heat", "max_abs_p_match",
+            "max_abs_upsampled_heat")
+    out = {k: max(r[k] for r in reports) for k in keys}
+    out.update({
+        "model": str(SHIPPED.relative_to(ROOT)), "method": {"layer": mcfg.layer,
+                                                            "iterations": mcfg.iterations,
+                                                            "alpha": mcfg.alpha},
+        "images": n_images, "sentences": sum(r["sentences"] for r in reports),
+        "sentences_by_accepted_passes": {str(i + 1): n for i, n in enumerate(accepted)},
+        "same_selection": sum(int(a == b) for r in reports
+                              for a, b in zip(r["index_ref"], r["index_ours"], strict=True)),
+        "flips": sum((r["flips"] for r in reports), []),
+        "selection_ties": sum((r["selection_ties"] for r in reports), []),
+        "failures": sum((r["failures"] for r in reports), []),
+        "ok": all(r["ok"] for r in reports)})
     return out
