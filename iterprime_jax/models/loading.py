@@ -1,11 +1,20 @@
-"""Loading a converted checkpoint: `load(dir)` -> `Model` (config, params, tokenizer); and the
+"""Loading a checkpoint: `load(dir or hub id)` -> `Model` (config, params, tokenizer); and the
 method settings a checkpoint recommends (`method.json`, `METHOD_JSON`): `method_config` for the
-library and `resolve_method`, the one resolver of every CLI (flags > method.json > defaults)."""
+library and `resolve_method`, the one resolver of every CLI (flags > method.json > defaults).
+
+A Hugging Face hub id ("Salesforce/blip-itm-base-coco") is fetched with
+`huggingface_hub.snapshot_download` (online: downloaded into the HF cache; with
+`HF_HUB_OFFLINE=1`: taken from it), converted once into our cache (`$ITERPRIME_CACHE`, default
+`~/.cache/iterprime_jax`, as `<org>--<name>/<commit>`), then loaded from there.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +23,11 @@ from ..config import IteRPrimEConfig
 from ..types import DType, Params
 from .blip.config import BlipConfig
 from .checkpoint import CheckpointError
-from .convert import CONFIG_NAME, restore_params
+from .convert import CONFIG_NAME, convert_hf_checkpoint, restore_params
+
+CACHE_ENV = "ITERPRIME_CACHE"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_WEIGHT_PATTERNS = (["*.json", "*.txt", "*.safetensors"], ["*.json", "*.txt", "*.bin"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,24 +41,80 @@ class Model:
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    """BertTokenizer from a dir with `vocab.txt` (slow tokenizer: the fast one built from a
-    bare vocab file maps every word to [UNK] in transformers 5)."""
+    """BertTokenizer from a checkpoint dir: `tokenizer.json` / `tokenizer_config.json` as
+    transformers 5 saves them, or a bare `vocab.txt` (read with the vocab-file constructor: the
+    fast tokenizer built from a bare vocab file maps every word to [UNK] in transformers 5)."""
     from transformers import BertTokenizer
 
     path = Path(path)
-    if not (path / "vocab.txt").exists():
-        raise CheckpointError(f"no tokenizer vocab.txt in {path}")
-    if (path / "tokenizer_config.json").exists():
+    has_vocab = (path / "vocab.txt").exists()
+    has_json = (path / "tokenizer.json").exists()
+    if has_json or (has_vocab and (path / "tokenizer_config.json").exists()):
         return BertTokenizer.from_pretrained(str(path))
-    return BertTokenizer(str(path / "vocab.txt"), do_lower_case=True)
+    if has_vocab:
+        return BertTokenizer(str(path / "vocab.txt"), do_lower_case=True)
+    raise CheckpointError(f"no tokenizer in {path}: need tokenizer.json (transformers 5) or "
+                          "vocab.txt")
 
 
-def load(path: str | Path, dtype: DType | str | None = None) -> Model:
-    """Load a directory written by `convert_hf_checkpoint` (or the shipped small model).
+def cache_dir() -> Path:
+    """Where hub checkpoints are converted to: `$ITERPRIME_CACHE` or ~/.cache/iterprime_jax."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "iterprime_jax"
+
+
+def is_hub_id(name: str | Path) -> bool:
+    """"org/name" that is not an existing path."""
+    return (isinstance(name, str) and _HUB_ID.fullmatch(name) is not None
+            and not Path(name).exists())
+
+
+def _snapshot(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    snap = None
+    for patterns in _WEIGHT_PATTERNS:  # safetensors if the repo has them, else .bin
+        try:
+            snap = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+        except Exception as e:  # noqa: BLE001 - huggingface_hub raises many kinds
+            raise CheckpointError(
+                f"cannot get {repo_id!r} from the Hugging Face hub"
+                f"{' cache (HF_HUB_OFFLINE=1)' if offline else ''}: {type(e).__name__}: {e}"
+            ) from None
+        if any(snap.glob("*.safetensors")) or any(snap.glob("*.bin")):
+            return snap
+    raise CheckpointError(f"hub repo {repo_id!r} ({snap}) has no .safetensors or .bin weights")
+
+
+def resolve_hub_id(repo_id: str, revision: str | None = None) -> Path:
+    """A hub id -> our converted directory (converted on first use, then reused)."""
+    snap = _snapshot(repo_id, revision)
+    dst = cache_dir() / repo_id.replace("/", "--") / snap.name
+    if (dst / CONFIG_NAME).exists():
+        return dst
+    tmp = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    convert_hf_checkpoint(snap, tmp)
+    if (dst / CONFIG_NAME).exists():  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(tmp, dst)
+    return dst
+
+
+def load(path: str | Path, dtype: DType | str | None = None,
+         revision: str | None = None) -> Model:
+    """Load a directory written by `convert_hf_checkpoint` (or the shipped small model), or a
+    Hugging Face hub id such as "Salesforce/blip-itm-base-coco" (fetched and converted once,
+    see the module docstring; `revision`: a branch, tag or commit of the hub repo).
 
     `dtype` overrides the compute dtype (``jnp.bfloat16`` or its name); parameters stay
     float32.
     """
+    if is_hub_id(path):
+        path = resolve_hub_id(str(path), revision)
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"weights directory {path} does not exist")
