@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 from pathlib import Path
 from typing import Any
 
 from ..models.blip.config import BlipConfig, TextConfig, VisionConfig
 
-#: bert-base-uncased WordPiece vocabulary (in the repository's test data).
-DEFAULT_VOCAB = (Path(__file__).resolve().parents[2] / "tests" / "data"
-                 / "bert-base-uncased-vocab.txt")
+#: bert-base-uncased WordPiece vocabulary, shipped inside the package (package data).
+DEFAULT_VOCAB = Path(str(importlib.resources.files("iterprime_jax") / "data"
+                         / "bert-base-uncased-vocab.txt"))
 LOG_NAME = "training_log.json"
 
 
