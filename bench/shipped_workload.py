@@ -48,14 +48,15 @@ def hf_config_from_ours(cfg: Any) -> Any:
 def torch_model_from_params(params: Any, cfg: Any) -> Any:
     """A torch `BlipForImageTextRetrieval` holding `params` (our Flax tree)."""
     import torch
-    from iterprime_jax.convert import (
+    from transformers import BlipForImageTextRetrieval
+
+    from iterprime_jax.models.blip.convert import (
         IGNORED_BUFFERS,
         _flatten,
         _map_tensor,
-        abstract_params,
         convert_state_dict,
     )
-    from transformers import BlipForImageTextRetrieval
+    from iterprime_jax.models.blip.modeling import abstract_params
 
     model = BlipForImageTextRetrieval(hf_config_from_ours(cfg)).eval()
     targets = _flatten(abstract_params(cfg))
@@ -100,7 +101,7 @@ def ours_records(model: Any, mcfg: Any, image: np.ndarray, sentences: list[str],
     the patch-grid IGRS arrays and the upsampled maps, plus the unpadded text rows."""
     import jax
 
-    from iterprime_jax import pipeline as pl
+    from iterprime_jax.method import pipeline as pl
 
     batch = pl.encode_texts(model, sentences, mcfg)
     prep = pl.prepare_image(image, model.config, proposals)
