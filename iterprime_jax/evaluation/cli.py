@@ -1,0 +1,206 @@
+"""`iterprime-eval` / `python run_eval.py`: evaluate IteRPrimE on a referring-segmentation split.
+
+    iterprime-eval                          # ShapesRef val, shipped small model, gt proposals
+    iterprime-eval --dataset refcoco_unc --split val --manual-dir ~/refer \\
+        --data-dir ~/tensorflow_datasets --weights Salesforce/blip-itm-large-coco \\
+        --proposals gt --out results/refcoco-val
+    iterprime-eval --ablation               # the paper's ablation table on the same data
+    iterprime-eval --record bench/results/NAME.json   # also write a record with this command
+
+Writes OUT/samples.jsonl (one line per sentence, as it goes), OUT/metrics.json and
+OUT/run_config.json, and prints the metrics table; killed and restarted with the same --out it
+resumes. With --distributed every process evaluates its share of the images and process 0
+merges and prints. `--weights` takes a converted directory or a Hugging Face hub id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("iterprime_jax.evaluation.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from iterprime_jax.cli_args import add_method_args
+    from iterprime_jax.evaluation import DATASETS, EvalConfig
+    from iterprime_jax.metrics import CONVENTIONS
+
+    d = EvalConfig()
+    ap = argparse.ArgumentParser(
+        description="Evaluate IteRPrimE (zero-shot referring image segmentation) on a split.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--dataset", default=d.dataset, choices=DATASETS)
+    ap.add_argument("--split", default=d.split, help="split name (val, testA, testB, test)")
+    ap.add_argument("--manual-dir", default=d.manual_dir,
+                    help="refer-layout root (ShapesRef is generated there if missing)")
+    ap.add_argument("--data-dir", default=d.data_dir, help="TFDS data dir (build cache)")
+    ap.add_argument("--weights", default=d.weights,
+                    help="converted weights dir or Hugging Face hub id (converted once)")
+    ap.add_argument("--proposals", default=d.proposals,
+                    help="gt (oracle instance masks), heatmap (no proposals: thresholded heat "
+                         "map) or FILE: a COCO-style results JSON of class-agnostic RLE masks")
+    ap.add_argument("--out", default=d.out, help="output dir (resumes if it holds a run)")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="evaluate only the first N images of the split (all their sentences)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="images per step (default: local devices, or 8 for tiny images)")
+    ap.add_argument("--canvas", type=int, default=None,
+                    help="canvas side (default 640 for COCO datasets, else from the images)")
+    ap.add_argument("--convention", default=d.convention, choices=CONVENTIONS,
+                    help="metric convention (standard: IoU>=X, empty union -> 0; iterprime: "
+                         "(I+1e-6)/(U+1e-6), IoU>X)")
+    ap.add_argument("--ablation", action="store_true",
+                    help="run the paper's ablation (threshold, +proposals, +PWE, +IGRS 2/3/4, "
+                         "full) and write OUT/ablation.json")
+    ap.add_argument("--record", default=None,
+                    help="also write a JSON record (this command, the configs, the metrics or "
+                         "the ablation table) to this path, e.g. bench/results/NAME.json")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = ap.add_argument_group("multi-process (jax.distributed)")
+    g.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() (cluster auto-detection unless "
+                        "the flags below are given)")
+    g.add_argument("--coordinator", default=None, help="coordinator address HOST:PORT")
+    g.add_argument("--num-processes", type=int, default=None)
+    g.add_argument("--process-id", type=int, default=None)
+    add_method_args(ap)
+    return ap
+
+
+def _rename_first_column(table: str, name: str) -> str:
+    """format_table's first header is "split"; name it `name` (width kept when it fits)."""
+    head, sep, rest = table.partition("\n")
+    width = len(head) - len(head[len("split"):].lstrip(" "))
+    if head.startswith("split") and len(name) < width:
+        head = name.ljust(width) + head[width:]
+    return head + sep + rest
+
+
+class _Bar:
+    """tqdm over sentences (rate and ETA), created at the first progress call."""
+
+    def __init__(self, enabled: bool, desc: str):
+        self.enabled, self.desc, self.bar = enabled, desc, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, desc=self.desc, unit="sent",
+                            dynamic_ncols=True, smoothing=0.1)
+        else:
+            self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def quiet_third_party_logs() -> None:
+    """No backend-probe noise at start-up: JAX's INFO "Unable to initialize backend 'tpu'",
+    transformers' "PyTorch was not found" advice (read when transformers is imported, so this
+    runs first), absl and TensorFlow C++ chatter. Warnings and errors still show."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def write_record(path: str | Path, argv: list[str], config: Any, method: Any,
+                 results: dict[str, Any]) -> None:
+    """A committed-results record: the command that made it, both configs and the results."""
+    prog = "iterprime-eval" if Path(sys.argv[0]).name == "iterprime-eval" else "python run_eval.py"
+    rec = {"command": " ".join([prog, *argv]),
+           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+           "eval_config": dataclasses.asdict(config), "method": dataclasses.asdict(method),
+           **results}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet_third_party_logs()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    t0 = time.perf_counter()
+    if args.distributed:
+        from iterprime_jax.evaluation import initialize_distributed
+
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    import jax
+    import tensorflow_datasets as tfds
+
+    from iterprime_jax.cli_args import method_overrides
+    from iterprime_jax.evaluation import EvalConfig, EvalError, evaluate, load_model, run_ablation
+    from iterprime_jax.metrics import format_table
+    from iterprime_jax.models.checkpoint import CheckpointError
+    from iterprime_jax.models.loading import resolve_method
+
+    tfds.disable_progress_bar()
+    config = EvalConfig(
+        dataset=args.dataset, split=args.split, manual_dir=args.manual_dir,
+        data_dir=args.data_dir, weights=args.weights, proposals=args.proposals, out=args.out,
+        limit=args.limit, batch_size=args.batch_size, canvas=args.canvas,
+        convention=args.convention)
+    pi = jax.process_index()
+    bar = _Bar(not args.no_progress, f"eval p{pi}" if jax.process_count() > 1 else "eval")
+    try:
+        model, weights = load_model(config, None)
+        tc = model.config.text
+        method = resolve_method(weights, tc.num_hidden_layers, method_overrides(args),
+                                tc.max_position_embeddings)
+        if args.ablation:
+            table = run_ablation(config, method, model=model, progress=bar)
+            bar.close()
+            if table is not None:
+                print(f"\nablation: {config.dataset} {config.split}, proposals "
+                      f"{config.proposals if config.proposals != 'heatmap' else 'gt'}, "
+                      f"convention {config.convention}")
+                print(_rename_first_column(format_table(table), "config"))
+                print(f"wrote {config.out}/ablation.json")
+                if args.record:
+                    write_record(args.record, argv, config, method, {"ablation": table})
+                    print(f"wrote {args.record}")
+        else:
+            res = evaluate(config, method, model=model, progress=bar)
+            bar.close()
+            if res.metrics is not None:
+                print(f"\n{config.dataset} {config.split}: {res.num_samples} sentences, "
+                      f"{res.num_images} images, proposals {config.proposals}, "
+                      f"convention {config.convention}, {res.no_candidate} without candidate")
+                print(format_table(res.metrics))
+                print(f"wrote {res.out}/samples.jsonl and {res.out}/metrics.json")
+                if args.record:
+                    write_record(args.record, argv, config, method, {
+                        "metrics": res.metrics, "sentences": res.num_samples,
+                        "images": res.num_images, "no_candidate": res.no_candidate})
+                    print(f"wrote {args.record}")
+    except (EvalError, CheckpointError, ValueError, OSError) as e:
+        bar.close()
+        log.error("%s", e)
+        return 2
+    log.info("done in %.1fs", time.perf_counter() - t0)
+    return 0
+
+
+def entry() -> None:
+    """Console-script entry point (`iterprime-eval`)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
