@@ -113,18 +113,38 @@ class Context:
     weights: Path
 
 
+def resolve_weights(name: str) -> Path:
+    """`--weights` -> a converted directory: a directory; a Hugging Face hub id (fetched and
+    converted once, `models.loading.resolve_hub_id`); the default shipped model is also looked
+    up next to the package when the working directory is not the repository root."""
+    from ..models.loading import is_hub_id, resolve_hub_id
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if name == EvalConfig.weights:
+        beside = Path(__file__).resolve().parents[2] / name  # a repository checkout
+        if beside.is_dir():
+            return beside
+    if is_hub_id(name):
+        return resolve_hub_id(name)
+    return path.resolve()
+
+
 def load_model(config: EvalConfig, model: Model | None) -> tuple[Model, Path]:
     """`model` (or, when None, the checkpoint at ``config.weights``) and the resolved weights
     directory."""
     from ..models.loading import load
 
-    weights = Path(config.weights).expanduser().resolve()
     if model is None:
+        weights = resolve_weights(config.weights)
         if not weights.is_dir():
             hint = (" (train it with `python -m iterprime_jax.training --out "
                     f"{config.weights}`)" if "shapesref" in config.weights else "")
             raise EvalError(f"weights directory {config.weights} does not exist{hint}")
         model = load(weights)
+    else:
+        weights = Path(config.weights).expanduser().resolve()
     return model, weights
 
 

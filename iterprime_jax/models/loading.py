@@ -79,9 +79,9 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
             snap = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
         except Exception as e:  # noqa: BLE001 - huggingface_hub raises many kinds
             raise CheckpointError(
-                f"cannot get {repo_id!r} from the Hugging Face hub"
-                f"{' cache (HF_HUB_OFFLINE=1)' if offline else ''}: {type(e).__name__}: {e}"
-            ) from None
+                f"{repo_id!r} is not a directory, and fetching it as a model from the Hugging "
+                f"Face hub{' cache (HF_HUB_OFFLINE=1)' if offline else ''} failed: "
+                f"{type(e).__name__}: {e}") from None
         if any(snap.glob("*.safetensors")) or any(snap.glob("*.bin")):
             return snap
     raise CheckpointError(f"hub repo {repo_id!r} ({snap}) has no .safetensors or .bin weights")
