@@ -142,7 +142,7 @@ def minmax(x: np.ndarray) -> np.ndarray:
 
 def pwe_heat(cam: np.ndarray, grad: np.ndarray, focus_ids: list[int], primary_ids: list[int],
              n_valid: int, grid: tuple[int, int]) -> np.ndarray:
-    """Authors' index-list formula (METHOD.md section 2); cam/grad (heads, T, gh*gw)."""
+    """Authors' index-list formula (docs/method.md section 2); cam/grad (heads, T, gh*gw)."""
     h = cam.shape[0]
     cam = torch.from_numpy(cam[:, :n_valid]).reshape(h, n_valid, *grid)
     grad = torch.from_numpy(grad[:, :n_valid]).clamp(min=0).reshape(h, n_valid, *grid)

@@ -1,4 +1,4 @@
-"""The method's configuration: `IteRPrimEConfig`, every switch of IteRPrimE (METHOD.md).
+"""The method's configuration: `IteRPrimEConfig`, every switch of IteRPrimE (docs/method.md).
 
 Frozen and hashable, so it can be a static argument of `jax.jit`. Each field carries its help
 text in `dataclasses.field(metadata={"help": ...})`: the command-line flags of every CLI are
@@ -20,7 +20,7 @@ def _field(default: Any, help: str, **flag: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class IteRPrimEConfig:
-    """Every switch of the method (METHOD.md); defaults are the paper's. Each field's help is
+    """Every switch of the method (docs/method.md); defaults are the paper's. Each field's help is
     in its metadata (``dataclasses.fields(IteRPrimEConfig)[i].metadata["help"]``)."""
 
     layer: int = _field(8, "text-encoder layer whose cross-attention Grad-CAM explains "

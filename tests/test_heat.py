@@ -13,7 +13,7 @@ HEADS, T, GH, GW = 3, 12, 5, 4
 
 
 # ---------------------------------------------------------------------------------------------
-# Reference: METHOD.md section 2 written with index lists, in float64 numpy.
+# Reference: docs/method.md section 2 written with index lists, in float64 numpy.
 
 
 def _minmax(x):
@@ -31,7 +31,7 @@ def ref_pwe(attn, grad, valid, focus_ids, primary_ids, no_primary="authors"):
     primary_ids = list(primary_ids)
     if primary_ids:
         M = primary_ids
-        O = [t for t in focus_ids if t not in M]  # noqa: E741 (METHOD.md notation)
+        O = [t for t in focus_ids if t not in M]  # noqa: E741 (docs/method.md notation)
         F = focus_ids + M * len(focus_ids)
         mg = g[:, M].mean(1, keepdims=True)
         mc = cam[:, M].mean(1, keepdims=True)

@@ -137,7 +137,7 @@ def _torch_bicubic(x, hw):
 
 
 def expected_heatmap(r, cfg, hw=(40, 50)):
-    """METHOD.md section 3 from a result's per-pass maps and scores: the blend of accepted
+    """docs/method.md section 3 from a result's per-pass maps and scores: the blend of accepted
     passes (plus the rejected one with keep_rejected), torch-bicubic upsampled, min-max
     normalised, and stretched iff it is pass 0's own map."""
     heats, scores = r.heatmaps_per_iteration.astype(np.float64), r.scores
@@ -161,7 +161,7 @@ MIXED = ["the man in a red shirt left of the dog", "giraffe on the right", "the 
 
 
 def test_returned_map_iterations_alpha_keep_rejected(tiny_model):
-    """Which map is returned (METHOD.md section 3) under each IGRS switch; the tiny model
+    """Which map is returned (docs/method.md section 3) under each IGRS switch; the tiny model
     accepts later passes for some sentences and stops after pass 0 for others."""
     img = _image()
     runs = {}

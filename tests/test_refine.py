@@ -14,7 +14,7 @@ GRID = (4, 4)
 
 
 def np_stretch(x):
-    """METHOD.md: sigmoid(20 (x - 0.5)) / its max over the map, in float64 numpy."""
+    """docs/method.md: sigmoid(20 (x - 0.5)) / its max over the map, in float64 numpy."""
     s = 1.0 / (1.0 + np.exp(-20.0 * (np.asarray(x, np.float64) - 0.5)))
     return s / s.max(axis=(-2, -1), keepdims=True)
 BASE = jnp.asarray(np.random.default_rng(0).random((2, 4, 4)), jnp.float32)

@@ -1,4 +1,4 @@
-"""Tests for iterprime_jax.method.select (proposal selection, METHOD.md section 4)."""
+"""Tests for iterprime_jax.method.select (proposal selection, docs/method.md section 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Grad-CAM over the text encoder's cross-attention (METHOD.md section 1).
+"""Grad-CAM over the text encoder's cross-attention (docs/method.md section 1).
 
 The gradient of the ITM match logit with respect to layer L's cross-attention probabilities is
 taken with `jax.grad` through an additive zero perturbation of those probabilities. The image

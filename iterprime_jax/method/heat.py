@@ -1,9 +1,10 @@
-"""Heat map from Grad-CAM over cross-attention, with Primary Word Emphasis (METHOD.md section 2).
+"""Heat map from Grad-CAM over cross-attention, with Primary Word Emphasis
+(docs/method.md section 2).
 
 All functions are pure `jax.numpy`, jit-able and vmap-able, with static shapes: token sets are
 boolean masks over the T text positions (not index lists), and the choice between the
 primary-word / no-primary-word / no-focus-word cases is made with `jnp.where` on scalars.
-`resize_heatmap` is the one upsampling path from the patch grid to image pixels (METHOD.md
+`resize_heatmap` is the one upsampling path from the patch grid to image pixels (docs/method.md
 section 3, "Output"), exactly PyTorch's `F.interpolate(mode="bicubic", align_corners=False)`.
 
 Inputs for one sentence:

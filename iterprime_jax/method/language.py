@@ -1,4 +1,4 @@
-"""Language side of Primary Word Emphasis (METHOD.md section 2).
+"""Language side of Primary Word Emphasis (docs/method.md section 2).
 
 Parse a referring expression with spaCy, pick its focus words (POS in NOUN, VERB, ADJ, PROPN, NUM)
 and its primary word (the head noun of the first noun phrase), and map every word to its WordPiece

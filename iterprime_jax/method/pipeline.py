@@ -70,7 +70,7 @@ def upsample_heat(heat: Array, image_hw: Array, canvas: int, mconfig: IteRPrimEC
                   first_pass: Array | bool = False) -> tuple[Array, Array]:
     """(gh, gw) map -> (canvas, canvas) map over the top-left image_hw region (traced), zero
     outside: `resize_heatmap` (PyTorch bicubic), min-max normalised on the region, and, where
-    `first_pass` (the map is pass 0's own, METHOD.md section 3), stretched.
+    `first_pass` (the map is pass 0's own, docs/method.md section 3), stretched.
     Returns (heat, region mask)."""
     up = resize_heatmap(heat, image_hw, canvas)
     rows = jnp.arange(canvas)[:, None] < image_hw[0]

@@ -1,9 +1,9 @@
-"""Iterative Grad-CAM Refinement (IGRS, METHOD.md section 3) as a jitted `fori_loop`.
+"""Iterative Grad-CAM Refinement (IGRS, docs/method.md section 3) as a jitted `fori_loop`.
 
 The loop is batch-native with static shapes: every sample runs every pass; a sample whose match
 probability dropped is frozen by masking (`active`), not by Python control flow.
 
-Which map is returned (METHOD.md section 3): the running map H; `IGRSResult.first_pass` says
+Which map is returned (docs/method.md section 3): the running map H; `IGRSResult.first_pass` says
 whether H is still pass 0's own map (no later pass blended in). The pipeline stretches exactly
 those maps after upsampling (the authors stretch pass 0's upsampled map whatever follows) and
 returns a blended map without stretch.

@@ -1,4 +1,4 @@
-"""Selective mask proposals (METHOD.md section 4).
+"""Selective mask proposals (docs/method.md section 4).
 
 `select_proposal` is jit-able with a fixed number N of (possibly padded) proposals; component
 counting (`count_components`) and shape checks (`check_proposals`) run outside jit on numpy.
