@@ -242,3 +242,17 @@ def test_jit_and_vmap():
         want = (ref_pwe(attn[0], grad[0], valid[0], *CASES[names[0]][1:]) if use_pwe
                 else ref_plain(attn[0], grad[0], valid[0]))
         np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+
+
+def test_no_primary_tokens_flag():
+    import argparse
+
+    from iterprime_jax.cli_args import add_method_args, method_overrides
+
+    ap = argparse.ArgumentParser()
+    add_method_args(ap)
+    args = ap.parse_args(["--no-primary-tokens", "focus"])
+    assert method_overrides(args) == {"no_primary_tokens": "focus"}
+    assert "evident intent" in ap.format_help()
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--no-primary-tokens", "cls"])
