@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,14 @@ NOISE = ("Unable to initialize backend", "PyTorch was not found")
 
 
 def test_installed_console_command_from_any_directory(tmp_path):
-    target = tmp_path / "site"
+    src, target = tmp_path / "src", tmp_path / "site"  # build from a copy: no build/ in ROOT
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("iterprime_jax", "tfds_refcoco"):
+        shutil.copytree(ROOT / name, src / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(ROOT)],
+                    "--no-build-isolation", "--target", str(target), str(src)],
                    check=True, capture_output=True)
     script = target / "bin" / "iterprime-eval"
     assert script.exists()
