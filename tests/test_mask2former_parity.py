@@ -1,0 +1,208 @@
+"""Numerical parity of the Flax Mask2Former (Swin) port with HF PyTorch, through the converter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from iterprime_jax.convert import CheckpointError  # noqa: E402
+from iterprime_jax.models.mask2former import (  # noqa: E402
+    Mask2FormerConfig,
+    mask2former_forward,
+    mask2former_forward_jit,
+)
+from iterprime_jax.models.mask2former.convert import convert_state_dict  # noqa: E402
+
+TOL = 1e-4
+
+# name -> (HF Swin kwargs, HF Mask2Former kwargs, input (H, W))
+CONFIGS = {
+    # 70x90 -> patch grid 18x23 -> 9x12 -> 5x6 -> 3x3: window 3 does not divide 23, 5 or 6;
+    # the last map equals the window (shifted mask on a single window).
+    "nonsquare_w3": (dict(embed_dim=16, depths=[1, 2, 2, 1], num_heads=[1, 2, 2, 4],
+                          window_size=3),
+                     dict(feature_size=32, mask_feature_size=32, hidden_dim=32,
+                          num_attention_heads=4, num_queries=6, decoder_layers=4),
+                     (70, 90)),
+    # window 4 larger than the last maps; projection convs (feature_size != hidden_dim);
+    # pre-norm decoder; odd input size with the patch not dividing it.
+    "prenorm_proj_w4": (dict(embed_dim=24, depths=[2, 1, 2, 2], num_heads=[2, 3, 4, 6],
+                             window_size=4),
+                        dict(feature_size=64, mask_feature_size=24, hidden_dim=48,
+                             num_attention_heads=4, num_queries=5, decoder_layers=5,
+                             pre_norm=True, dim_feedforward=40),
+                        (61, 47)),
+    # three backbone levels only (no FPN lateral level: mask features at the finest level)
+    "three_levels": (dict(embed_dim=16, depths=[1, 1, 2], num_heads=[1, 2, 4], window_size=5,
+                          out_features=["stage1", "stage2", "stage3"]),
+                     dict(feature_size=32, mask_feature_size=32, hidden_dim=32,
+                          num_attention_heads=2, num_queries=7, decoder_layers=3,
+                          feature_strides=[4, 8, 16]),
+                     (52, 76)),
+}
+
+
+def _hf_model(name: str, seed: int):
+    swin_kw, m2f_kw, _ = CONFIGS[name]
+    swin_kw = dict(swin_kw)
+    swin_kw.setdefault("out_features", [f"stage{i + 1}" for i in range(len(swin_kw["depths"]))])
+    backbone = transformers.SwinConfig(image_size=64, drop_path_rate=0.0, **swin_kw)
+    m2f_kw = dict(dict(encoder_feedforward_dim=48, dim_feedforward=64, encoder_layers=2,
+                       num_labels=9), **m2f_kw)
+    config = transformers.Mask2FormerConfig(backbone_config=backbone, **m2f_kw)
+    torch.manual_seed(seed)
+    model = transformers.Mask2FormerForUniversalSegmentation(config).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    def randn(shape, std: float) -> torch.Tensor:
+        return std * torch.randn(shape, generator=gen)
+
+    with torch.no_grad():
+        for module in model.modules():
+            # a well-conditioned random model: activations stay O(1) through every layer
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                fan_in = module.weight[0].numel()
+                module.weight.copy_(randn(module.weight.shape, fan_in ** -0.5))
+                if module.bias is not None:
+                    module.bias.copy_(randn(module.bias.shape, 0.1))
+            if isinstance(module, torch.nn.MultiheadAttention):
+                module.in_proj_weight.copy_(randn(module.in_proj_weight.shape,
+                                                  module.embed_dim ** -0.5))
+                module.in_proj_bias.copy_(randn(module.in_proj_bias.shape, 0.1))
+            # random affine so that every LayerNorm / GroupNorm matters
+            if isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
+                module.weight.copy_(1 + randn(module.weight.shape, 0.3))
+                module.bias.copy_(randn(module.bias.shape, 0.2))
+        for key, p in model.named_parameters():
+            if key.endswith("relative_position_bias_table"):  # zero at init
+                p.copy_(randn(p.shape, 1.0))
+            if "sampling_offsets.bias" in key:  # offsets of a few pixels, some off the map
+                p.mul_(1.5)
+    return model, config
+
+
+def _torch_outputs(model, pixels: np.ndarray):
+    with torch.no_grad():
+        out = model(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2))
+    return out.class_queries_logits.numpy(), out.masks_queries_logits.numpy()
+
+
+def _state_dict(model) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def converted(request):
+    model, hf_config = _hf_model(request.param, seed=len(request.param))
+    config = Mask2FormerConfig.from_hf_dict(hf_config.to_dict())
+    params = convert_state_dict(_state_dict(model), config)
+    return request.param, model, config, params
+
+
+def test_config_from_hf_dict(converted):
+    name, model, config, _ = converted
+    hf = model.config
+    assert config.backbone.depths == tuple(hf.backbone_config.depths)
+    assert config.backbone.window_size == hf.backbone_config.window_size
+    assert config.backbone.out_features == tuple(hf.backbone_config.out_features)
+    assert config.num_queries == hf.num_queries and config.num_labels == hf.num_labels
+    assert config.pre_norm == hf.pre_norm
+    hash(config)  # static under jit
+
+
+def test_class_and_mask_logits_match_torch(converted):
+    name, model, config, params = converted
+    h, w = CONFIGS[name][2]
+    pixels = np.random.default_rng(0).normal(size=(2, h, w, 3)).astype(np.float32)
+    want_cls, want_mask = _torch_outputs(model, pixels)
+    got_cls, got_mask = mask2former_forward_jit(params, config, pixels)
+    got_cls, got_mask = np.asarray(got_cls), np.asarray(got_mask)
+    assert got_cls.shape == want_cls.shape == (2, config.num_queries, config.num_labels + 1)
+    assert got_mask.shape == want_mask.shape == (2, config.num_queries, -(-h // 4), -(-w // 4))
+    # the outputs are not degenerate: masks of both signs, queries that differ
+    assert (want_mask > 0).mean() > 0.02 and (want_mask < 0).mean() > 0.02
+    assert np.ptp(want_cls, axis=1).min() > 1e-2
+    np.testing.assert_allclose(got_cls, want_cls, atol=TOL, rtol=TOL)
+    np.testing.assert_allclose(got_mask, want_mask, atol=TOL, rtol=TOL)
+
+
+def test_unjitted_forward_and_batch_independence(converted):
+    name, model, config, params = converted
+    h, w = CONFIGS[name][2]
+    pixels = np.random.default_rng(1).normal(size=(2, h, w, 3)).astype(np.float32)
+    cls_b, mask_b = mask2former_forward(params, config, pixels)
+    cls_1, mask_1 = mask2former_forward(params, config, pixels[1:])
+    np.testing.assert_allclose(np.asarray(cls_b)[1:], np.asarray(cls_1), atol=TOL, rtol=TOL)
+    np.testing.assert_allclose(np.asarray(mask_b)[1:], np.asarray(mask_1), atol=TOL, rtol=TOL)
+
+
+def test_bfloat16_compute_close_to_float32(converted):
+    name, model, config, params = converted
+    h, w = CONFIGS[name][2]
+    pixels = np.random.default_rng(2).normal(size=(1, h, w, 3)).astype(np.float32)
+    cls32, mask32 = mask2former_forward_jit(params, config, pixels)
+    cls16, mask16 = mask2former_forward_jit(params, config.replace(dtype="bfloat16"), pixels)
+    assert cls16.dtype == mask16.dtype == np.float32
+    # bf16 keeps ~3 significant digits; masked attention can flip a few borderline positions
+    scale = float(np.abs(np.asarray(mask32)).max())
+    err = np.abs(np.asarray(mask16) - np.asarray(mask32))
+    assert np.median(err) < 0.05 * scale
+    assert np.mean(np.sign(np.asarray(mask16)) == np.sign(np.asarray(mask32))) > 0.9
+
+
+# --------------------------------------------------------------------------- conversion errors
+def test_missing_key_is_named(converted):
+    name, model, config, _ = converted
+    sd = _state_dict(model)
+    key = "model.transformer_module.decoder.layers.0.cross_attn.in_proj_weight"
+    del sd[key]
+    with pytest.raises(CheckpointError, match="missing") as e:
+        convert_state_dict(sd, config)
+    assert "transformer_module/decoder/layers_0/cross_attn/in_proj_weight" in str(e.value)
+
+
+def test_wrong_shape_and_unexpected_key_are_named(converted):
+    name, model, config, _ = converted
+    sd = _state_dict(model)
+    key = "model.pixel_level_module.decoder.level_embed"
+    sd[key] = np.zeros((sd[key].shape[0] + 1, sd[key].shape[1]), np.float32)
+    sd["model.extra_head.weight"] = np.zeros((3, 3), np.float32)
+    with pytest.raises(CheckpointError) as e:
+        convert_state_dict(sd, config)
+    msg = str(e.value)
+    assert "mis-shaped" in msg and key in msg
+    assert "unknown checkpoint keys" in msg and "model.extra_head.weight" in msg
+    assert "missing" not in msg  # the mis-shaped tensor is reported once, as mis-shaped
+
+
+def test_checkpoint_of_another_architecture():
+    from transformers import BlipConfig, BlipForImageTextRetrieval
+
+    blip = BlipConfig(vision_config=dict(hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=4,
+                                         image_size=32, patch_size=8),
+                      text_config=dict(hidden_size=32, intermediate_size=64,
+                                       num_hidden_layers=1, num_attention_heads=4,
+                                       encoder_hidden_size=32, vocab_size=100))
+    sd = _state_dict(BlipForImageTextRetrieval(blip))
+    _, _, m2f_kw, _ = (None, *CONFIGS["nonsquare_w3"])
+    config = Mask2FormerConfig.from_hf_dict(_hf_model("nonsquare_w3", 0)[1].to_dict())
+    with pytest.raises(CheckpointError) as e:
+        convert_state_dict(sd, config)
+    assert "vision_model.embeddings.patch_embedding.weight" in str(e.value)
+    assert "model parameters missing" in str(e.value)
+    with pytest.raises(ValueError, match="model_type 'blip'"):
+        Mask2FormerConfig.from_hf_dict(blip.to_dict())
+
+
+def test_bad_pixel_values_are_named(converted):
+    name, model, config, params = converted
+    with pytest.raises(ValueError, match="pixel_values"):
+        mask2former_forward(params, config, np.zeros((1, 32, 32, 4), np.float32))
+    with pytest.raises(ValueError, match="pixel_values"):
+        mask2former_forward(params, config, np.zeros((32, 32, 3), np.float32))
+    with pytest.raises(ValueError, match="pixel_values"):
+        mask2former_forward(params, config, np.zeros((1, 32, 32, 3), np.uint8))
