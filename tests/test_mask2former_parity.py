@@ -129,28 +129,27 @@ def test_class_and_mask_logits_match_torch(converted):
     np.testing.assert_allclose(got_mask, want_mask, atol=TOL, rtol=TOL)
 
 
-def test_unjitted_forward_and_batch_independence(converted):
-    name, model, config, params = converted
+def test_bfloat16_compute_and_batch_independence():
+    """bf16 compute stays close to float32; a sample's outputs do not depend on its batch."""
+    name = "three_levels"
+    model, hf_config = _hf_model(name, seed=len(name))
+    config = Mask2FormerConfig.from_hf_dict(hf_config.to_dict())
+    params = convert_state_dict(_state_dict(model), config)
     h, w = CONFIGS[name][2]
-    pixels = np.random.default_rng(1).normal(size=(2, h, w, 3)).astype(np.float32)
-    cls_b, mask_b = mask2former_forward(params, config, pixels)
-    cls_1, mask_1 = mask2former_forward(params, config, pixels[1:])
-    np.testing.assert_allclose(np.asarray(cls_b)[1:], np.asarray(cls_1), atol=TOL, rtol=TOL)
-    np.testing.assert_allclose(np.asarray(mask_b)[1:], np.asarray(mask_1), atol=TOL, rtol=TOL)
-
-
-def test_bfloat16_compute_close_to_float32(converted):
-    name, model, config, params = converted
-    h, w = CONFIGS[name][2]
-    pixels = np.random.default_rng(2).normal(size=(1, h, w, 3)).astype(np.float32)
-    cls32, mask32 = mask2former_forward_jit(params, config, pixels)
+    pixels = np.random.default_rng(2).normal(size=(2, h, w, 3)).astype(np.float32)
+    cls32, mask32 = (np.asarray(a) for a in mask2former_forward_jit(params, config, pixels))
+    cls1, mask1 = (np.asarray(a) for a in mask2former_forward_jit(params, config, pixels[1:]))
+    np.testing.assert_allclose(cls1, cls32[1:], atol=TOL, rtol=TOL)
+    np.testing.assert_allclose(mask1, mask32[1:], atol=TOL, rtol=TOL)
     cls16, mask16 = mask2former_forward_jit(params, config.replace(dtype="bfloat16"), pixels)
     assert cls16.dtype == mask16.dtype == np.float32
-    # bf16 keeps ~3 significant digits; masked attention can flip a few borderline positions
-    scale = float(np.abs(np.asarray(mask32)).max())
-    err = np.abs(np.asarray(mask16) - np.asarray(mask32))
-    assert np.median(err) < 0.05 * scale
-    assert np.mean(np.sign(np.asarray(mask16)) == np.sign(np.asarray(mask32))) > 0.9
+    # bf16 keeps ~3 significant digits and masked attention flips some borderline positions,
+    # so compare loosely: same signs almost everywhere, strongly correlated logits
+    mask16, cls16 = np.asarray(mask16), np.asarray(cls16)
+    assert np.mean(np.sign(mask16) == np.sign(mask32)) > 0.95
+    assert np.median(np.abs(mask16 - mask32)) < 0.02 * np.abs(mask32).max()
+    assert np.corrcoef(mask16.ravel(), mask32.ravel())[0, 1] > 0.98
+    assert np.corrcoef(cls16.ravel(), cls32.ravel())[0, 1] > 0.98
 
 
 # --------------------------------------------------------------------------- conversion errors
@@ -188,7 +187,6 @@ def test_checkpoint_of_another_architecture():
                                        num_hidden_layers=1, num_attention_heads=4,
                                        encoder_hidden_size=32, vocab_size=100))
     sd = _state_dict(BlipForImageTextRetrieval(blip))
-    _, _, m2f_kw, _ = (None, *CONFIGS["nonsquare_w3"])
     config = Mask2FormerConfig.from_hf_dict(_hf_model("nonsquare_w3", 0)[1].to_dict())
     with pytest.raises(CheckpointError) as e:
         convert_state_dict(sd, config)

@@ -61,7 +61,7 @@ class SwinConfig:
 
     @property
     def stage_dims(self) -> tuple[int, ...]:
-        """Channels of every entry of `stage_names` (stem = embed_dim, stage i = embed_dim*2^(i-1))."""
+        """Channels of each of `stage_names`: stem embed_dim, stage i embed_dim * 2^(i-1)."""
         return (self.embed_dim,) + tuple(self.embed_dim * 2**i for i in range(len(self.depths)))
 
     @property

@@ -74,8 +74,9 @@ def init_params(config: Mask2FormerConfig, rng: Array) -> Params:
     return _module(config.replace(dtype="float32")).init(rng, x)["params"]
 
 
+@functools.lru_cache(maxsize=8)
 def abstract_params(config: Mask2FormerConfig) -> Params:
-    """Shapes/dtypes of the parameter tree (no computation)."""
+    """Shapes/dtypes of the parameter tree (no computation; cached per config, do not mutate)."""
     return jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
 
 
