@@ -1,8 +1,9 @@
 """iterprime-jax: IteRPrimE zero-shot referring image segmentation in JAX/Flax.
 
-The public API, re-exported: the model (`models`: BLIP ITM config, parameters, conversion,
-loading), the method (`method`: Grad-CAM, IGRS, `segment`) and the method's switches
-(`IteRPrimEConfig`). Evaluation, ShapesRef and training are subpackages.
+The public API, re-exported: the models (`models`: BLIP ITM config, parameters, conversion,
+loading; the Mask2Former proposal network's config and forward pass), the method (`method`:
+Grad-CAM, IGRS, `segment`) and the method's switches (`IteRPrimEConfig`). Evaluation,
+ShapesRef and training are subpackages.
 """
 
 from .config import IteRPrimEConfig
@@ -16,6 +17,7 @@ from .models.blip.preprocess import preprocess_image, tokenize
 from .models.checkpoint import CheckpointError
 from .models.convert import convert_hf_checkpoint
 from .models.loading import Model, load, method_config
+from .models.mask2former import Mask2FormerConfig, mask2former_forward
 
 __all__ = [
     "BlipConfig", "IteRPrimEConfig", "TextConfig", "VisionConfig", "CheckpointError",
@@ -23,5 +25,6 @@ __all__ = [
     "Model", "load", "method_config", "encode_image", "init_params", "itm_logits",
     "match_from_embeds",
     "SegmentResult", "segment", "segment_batch", "segment_images", "preprocess_image",
-    "tokenize", "IGRSResult", "igrs", "resize_heatmap",
+    "tokenize", "IGRSResult", "igrs", "resize_heatmap", "Mask2FormerConfig",
+    "mask2former_forward",
 ]

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from iterprime_jax.convert import CheckpointError  # noqa: E402
+from iterprime_jax.models.checkpoint import CheckpointError  # noqa: E402
 from iterprime_jax.models.mask2former import (  # noqa: E402
     Mask2FormerConfig,
     mask2former_forward,
@@ -204,3 +204,45 @@ def test_bad_pixel_values_are_named(converted):
         mask2former_forward(params, config, np.zeros((32, 32, 3), np.float32))
     with pytest.raises(ValueError, match="pixel_values"):
         mask2former_forward(params, config, np.zeros((1, 32, 32, 3), np.uint8))
+
+
+# --------------------------------------------------------------------------- convert + load
+def test_convert_and_load_through_files(tmp_path):
+    """save_pretrained (the published key names) -> convert_hf_checkpoint -> load -> forward."""
+    import iterprime_jax as ij
+
+    name = "nonsquare_w3"
+    model, _ = _hf_model(name, seed=len(name))
+    model.save_pretrained(tmp_path / "hf")
+    dst = ij.convert_hf_checkpoint(tmp_path / "hf", tmp_path / "flax")
+    assert (dst / "mask2former_config.json").exists() and not (dst / "blip_config.json").exists()
+    loaded = ij.load(dst)
+    assert isinstance(loaded.config, Mask2FormerConfig) and loaded.tokenizer is None
+    assert loaded.config == Mask2FormerConfig.from_hf_dict(model.config.to_dict())
+    h, w = CONFIGS[name][2]
+    pixels = np.random.default_rng(0).normal(size=(2, h, w, 3)).astype(np.float32)
+    want_cls, want_mask = _torch_outputs(model, pixels)
+    got_cls, got_mask = mask2former_forward_jit(loaded.params, loaded.config, pixels)
+    np.testing.assert_allclose(np.asarray(got_cls), want_cls, atol=TOL, rtol=TOL)
+    np.testing.assert_allclose(np.asarray(got_mask), want_mask, atol=TOL, rtol=TOL)
+    assert ij.load(dst, dtype="bfloat16").config.dtype == "bfloat16"
+
+
+def test_convert_rejects_unknown_model_type_and_broken_checkpoint(tmp_path):
+    import json
+
+    import iterprime_jax as ij
+
+    name = "three_levels"
+    model, _ = _hf_model(name, seed=len(name))
+    src = tmp_path / "hf"
+    model.save_pretrained(src)
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "model_type": "maskformer"}))
+    with pytest.raises(CheckpointError, match="model_type 'maskformer' is not supported"):
+        ij.convert_hf_checkpoint(src, tmp_path / "out")
+    # a Mask2Former config.json whose backbone is deeper than the weights: names the keys
+    deeper = dict(cfg["backbone_config"], depths=[1, 1, 3])
+    (src / "config.json").write_text(json.dumps({**cfg, "backbone_config": deeper}))
+    with pytest.raises(CheckpointError, match=r"layers_2/blocks_2"):
+        ij.convert_hf_checkpoint(src, tmp_path / "out")

@@ -2,8 +2,11 @@
 and reading converted params back.
 
 `convert_hf_checkpoint` dispatches on the `model_type` of the HF `config.json` to the model's key
-table (`blip`: `iterprime_jax.models.blip.convert`); tensors are read by
-`iterprime_jax.models.checkpoint`.
+table (`blip`: `iterprime_jax.models.blip.convert`, `mask2former`:
+`iterprime_jax.models.mask2former.convert`); tensors are read by
+`iterprime_jax.models.checkpoint`. The converted directory holds `params/` (orbax) and the
+model's config file (`blip_config.json` or `mask2former_config.json`), which tells `load` the
+architecture.
 
 CLI: `python -m iterprime_jax.models.convert SRC_HF_DIR DST_DIR`.
 """
@@ -28,23 +31,40 @@ from .blip.config import BlipConfig
 from .blip.convert import convert_state_dict, read_hf_config
 from .blip.modeling import abstract_params
 from .checkpoint import CheckpointError, read_hf_state_dict
+from .mask2former import convert as m2f_convert
+from .mask2former.config import Mask2FormerConfig
+from .mask2former.modeling import abstract_params as m2f_abstract_params
 
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "blip_config.json"
+M2F_CONFIG_NAME = "mask2former_config.json"
 PARAMS_DIR = "params"
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.json", "preprocessor_config.json")
 #: HF `config.json` model_type values this package converts.
-MODEL_TYPES = ("blip",)
+MODEL_TYPES = ("blip", "mask2former")
 
-__all__ = ["CONFIG_NAME", "CheckpointError", "convert_hf_checkpoint", "read_hf_state_dict",
-           "restore_params", "save_params"]
+__all__ = ["CONFIG_NAME", "M2F_CONFIG_NAME", "CheckpointError", "convert_hf_checkpoint",
+           "read_hf_state_dict", "restore_params", "save_params"]
+
+AnyConfig = BlipConfig | Mask2FormerConfig
+
+
+def config_file_name(config: AnyConfig) -> str:
+    """The config file of a converted checkpoint of this architecture."""
+    return M2F_CONFIG_NAME if isinstance(config, Mask2FormerConfig) else CONFIG_NAME
+
+
+def _abstract_params(config: AnyConfig) -> Any:
+    if isinstance(config, Mask2FormerConfig):
+        return m2f_abstract_params(config)
+    return abstract_params(config)
 
 
 # --------------------------------------------------------------------------- orbax save/load
-def save_params(dst_dir: str | Path, params: Params, config: BlipConfig) -> Path:
-    """Write `dst_dir/params` (orbax) and `dst_dir/blip_config.json`."""
+def save_params(dst_dir: str | Path, params: Params, config: AnyConfig) -> Path:
+    """Write `dst_dir/params` (orbax) and the config (`config_file_name(config)`)."""
     import orbax.checkpoint as ocp
 
     dst = Path(dst_dir).absolute()
@@ -55,11 +75,11 @@ def save_params(dst_dir: str | Path, params: Params, config: BlipConfig) -> Path
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(target, jax.tree_util.tree_map(np.asarray, params))
     ckpt.wait_until_finished()
-    config.replace(dtype=jnp.float32).save(dst / CONFIG_NAME)
+    config.replace(dtype=jnp.float32).save(dst / config_file_name(config))
     return dst
 
 
-def restore_params(src_dir: str | Path, config: BlipConfig) -> Params:
+def restore_params(src_dir: str | Path, config: AnyConfig) -> Params:
     """Read orbax params from `src_dir/params`, checked against the config's tree."""
     import orbax.checkpoint as ocp
 
@@ -67,12 +87,13 @@ def restore_params(src_dir: str | Path, config: BlipConfig) -> Params:
     if not path.exists():
         raise CheckpointError(f"no converted params at {path} (run python -m "
                               "iterprime_jax.models.convert on an HF checkpoint first)")
-    target = abstract_params(config)
+    target = _abstract_params(config)
     ckpt = ocp.StandardCheckpointer()
     try:
         params = ckpt.restore(path, target)
     except Exception as e:  # orbax raises several types for a tree/shape mismatch
-        raise CheckpointError(f"params at {path} do not match {CONFIG_NAME}: {e}") from e
+        raise CheckpointError(f"params at {path} do not match {config_file_name(config)}: "
+                              f"{e}") from e
     return jax.tree_util.tree_map(np.asarray, params)
 
 
@@ -108,6 +129,8 @@ def convert_hf_checkpoint(src_dir: str | Path, dst_dir: str | Path,
     if kind not in MODEL_TYPES:
         raise CheckpointError(f"{Path(src_dir) / 'config.json'}: model_type {kind!r} is not "
                               f"supported (supported: {', '.join(MODEL_TYPES)})")
+    if kind == "mask2former":
+        return _convert_mask2former(src_dir, dst_dir, config_overrides)
     config = read_hf_config(src_dir)
     if config_overrides:
         config = config.replace(vision=dataclasses.replace(config.vision, **config_overrides))
@@ -120,10 +143,24 @@ def convert_hf_checkpoint(src_dir: str | Path, dst_dir: str | Path,
     return dst
 
 
+def _convert_mask2former(src_dir: str | Path, dst_dir: str | Path,
+                         config_overrides: Mapping[str, Any] | None) -> Path:
+    """Mask2Former: orbax params + `mask2former_config.json` + preprocessor_config.json."""
+    if config_overrides:
+        raise CheckpointError(f"config_overrides {dict(config_overrides)} apply to BLIP only; "
+                              f"{src_dir} is a Mask2Former checkpoint")
+    config, params = m2f_convert.load_hf_checkpoint(src_dir)
+    dst = save_params(dst_dir, params, config)
+    copied = copy_tokenizer_files(src_dir, dst)  # preprocessor_config.json (mean/std)
+    log.info("converted Mask2Former %s to %s (%d queries, %d classes; copied: %s)", src_dir, dst,
+             config.num_queries, config.num_labels, copied or "none")
+    return dst
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="HF checkpoint dir (config.json + model.safetensors)")
-    ap.add_argument("dst", help="output dir (orbax params + blip_config.json + tokenizer)")
+    ap.add_argument("dst", help="output dir (orbax params + model config [+ tokenizer])")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:

@@ -2,6 +2,9 @@
 method settings a checkpoint recommends (`method.json`, `METHOD_JSON`): `method_config` for the
 library and `resolve_method`, the one resolver of every CLI (flags > method.json > defaults).
 
+The directory's config file names the architecture: `blip_config.json` (BLIP ITM, with its
+tokenizer) or `mask2former_config.json` (the Mask2Former proposal network, no tokenizer).
+
 A Hugging Face hub id ("Salesforce/blip-itm-base-coco") is fetched with
 `huggingface_hub.snapshot_download` (online: downloaded into the HF cache; with
 `HF_HUB_OFFLINE=1`: taken from it), converted once into our cache (`$ITERPRIME_CACHE`, default
@@ -23,7 +26,8 @@ from ..config import IteRPrimEConfig
 from ..types import DType, Params
 from .blip.config import BlipConfig
 from .checkpoint import CheckpointError
-from .convert import CONFIG_NAME, convert_hf_checkpoint, restore_params
+from .convert import CONFIG_NAME, M2F_CONFIG_NAME, convert_hf_checkpoint, restore_params
+from .mask2former.config import Mask2FormerConfig
 
 CACHE_ENV = "ITERPRIME_CACHE"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -32,11 +36,12 @@ _WEIGHT_PATTERNS = (["*.json", "*.txt", "*.safetensors"], ["*.json", "*.txt", "*
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """A loaded ITM model: pass `.params` and `.config` to the pure functions."""
+    """A loaded model (BLIP ITM or Mask2Former): pass `.params` and `.config` to the pure
+    functions. `tokenizer` is None for Mask2Former."""
 
-    config: BlipConfig
+    config: BlipConfig | Mask2FormerConfig
     params: Params
-    tokenizer: Any  # a transformers BertTokenizer
+    tokenizer: Any  # a transformers BertTokenizer (None for Mask2Former)
     path: Path
 
 
@@ -87,16 +92,20 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
     raise CheckpointError(f"hub repo {repo_id!r} ({snap}) has no .safetensors or .bin weights")
 
 
+def _is_converted(path: Path) -> bool:
+    return (path / CONFIG_NAME).exists() or (path / M2F_CONFIG_NAME).exists()
+
+
 def resolve_hub_id(repo_id: str, revision: str | None = None) -> Path:
     """A hub id -> our converted directory (converted on first use, then reused)."""
     snap = _snapshot(repo_id, revision)
     dst = cache_dir() / repo_id.replace("/", "--") / snap.name
-    if (dst / CONFIG_NAME).exists():
+    if _is_converted(dst):
         return dst
     tmp = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     convert_hf_checkpoint(snap, tmp)
-    if (dst / CONFIG_NAME).exists():  # another process finished first
+    if _is_converted(dst):  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         shutil.rmtree(dst, ignore_errors=True)
@@ -118,9 +127,15 @@ def load(path: str | Path, dtype: DType | str | None = None,
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"weights directory {path} does not exist")
+    if (path / M2F_CONFIG_NAME).exists():
+        m2f = Mask2FormerConfig.load(path / M2F_CONFIG_NAME)
+        if dtype is not None:
+            m2f = m2f.replace(dtype=dtype)
+        return Model(config=m2f, params=restore_params(path, m2f), tokenizer=None, path=path)
     cfg_path = path / CONFIG_NAME
     if not cfg_path.exists():
-        raise CheckpointError(f"{cfg_path} missing: not a converted iterprime-jax checkpoint")
+        raise CheckpointError(f"{cfg_path} (or {M2F_CONFIG_NAME}) missing: not a converted "
+                              "iterprime-jax checkpoint")
     config = BlipConfig.load(cfg_path)
     if dtype is not None:
         config = config.replace(dtype=dtype)

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from ...model.common import Array
+from ..blip.common import Array
 
 
 def layer_norm(eps: float, dtype: jnp.dtype, name: str) -> nn.LayerNorm:

@@ -22,6 +22,14 @@ def _tuple(x: Any) -> Any:
     return tuple(_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+def _freeze_lists(obj: Any) -> None:
+    """Turn list fields of a frozen dataclass into tuples (JSON gives lists; jit needs hashes)."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, list):
+            object.__setattr__(obj, f.name, _tuple(v))
+
+
 @dataclasses.dataclass(frozen=True)
 class SwinConfig:
     """Swin transformer backbone (HF `SwinConfig`, used through `SwinBackbone`).
@@ -44,6 +52,7 @@ class SwinConfig:
     out_features: tuple[str, ...] = ("stage1", "stage2", "stage3", "stage4")
 
     def __post_init__(self) -> None:
+        _freeze_lists(self)
         if len(self.depths) != len(self.num_heads):
             raise ValueError(f"SwinConfig: depths {self.depths} and num_heads {self.num_heads} "
                              "must have one entry per stage")
@@ -117,6 +126,9 @@ class Mask2FormerConfig:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        _freeze_lists(self)
+        if isinstance(self.backbone, Mapping):
+            object.__setattr__(self, "backbone", SwinConfig(**self.backbone))
         if len(self.backbone.out_features) < self.num_feature_levels:
             raise ValueError(f"Mask2Former needs >= {self.num_feature_levels} backbone feature "
                              f"maps, out_features is {self.backbone.out_features}")
@@ -154,9 +166,8 @@ class Mask2FormerConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Mask2FormerConfig:
-        d = {k: _tuple(v) for k, v in d.items() if k != "model_type"}
-        backbone = SwinConfig(**dict(d.pop("backbone", {})))
-        return cls(backbone=backbone, **d)
+        d = {k: v for k, v in d.items() if k != "model_type"}
+        return cls(backbone=SwinConfig(**dict(d.pop("backbone", {}))), **d)
 
     @classmethod
     def from_hf_dict(cls, hf: Mapping[str, Any],

@@ -1,7 +1,7 @@
 """HF `Mask2FormerForUniversalSegmentation` state dict -> Flax params of this port.
 
-The table is the BLIP converter's (`iterprime_jax.convert._map_tensor`): module path with
-`.N.` -> `_N`, Linear weights transposed, Conv2d (out, in, kh, kw) -> (kh, kw, in, out),
+The table is the BLIP converter's (`iterprime_jax.models.blip.convert._map_tensor`): module
+path with `.N.` -> `_N`, Linear weights transposed, Conv2d (out, in, kh, kw) -> (kh, kw, in, out),
 LayerNorm/GroupNorm weight -> scale, Embedding weight -> embedding, raw parameters
 (`level_embed`, `relative_position_bias_table`, `in_proj_weight`) copied as they are.
 
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...convert import CheckpointError, _flatten, _map_tensor, _unflatten, read_hf_state_dict
+from ..blip.convert import _flatten, _map_tensor, _unflatten
+from ..checkpoint import CheckpointError, read_hf_state_dict
 from .config import Mask2FormerConfig
 from .modeling import abstract_params
 

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ...model.common import Array, activation, compute_dtype
+from ..blip.common import Array, activation, compute_dtype
 from .common import layer_norm, resize_bilinear
 from .config import Mask2FormerConfig
 from .pixel_decoder import sine_position_embedding

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ...model.common import Array, compute_dtype
+from ..blip.common import Array, compute_dtype
 from .config import Mask2FormerConfig
 from .decoder import TransformerModule
 from .pixel_decoder import PixelDecoder

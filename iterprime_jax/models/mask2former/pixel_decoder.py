@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...model.common import Array, compute_dtype
+from ..blip.common import Array, compute_dtype
 from .common import group_norm, layer_norm, resize_bilinear
 from .config import Mask2FormerConfig
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...model.common import Array, activation, compute_dtype
+from ..blip.common import Array, activation, compute_dtype
 from .common import layer_norm
 from .config import SwinConfig
 
