@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -246,3 +247,42 @@ def test_convert_rejects_unknown_model_type_and_broken_checkpoint(tmp_path):
     (src / "config.json").write_text(json.dumps({**cfg, "backbone_config": deeper}))
     with pytest.raises(CheckpointError, match=r"layers_2/blocks_2"):
         ij.convert_hf_checkpoint(src, tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- configs, real size
+def test_config_round_trip_preprocessor_and_errors(tmp_path):
+    hf = _hf_model("three_levels", 0)[1].to_dict()
+    pre = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+    config = Mask2FormerConfig.from_hf_dict(hf, pre)
+    np.testing.assert_allclose(config.image_mean, (123.675, 116.28, 103.53), rtol=1e-6)
+    np.testing.assert_allclose(config.image_std, (58.395, 57.12, 57.375), rtol=1e-6)
+    config.save(tmp_path / "c.json")
+    loaded = Mask2FormerConfig.load(tmp_path / "c.json")  # JSON lists come back as tuples
+    assert loaded == config and hash(loaded) == hash(config)
+    assert config.num_fpn_levels == 0 and Mask2FormerConfig().num_fpn_levels == 1
+    two = dict(hf, backbone_config=dict(hf["backbone_config"], out_features=["stage2",
+                                                                             "stage3"]))
+    with pytest.raises(ValueError, match="needs >= 3 backbone feature maps"):
+        Mask2FormerConfig.from_hf_dict(two)
+    with pytest.raises(ValueError, match="only 'swin' backbones"):
+        Mask2FormerConfig.from_hf_dict(dict(hf, backbone_config={"model_type": "resnet"}))
+
+
+def test_swin_large_coco_panoptic_key_table():
+    """The published Swin-L COCO-panoptic architecture converts key for key (shapes only:
+    the HF model is built on the meta device, tensors are zero-stride views)."""
+    backbone = transformers.SwinConfig(image_size=384, embed_dim=192, depths=[2, 2, 18, 2],
+                                       num_heads=[6, 12, 24, 48], window_size=12,
+                                       out_features=["stage1", "stage2", "stage3", "stage4"])
+    hf = transformers.Mask2FormerConfig(backbone_config=backbone, num_queries=200,
+                                        num_labels=133)
+    with torch.device("meta"):
+        model = transformers.Mask2FormerForUniversalSegmentation(hf)
+    state = {k: np.broadcast_to(np.float32(0), tuple(v.shape))
+             for k, v in model.state_dict().items()}
+    config = Mask2FormerConfig.from_hf_dict(hf.to_dict())
+    params = convert_state_dict(state, config)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+    n_torch = sum(int(np.prod(v.shape)) for k, v in state.items()
+                  if k != "criterion.empty_weight" and "swin.layernorm" not in k)
+    assert n_params == n_torch > 200_000_000
