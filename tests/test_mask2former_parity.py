@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -142,7 +143,7 @@ def test_bfloat16_compute_and_batch_independence():
     cls1, mask1 = (np.asarray(a) for a in mask2former_forward_jit(params, config, pixels[1:]))
     np.testing.assert_allclose(cls1, cls32[1:], atol=TOL, rtol=TOL)
     np.testing.assert_allclose(mask1, mask32[1:], atol=TOL, rtol=TOL)
-    cls16, mask16 = mask2former_forward_jit(params, config.replace(dtype="bfloat16"), pixels)
+    cls16, mask16 = mask2former_forward_jit(params, config.replace(dtype=jnp.bfloat16), pixels)
     assert cls16.dtype == mask16.dtype == np.float32
     # bf16 keeps ~3 significant digits and masked attention flips some borderline positions,
     # so compare loosely: same signs almost everywhere, strongly correlated logits
@@ -226,7 +227,7 @@ def test_convert_and_load_through_files(tmp_path):
     got_cls, got_mask = mask2former_forward_jit(loaded.params, loaded.config, pixels)
     np.testing.assert_allclose(np.asarray(got_cls), want_cls, atol=TOL, rtol=TOL)
     np.testing.assert_allclose(np.asarray(got_mask), want_mask, atol=TOL, rtol=TOL)
-    assert ij.load(dst, dtype="bfloat16").config.dtype == "bfloat16"
+    assert ij.load(dst, dtype="bfloat16").config.dtype == jnp.bfloat16
 
 
 def test_convert_rejects_unknown_model_type_and_broken_checkpoint(tmp_path):

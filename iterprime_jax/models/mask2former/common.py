@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from ..blip.common import Array
+from ...types import Array
 
 
 def layer_norm(eps: float, dtype: jnp.dtype, name: str) -> nn.LayerNorm:

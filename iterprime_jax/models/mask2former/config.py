@@ -13,6 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
+
+from ...types import DType
+from ..blip.common import compute_dtype
+
 # detectron2 / HF Mask2Former image normalisation (ImageNet, on 0-255 values).
 M2F_IMAGE_MEAN = (123.675, 116.280, 103.530)
 M2F_IMAGE_STD = (58.395, 57.120, 57.375)
@@ -101,8 +106,9 @@ class Mask2FormerConfig:
     """`Mask2FormerForUniversalSegmentation` with a Swin backbone.
 
     `num_labels` counts the classes without the "no object" class (class logits have
-    `num_labels + 1` entries). `dtype` is the compute dtype ("float32" or "bfloat16");
-    parameters stay float32.
+    `num_labels + 1` entries). `dtype` is the compute dtype, a `jnp.dtype` (``jnp.float32`` or
+    ``jnp.bfloat16``; a name is accepted and converted); parameters stay float32. JSON files
+    hold its name.
     """
 
     backbone: SwinConfig = SwinConfig()
@@ -123,10 +129,11 @@ class Mask2FormerConfig:
     feature_strides: tuple[int, ...] = (4, 8, 16, 32)
     image_mean: tuple[float, float, float] = M2F_IMAGE_MEAN
     image_std: tuple[float, float, float] = M2F_IMAGE_STD
-    dtype: str = "float32"
+    dtype: DType = jnp.dtype(jnp.float32)
 
     def __post_init__(self) -> None:
         _freeze_lists(self)
+        object.__setattr__(self, "dtype", compute_dtype(self.dtype))
         if isinstance(self.backbone, Mapping):
             object.__setattr__(self, "backbone", SwinConfig(**self.backbone))
         if len(self.backbone.out_features) < self.num_feature_levels:
@@ -160,7 +167,7 @@ class Mask2FormerConfig:
 
     # -- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {**dataclasses.asdict(self), "dtype": self.dtype.name}
         d["model_type"] = "mask2former"
         return d
 

@@ -14,7 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ..blip.common import Array, activation, compute_dtype
+from ...types import Array, DType
+from ..blip.common import activation, compute_dtype
 from .common import layer_norm, resize_bilinear
 from .config import Mask2FormerConfig
 from .pixel_decoder import sine_position_embedding
@@ -40,7 +41,7 @@ class MultiheadCrossAttention(nn.Module):
 
     dim: int
     heads: int
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, query: Array, key: Array, value: Array, hidden: Array | None) -> Array:
@@ -61,7 +62,7 @@ class SelfAttention(nn.Module):
 
     dim: int
     heads: int
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, pos: Array) -> Array:

@@ -15,13 +15,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ..blip.common import Array, compute_dtype
+from ...types import Array, Params
+from ..blip.common import compute_dtype
 from .config import Mask2FormerConfig
 from .decoder import TransformerModule
 from .pixel_decoder import PixelDecoder
 from .swin import SwinBackbone
-
-Params = dict
 
 
 class PixelLevelModule(nn.Module):
@@ -71,7 +70,7 @@ def init_params(config: Mask2FormerConfig, rng: Array) -> Params:
     """Random parameters with the checkpoint's tree structure (float32)."""
     s = _init_size(config)
     x = jnp.zeros((1, s, s, config.backbone.num_channels), jnp.float32)
-    return _module(config.replace(dtype="float32")).init(rng, x)["params"]
+    return _module(config.replace(dtype=jnp.float32)).init(rng, x)["params"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -99,7 +98,7 @@ def mask2former_forward(params: Params, config: Mask2FormerConfig, pixel_values:
     pixel_values: (B, H, W, 3) float32, already normalised (mean/std on 0-255 values).
     Returns `(class_logits (B, Q, K+1), mask_logits (B, Q, ceil(H/4), ceil(W/4)))`, float32
     (HF `class_queries_logits`, `masks_queries_logits`). `config.dtype` picks the compute dtype
-    ("bfloat16" for accelerators). Jit it with `config` static (`mask2former_forward_jit`);
+    (`jnp.bfloat16` for accelerators). Jit it with `config` static (`mask2former_forward_jit`);
     un-jitted it runs op by op (slow).
 
     Float32 agreement with PyTorch is ~1e-5 relative, except that the masked attention

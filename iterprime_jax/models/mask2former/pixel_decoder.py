@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..blip.common import Array, compute_dtype
+from ...types import Array
+from ..blip.common import compute_dtype
 from .common import group_norm, layer_norm, resize_bilinear
 from .config import Mask2FormerConfig
 

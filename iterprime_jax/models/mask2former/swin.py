@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..blip.common import Array, activation, compute_dtype
+from ...types import Array, DType
+from ..blip.common import activation, compute_dtype
 from .common import layer_norm
 from .config import SwinConfig
 
@@ -69,7 +70,7 @@ class SwinSelfAttention(nn.Module):
     config: SwinConfig
     dim: int
     num_heads: int
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, mask: np.ndarray | None) -> Array:
@@ -98,7 +99,7 @@ class SwinDense(nn.Module):
     """A module holding one Dense called `dense` (HF's SwinSelfOutput / Intermediate / Output)."""
 
     features: int
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -109,7 +110,7 @@ class SwinAttention(nn.Module):
     config: SwinConfig
     dim: int
     num_heads: int
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, mask: np.ndarray | None) -> Array:
@@ -125,7 +126,7 @@ class SwinLayer(nn.Module):
     dim: int
     num_heads: int
     shift: int
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -158,7 +159,7 @@ class SwinPatchMerging(nn.Module):
     """2x2 neighbourhood concat (zero-padded to even size), LayerNorm, Linear 4C -> 2C."""
 
     dim: int
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -175,7 +176,7 @@ class SwinPatchMerging(nn.Module):
 class SwinStage(nn.Module):
     config: SwinConfig
     index: int
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     def setup(self) -> None:
         cfg = self.config
@@ -195,7 +196,7 @@ class SwinStage(nn.Module):
 
 class SwinEncoder(nn.Module):
     config: SwinConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     def setup(self) -> None:
         self.layers = [SwinStage(self.config, i, self.dtype)
@@ -212,7 +213,7 @@ class SwinEncoder(nn.Module):
 
 class SwinPatchEmbeddings(nn.Module):
     config: SwinConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, pixel_values: Array) -> Array:
@@ -227,7 +228,7 @@ class SwinPatchEmbeddings(nn.Module):
 
 class SwinEmbeddings(nn.Module):
     config: SwinConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, pixel_values: Array) -> Array:
@@ -238,7 +239,7 @@ class SwinEmbeddings(nn.Module):
 class SwinStageNorms(nn.Module):
     """One LayerNorm per output stage, named by the stage (`hidden_states_norms.stage1`)."""
 
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, stage: str, x: Array) -> Array:
@@ -249,7 +250,7 @@ class SwinBackbone(nn.Module):
     """(B, H, W, 3) -> the `out_features` maps, each normalised, NHWC, in stage order."""
 
     config: SwinConfig
-    dtype: str = "float32"
+    dtype: DType = jnp.float32
 
     @nn.compact
     def __call__(self, pixel_values: Array) -> list[Array]:
