@@ -70,7 +70,7 @@ def init_params(config: Mask2FormerConfig, rng: Array) -> Params:
     """Random parameters with the checkpoint's tree structure (float32)."""
     s = _init_size(config)
     x = jnp.zeros((1, s, s, config.backbone.num_channels), jnp.float32)
-    return _module(config.replace(dtype=jnp.float32)).init(rng, x)["params"]
+    return jax.jit(_module(config.replace(dtype=jnp.float32)).init)(rng, x)["params"]
 
 
 @functools.lru_cache(maxsize=8)
