@@ -1,9 +1,9 @@
 """iterprime-jax: IteRPrimE zero-shot referring image segmentation in JAX/Flax.
 
 The public API, re-exported: the models (`models`: BLIP ITM config, parameters, conversion,
-loading; the Mask2Former proposal network's config and forward pass), the method (`method`:
-Grad-CAM, IGRS, `segment`) and the method's switches (`IteRPrimEConfig`). Evaluation,
-ShapesRef and training are subpackages.
+loading; the Mask2Former proposal network's config, forward pass and `propose`), the method
+(`method`: Grad-CAM, IGRS, `segment`) and the method's switches (`IteRPrimEConfig`).
+Evaluation, ShapesRef and training are subpackages.
 """
 
 from .config import IteRPrimEConfig
@@ -18,6 +18,8 @@ from .models.checkpoint import CheckpointError
 from .models.convert import convert_hf_checkpoint
 from .models.loading import Model, load, method_config
 from .models.mask2former import Mask2FormerConfig, mask2former_forward
+from .models.mask2former.preprocess import ProposeConfig
+from .models.mask2former.propose import Proposer, propose
 
 __all__ = [
     "BlipConfig", "IteRPrimEConfig", "TextConfig", "VisionConfig", "CheckpointError",
@@ -26,5 +28,5 @@ __all__ = [
     "match_from_embeds",
     "SegmentResult", "segment", "segment_batch", "segment_images", "preprocess_image",
     "tokenize", "IGRSResult", "igrs", "resize_heatmap", "Mask2FormerConfig",
-    "mask2former_forward",
+    "mask2former_forward", "ProposeConfig", "Proposer", "propose",
 ]

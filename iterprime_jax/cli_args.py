@@ -45,3 +45,33 @@ def method_overrides(args: argparse.Namespace) -> dict[str, Any]:
     given = vars(args)
     return {f.name: given[f.name] for f in dataclasses.fields(IteRPrimEConfig)
             if f.name in given}
+
+
+def add_proposer_args(parser: argparse.ArgumentParser, save_help: str | None = None) -> None:
+    """Flags of the Mask2Former proposal network (METHOD.md section 4; `ProposeConfig`)."""
+    from .models.mask2former.preprocess import ProposeConfig
+
+    d = ProposeConfig()
+    g = parser.add_argument_group("Mask2Former proposals (computed on the fly)")
+    g.add_argument("--proposer-weights", default=None, metavar="DIR",
+                   help="converted Mask2Former checkpoint dir (e.g. "
+                        "facebook/mask2former-swin-large-coco-panoptic, converted)")
+    g.add_argument("--proposal-threshold", type=float, default=d.threshold,
+                   help="a pixel is in a proposal iff sigmoid(mask logit) > this")
+    g.add_argument("--proposal-short-edge", type=int, default=d.short_edge,
+                   help="resize the short side to this (the authors: 800; smaller is faster "
+                        "and not the method)")
+    g.add_argument("--proposal-max-size", type=int, default=d.max_size,
+                   help="cap of the long side after resizing (the authors: 1333)")
+    g.add_argument("--save-proposals", default=None, metavar="FILE",
+                   help=save_help or "also write the computed proposals to FILE (COCO-style "
+                                     "RLE JSON, usable as --proposals FILE later)")
+
+
+def propose_config_from_args(args: argparse.Namespace) -> Any:
+    """`ProposeConfig` from the `add_proposer_args` flags (ValueError naming a bad one)."""
+    from .models.mask2former.preprocess import ProposeConfig, check_threshold
+
+    check_threshold(args.proposal_threshold, "--proposal-threshold")
+    return ProposeConfig(threshold=args.proposal_threshold,
+                         short_edge=args.proposal_short_edge, max_size=args.proposal_max_size)

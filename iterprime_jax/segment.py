@@ -1,6 +1,8 @@
 """One-image CLI: `python -m iterprime_jax.segment --weights DIR --image PATH --text "..."
-[--proposals FILE] --out OUT.png` writes the mask PNG and `OUT.overlay.png` (heat map and mask
-outline on the image).
+[--proposals FILE | --proposer-weights M2F_DIR] --out OUT.png` writes the mask PNG and
+`OUT.overlay.png` (heat map and mask outline on the image). With `--proposer-weights` the
+proposals are computed from the image by a converted Mask2Former (METHOD.md section 4);
+`--save-proposals FILE` also writes them as COCO-style RLE JSON (image_id 0).
 
 (The library function is `iterprime_jax.segment`, defined in `iterprime_jax.method.pipeline`.)
 """
@@ -8,9 +10,11 @@ outline on the image).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -54,8 +58,39 @@ def read_proposals(path: str | Path, hw: tuple[int, int]) -> np.ndarray:
     return arr
 
 
+def check_itm_model(model: Any, path: str | Path) -> None:
+    """ValueError unless `model` is an ITM (BLIP) model, naming the weights dir."""
+    from .models.blip.config import BlipConfig
+
+    if not isinstance(getattr(model, "config", None), BlipConfig):
+        raise ValueError(f"--weights {path} is a {type(model.config).__name__} checkpoint; "
+                         "IteRPrimE needs an image-text matching (BLIP) model there")
+
+
+def compute_proposals(weights: str | Path, image: np.ndarray, config: Any,
+                      save: str | Path | None = None) -> np.ndarray:
+    """(Q, H, W) proposals of `image` by the Mask2Former in `weights`; saved to `save`."""
+    from .evaluation.proposer import encode_masks, open_proposer
+
+    proposer = open_proposer(weights, config, max_batch=1)
+    props = proposer([image])[0]
+    log.info("%d proposals from %s (%d non-empty)", len(props), weights,
+             int(props.any(axis=(1, 2)).sum()))
+    if save is not None:
+        items = [{"image_id": 0, "segmentation": r} for r in encode_masks(props)]
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        Path(save).write_text(json.dumps(items))
+        log.info("wrote proposals to %s", save)
+    return props
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .cli_args import add_method_args, method_overrides
+    from .cli_args import (
+        add_method_args,
+        add_proposer_args,
+        method_overrides,
+        propose_config_from_args,
+    )
 
     ap = argparse.ArgumentParser(description="IteRPrimE: segment one object in one image.")
     ap.add_argument("--weights", required=True, help="converted weights dir")
@@ -64,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--proposals", default=None, help=".npy/.npz (N,H,W) or RLE .json")
     ap.add_argument("--out", required=True, help="mask PNG path (overlay beside it)")
     add_method_args(ap)
+    add_proposer_args(ap, "also write the computed proposals to FILE (COCO-style RLE JSON, "
+                          "image_id 0)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from .method.pipeline import segment
@@ -71,10 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     from .visualize import overlay
 
     try:
+        pconfig = propose_config_from_args(args)
+        if args.proposals is not None and args.proposer_weights is not None:
+            raise ValueError("give either --proposals FILE or --proposer-weights DIR, not both")
+        if args.save_proposals is not None and args.proposer_weights is None:
+            raise ValueError("--save-proposals needs --proposer-weights (proposals computed "
+                             "from the image)")
         model = load(args.weights)
+        check_itm_model(model, args.weights)
         image = read_image(args.image)
-        props = None if args.proposals is None else read_proposals(args.proposals,
-                                                                   image.shape[:2])
+        if args.proposer_weights is not None:
+            props = compute_proposals(args.proposer_weights, image, pconfig,
+                                      args.save_proposals)
+        else:
+            props = None if args.proposals is None else read_proposals(args.proposals,
+                                                                       image.shape[:2])
         tc = model.config.text
         cfg = resolve_method(args.weights, tc.num_hidden_layers, method_overrides(args),
                              tc.max_position_embeddings)

@@ -16,7 +16,7 @@ import numpy as np
 from ..config import IteRPrimEConfig
 from ..metrics import summarize
 from ..models.loading import Model
-from .config import ABLATION, AblationRow, EvalConfig, Progress
+from .config import ABLATION, AblationRow, EvalConfig, EvalError, Progress
 from .distributed import barrier, process_share
 from .loader import HostBatch
 from .proposals import proposal_source
@@ -53,7 +53,10 @@ def run_ablation(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | No
     model, weights, method = model_and_method(config, model, method)
     if config.proposals == "heatmap":
         config = config.replace(proposals="gt")
-    proposals = proposal_source(config.proposals)
+    if config.save_proposals is not None:
+        raise EvalError("save_proposals is not supported by the ablation: save them with a "
+                        "plain run, then pass the file as proposals")
+    proposals = proposal_source(config.proposals, config)
     ctx = make_context(config, model, proposals, weights)
     rows = ablation_rows(method)
     out = Path(config.out)

@@ -6,6 +6,9 @@
         --proposals gt --out results/refcoco-val
     iterprime-eval --ablation               # the paper's ablation table on the same data
     iterprime-eval --record bench/results/NAME.json   # also write a record with this command
+    iterprime-eval --dataset refcoco_unc ... --proposals mask2former \
+        --proposer-weights weights/mask2former-swin-large-coco-panoptic \
+        --save-proposals results/refcoco-val-m2f.json   # proposals on the fly, saved
 
 Writes OUT/samples.jsonl (one line per sentence, as it goes), OUT/metrics.json and
 OUT/run_config.json, and prints the metrics table; killed and restarted with the same --out it
@@ -30,7 +33,7 @@ log = logging.getLogger("iterprime_jax.evaluation.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from iterprime_jax.cli_args import add_method_args
+    from iterprime_jax.cli_args import add_method_args, add_proposer_args
     from iterprime_jax.evaluation import DATASETS, EvalConfig
     from iterprime_jax.metrics import CONVENTIONS
 
@@ -47,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="converted weights dir or Hugging Face hub id (converted once)")
     ap.add_argument("--proposals", default=d.proposals,
                     help="gt (oracle instance masks), heatmap (no proposals: thresholded heat "
-                         "map) or FILE: a COCO-style results JSON of class-agnostic RLE masks")
+                         "map), mask2former (computed on the fly with --proposer-weights) or "
+                         "FILE: a COCO-style results JSON of class-agnostic RLE masks")
     ap.add_argument("--out", default=d.out, help="output dir (resumes if it holds a run)")
     ap.add_argument("--limit", type=int, default=None,
                     help="evaluate only the first N images of the split (all their sentences)")
@@ -65,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write a JSON record (this command, the configs, the metrics or "
                          "the ablation table) to this path, e.g. bench/results/NAME.json")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_proposer_args(ap)
     g = ap.add_argument_group("multi-process (jax.distributed)")
     g.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() (cluster auto-detection unless "
@@ -144,18 +149,24 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import tensorflow_datasets as tfds
 
-    from iterprime_jax.cli_args import method_overrides
+    from iterprime_jax.cli_args import method_overrides, propose_config_from_args
     from iterprime_jax.evaluation import EvalConfig, EvalError, evaluate, load_model, run_ablation
     from iterprime_jax.metrics import format_table
     from iterprime_jax.models.checkpoint import CheckpointError
     from iterprime_jax.models.loading import resolve_method
 
     tfds.disable_progress_bar()
+    try:
+        propose = propose_config_from_args(args)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
     config = EvalConfig(
         dataset=args.dataset, split=args.split, manual_dir=args.manual_dir,
         data_dir=args.data_dir, weights=args.weights, proposals=args.proposals, out=args.out,
         limit=args.limit, batch_size=args.batch_size, canvas=args.canvas,
-        convention=args.convention)
+        convention=args.convention, proposer_weights=args.proposer_weights,
+        save_proposals=args.save_proposals, propose=propose)
     pi = jax.process_index()
     bar = _Bar(not args.no_progress, f"eval p{pi}" if jax.process_count() > 1 else "eval")
     try:

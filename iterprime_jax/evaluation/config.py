@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import IteRPrimEConfig
+from ..models.mask2former.preprocess import ProposeConfig
 
 DATASETS: tuple[str, ...] = ("refcoco_unc", "refcoco+_unc", "refcocog_umd", "refcocog_google",
                              "shapesref")
@@ -44,7 +45,9 @@ class EvalConfig:
       weights: converted checkpoint dir (`iterprime_jax.load`); an optional ``method.json``
         there holds recommended `IteRPrimEConfig` fields for that model.
       proposals: ``"gt"`` (the image's instance masks, oracle), ``"heatmap"`` (no proposals:
-        thresholded heat map) or the path of a COCO-style results JSON of class-agnostic masks.
+        thresholded heat map), ``"mask2former"`` (computed on the fly from the checkpoint
+        `proposer_weights`, METHOD.md section 4) or the path of a COCO-style results JSON of
+        class-agnostic masks.
       out: output directory (samples.jsonl, metrics.json, run_config.json).
       limit: evaluate only the first `limit` images of the split (all their sentences).
       batch_size: images per step (rounded up to a multiple of the local device count);
@@ -53,6 +56,10 @@ class EvalConfig:
         largest image side of the split rounded up to 64).
       convention: metric convention, "standard" or "iterprime" (`iterprime_jax.metrics`).
       build_shapesref: for dataset shapesref, write the benchmark into `manual_dir` if missing.
+      proposer_weights: converted Mask2Former checkpoint dir (proposals ``"mask2former"``).
+      propose: the proposal rule (`ProposeConfig`: resize 800/1333, threshold 0.35, buckets).
+      save_proposals: with ``"mask2former"``, also write the proposals to this COCO-style RLE
+        JSON (readable as ``proposals=FILE`` by later runs).
     """
 
     dataset: str = "shapesref"
@@ -67,6 +74,9 @@ class EvalConfig:
     canvas: int | None = None
     convention: str = "standard"
     build_shapesref: bool = True
+    proposer_weights: str | None = None
+    propose: ProposeConfig = ProposeConfig()
+    save_proposals: str | None = None
 
     def replace(self, **kw: Any) -> EvalConfig:
         return dataclasses.replace(self, **kw)

@@ -34,6 +34,7 @@ class HostBatch:
     no_props: list[Any]              # the same with 0 proposals (heat-map rows)
     gt: list[Any]                    # gt, sref
     truncated: int
+    proposal_rles: list[list[dict[str, Any]]] | None = None  # per image (save_proposals)
 
 
 class Loader:
@@ -41,17 +42,24 @@ class Loader:
 
     def __init__(self, model: Model, device: Device, sources: SplitSources,
                  proposals: ProposalSource, text_config: IteRPrimEConfig, canvas: int,
-                 proposal_bucket: int, batch_size: int, need_props: bool, need_no_props: bool):
+                 proposal_bucket: int, batch_size: int, need_props: bool, need_no_props: bool,
+                 save_proposals: bool = False):
         self.model, self.device, self.sources = model, device, sources
+        self.save_proposals = save_proposals
         self.proposals, self.text_config, self.canvas = proposals, text_config, canvas
         self.nb, self.batch_size = proposal_bucket, batch_size
         self.need_props, self.need_no_props = need_props, need_no_props
 
-    def _image(self, meta: ImageMeta) -> dict[str, Any]:
+    def _first(self, meta: ImageMeta) -> Any:
+        """The image's first example (image, proposals, its first referred mask)."""
         first = self.sources.full[meta.refs[0].index]
         if int(first["image_id"]) != meta.image_id:
             raise EvalError(f"{self.sources.name}: example {meta.refs[0].index} is image "
                             f"{first['image_id']}, the index says {meta.image_id}")
+        return first
+
+    def _image(self, meta: ImageMeta, first: Any, computed: np.ndarray | None
+               ) -> dict[str, Any]:
         gts = [first["mask"]] + [self.sources.mask_only[r.index]["mask"] for r in meta.refs[1:]]
         props, ids = None, np.zeros((0,), np.int64)
         if self.proposals.kind == "gt":
@@ -61,6 +69,9 @@ class Loader:
             rles = self.proposals.by_image.get(meta.image_id, [])
             props = decode_rles(rles, meta.hw, self.proposals.path, meta.image_id)
             ids = np.arange(len(rles), dtype=np.int64)
+        elif self.proposals.kind == "mask2former":
+            assert computed is not None
+            props, ids = computed, np.arange(len(computed), dtype=np.int64)
         image = first["image"]
         if tuple(image.shape[:2]) != meta.hw:
             raise EvalError(f"{self.sources.name}: image {meta.image_id} decodes to "
@@ -76,7 +87,16 @@ class Loader:
         return {"prep": prep, "gts": gts, "text": text, "sref": sref, "ids": ids}
 
     def make(self, metas: list[ImageMeta]) -> HostBatch:
-        items = [self._image(m) for m in metas]
+        firsts = [self._first(m) for m in metas]
+        computed: list[Any] = [None] * len(metas)
+        rles = None
+        if self.proposals.kind == "mask2former" and self.need_props:
+            computed = self.proposals.proposer([f["image"] for f in firsts])
+            if self.save_proposals:
+                from .proposer import encode_masks
+
+                rles = [encode_masks(p) for p in computed]
+        items = [self._image(m, f, c) for m, f, c in zip(metas, firsts, computed, strict=True)]
         b = self.batch_size
         sb = bucket(max(m.num_sentences for m in metas), MIN_SENTENCE_BUCKET)
         c = self.canvas
@@ -109,7 +129,8 @@ class Loader:
             sentences=sum(m.num_sentences for m in metas),
             pixels=d.put([pixels])[0], common=d.put(common), props=props, no_props=no_props,
             gt=d.put([gt, sref]),
-            truncated=sum(t.truncated for it in items for t in it["text"].items))
+            truncated=sum(t.truncated for it in items for t in it["text"].items),
+            proposal_rles=rles)
 
 
 class _Failure:

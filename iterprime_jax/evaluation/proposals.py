@@ -1,4 +1,5 @@
-"""Proposal sources of an evaluation: ``gt`` (the image's instance masks), ``heatmap`` (none) or a
+"""Proposal sources of an evaluation: ``gt`` (the image's instance masks), ``heatmap`` (none),
+``mask2former`` (computed on the fly by a converted Mask2Former, `evaluation.proposer`) or a
 COCO-style results JSON of class-agnostic RLE masks, read and decoded here (the one RLE-JSON
 proposals reader, also used by the one-image CLI)."""
 
@@ -13,17 +14,19 @@ from typing import Any
 
 import numpy as np
 
-from .config import EvalError
+from .config import EvalConfig, EvalError
 from .index import ImageMeta
 
 
 @dataclasses.dataclass(frozen=True)
 class ProposalSource:
-    """``gt`` / ``heatmap`` / ``file`` (RLEs per image id, in file order)."""
+    """``gt`` / ``heatmap`` / ``file`` (RLEs per image id, in file order) / ``mask2former``
+    (`proposer`, a `Proposer`, computes them per batch; `path` is its checkpoint dir)."""
 
     kind: str
     path: Path | None = None
     by_image: Mapping[int, list[dict[str, Any]]] | None = None
+    proposer: Any = None
 
     @property
     def uses_proposals(self) -> bool:
@@ -35,12 +38,21 @@ class ProposalSource:
         if self.kind == "file":
             assert self.by_image is not None
             return len(self.by_image.get(image.image_id, ()))
+        if self.kind == "mask2former":
+            return self.proposer.num_queries
         return 0
 
     def describe(self) -> Any:
         if self.kind == "file":
             assert self.path is not None
             return {"file": str(self.path), "sha256": _sha256(self.path)}
+        if self.kind == "mask2former":
+            from .records import weights_fingerprint
+
+            assert self.path is not None
+            rule = json.loads(json.dumps(dataclasses.asdict(self.proposer.config)))
+            return {"mask2former": str(self.path),
+                    "weights_fingerprint": weights_fingerprint(self.path), "rule": rule}
         return self.kind
 
 
@@ -126,8 +138,23 @@ def decode_rles(rles: Sequence[dict[str, Any]], hw: tuple[int, int], path: Any =
     return masks
 
 
-def proposal_source(spec: str) -> ProposalSource:
-    """``gt`` / ``heatmap`` / the path of a proposals file (read here)."""
+def proposal_source(spec: str, config: EvalConfig | None = None) -> ProposalSource:
+    """``gt`` / ``heatmap`` / ``mask2former`` (needs ``config.proposer_weights``) / the path of
+    a proposals file (read here)."""
+    if config is not None and config.proposer_weights is not None and spec != "mask2former":
+        raise EvalError(f"proposer weights {config.proposer_weights} given, but proposals are "
+                        f"{spec!r}: pass proposals 'mask2former' to compute them on the fly")
+    if config is not None and config.save_proposals is not None and spec != "mask2former":
+        raise EvalError(f"save_proposals {config.save_proposals}: only proposals computed on "
+                        f"the fly ('mask2former') can be saved, not {spec!r}")
+    if spec == "mask2former":
+        from .proposer import open_proposer
+
+        config = config or EvalConfig()
+        proposer = open_proposer(config.proposer_weights, config.propose,
+                                 max(8, config.batch_size or 1), EvalError)
+        path = Path(config.proposer_weights).expanduser().resolve()  # type: ignore[arg-type]
+        return ProposalSource("mask2former", path, proposer=proposer)
     if spec in ("gt", "heatmap"):
         return ProposalSource(spec)
     path = Path(spec).expanduser().resolve()

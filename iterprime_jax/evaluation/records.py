@@ -107,7 +107,7 @@ def merge_samples(out: Path) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- run config
-def _weights_fingerprint(path: Path) -> str:
+def weights_fingerprint(path: Path) -> str:
     """sha256 over the checkpoint's config file and the names and sizes of its files."""
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -129,7 +129,7 @@ def run_identity(config: EvalConfig, method: IteRPrimEConfig, proposals: Proposa
         "dataset": canonical_config_name(config.dataset),
         "split": config.split,
         "weights": str(weights),
-        "weights_fingerprint": _weights_fingerprint(weights),
+        "weights_fingerprint": weights_fingerprint(weights),
         "proposals": proposals.describe(),
         "method": dataclasses.asdict(method),
     }

@@ -145,6 +145,10 @@ def load_model(config: EvalConfig, model: Model | None) -> tuple[Model, Path]:
         model = load(weights)
     else:
         weights = Path(config.weights).expanduser().resolve()
+    if not hasattr(getattr(model, "config", None), "text"):
+        raise EvalError(f"weights {config.weights} hold a {type(model.config).__name__} "
+                        "checkpoint; IteRPrimE needs an image-text matching (BLIP) model "
+                        "there (a Mask2Former goes to proposer_weights)")
     return model, weights
 
 
@@ -238,7 +242,8 @@ def run_batches(ctx: Context, images: list[ImageMeta], rows: Sequence[AblationRo
     loader = Loader(ctx.model, ctx.device, ctx.sources, ctx.proposals, rows[0].method,
                     ctx.canvas, nb, ctx.batch_size,
                     need_props=any(r.use_proposals for r in rows),
-                    need_no_props=any(not r.use_proposals for r in rows))
+                    need_no_props=any(not r.use_proposals for r in rows),
+                    save_proposals=ctx.config.save_proposals is not None)
     prefetch = Prefetch(loader.make, batches(images, ctx.batch_size))
     truncated = 0
     try:
@@ -300,7 +305,7 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
     """
     t_start = time.perf_counter()
     model, weights, method = model_and_method(config, model, method)
-    proposals = proposal_source(config.proposals)
+    proposals = proposal_source(config.proposals, config)
     out = Path(config.out)
     identity = run_identity(config, method, proposals, weights)
     pi, pc = jax.process_index(), jax.process_count()
@@ -333,9 +338,16 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
         progress(finished, total)
     computed = 0
     row = AblationRow("main", method, proposals.uses_proposals)
+    saver = None
+    if config.save_proposals is not None:
+        from .proposer import ProposalSaver
+
+        saver = ProposalSaver(out, pi)
     with own.open("a", encoding="utf-8") as fh:
         def on_batch(hb: HostBatch, outs: list[tuple[np.ndarray, ...]]) -> None:
             nonlocal finished, computed
+            if saver is not None and hb.proposal_rles is not None:
+                saver.write([m.image_id for m in hb.images], hb.proposal_rles)
             for recs in sample_records(hb, outs[0]):
                 fh.write("".join(dumps_sample(r) + "\n" for r in recs))
                 fh.flush()
@@ -351,6 +363,13 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
     if pi == 0:
         recs = merge_samples(out)
         result_metrics, no_cand = write_metrics(config, ctx, method, proposals, recs)
+        if saver is not None:
+            try:
+                n = saver.merge(out, [m.image_id for m in ctx.images], config.save_proposals)
+            except ValueError as e:
+                raise EvalError(str(e)) from None
+            log.info("wrote %d proposals of %d images to %s", n, len(ctx.images),
+                     config.save_proposals)
     elapsed = time.perf_counter() - t_start
     log.info("process %d: %d samples computed in %.1fs", pi, computed, elapsed)
     return EvalResult(metrics=result_metrics, num_images=len(ctx.images),

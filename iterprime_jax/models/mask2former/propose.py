@@ -1,0 +1,145 @@
+"""Class-agnostic mask proposals from Mask2Former, by the authors' rule (METHOD.md section 4).
+
+    image (H, W, 3) uint8 --preprocess (host: resize 800/1333, normalise, zero pad)-->
+    pixels (B, Hb, Wb, 3) --mask2former_forward (jit)--> mask logits (B, Q, Hb/4, Wb/4)
+    --postprocess_masks (jit: upsample, crop, resize to H x W, sigmoid > 0.35)--> (Q, H, W) bool
+
+`propose(model, image)` is the one-image form; `Proposer` is the batched form the evaluator
+uses: images are grouped by their network input size (a bucket, by default exactly
+detectron2's padded size), each group runs as one jitted call with the image axis sharded over
+the devices, and the real sizes are traced values, so a split compiles once per (bucket,
+batch size, output canvas) -- a handful of times, not once per image. All Q queries are
+returned, in query order; the class logits are not used.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ...types import Array, Params
+from ..loading import Model
+from .config import Mask2FormerConfig
+from .modeling import mask2former_forward
+from .postprocess import postprocess_masks
+from .preprocess import ProposeConfig, bucket_shape, check_image, check_threshold, preprocess
+from .preprocess import round_up as _round_up
+
+DEFAULT_MAX_BATCH = 8
+
+
+def check_proposer(model: Any, name: str = "proposer") -> None:
+    """ValueError unless `model` is a loaded Mask2Former (`iterprime_jax.load` of a converted
+    ``mask2former`` checkpoint), naming what it is instead."""
+    cfg = getattr(model, "config", None)
+    if isinstance(cfg, Mask2FormerConfig) and hasattr(model, "params"):
+        return
+    what = type(cfg).__name__ if cfg is not None else type(model).__name__
+    path = getattr(model, "path", None)
+    src = f" loaded from {path}" if path is not None else ""
+    raise ValueError(f"{name} must be a Mask2Former model (a converted 'mask2former' "
+                     f"checkpoint); got a {what}{src}")
+
+
+def _pow2(n: int) -> int:
+    return 1 << (max(int(n), 1) - 1).bit_length()
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def propose_step(params: Params, config: Mask2FormerConfig, out_hw: tuple[int, int],
+                 pixels: Array, resized_hw: Array, image_hw: Array, threshold: Array) -> Array:
+    """Forward + postprocessing of a batch: pixels (B, Hb, Wb, 3) normalised and padded;
+    resized_hw, image_hw (B, 2) int32 (traced); threshold () float32 -> (B, Q, Ho, Wo) bool
+    on the static canvas `out_hw`. Shardings follow the committed inputs."""
+    _, mask_logits = mask2former_forward(params, config, pixels)
+    hb, wb = pixels.shape[1:3]
+    if mask_logits.shape[2:] != (hb // 4, wb // 4):
+        raise ValueError(f"mask logits {mask_logits.shape} are not at 1/4 of the input "
+                         f"{pixels.shape}")
+    return jax.vmap(lambda m, r, i: postprocess_masks(m, r, i, out_hw, threshold))(
+        mask_logits, resized_hw, image_hw)
+
+
+class Proposer:
+    """Batched, jitted, sharded proposals: ``Proposer(model)(images) -> [(Q, H, W) bool]``.
+
+    Args:
+      model: a loaded Mask2Former (`iterprime_jax.load`): ``.params``, ``.config``.
+      config: the proposal rule and bucketing (`ProposeConfig`; threshold 0.35).
+      devices: devices to shard the image axis over (default: all local devices); params are
+        replicated.
+      max_batch: most images per jitted call (a group is padded to a power of two, then to a
+        multiple of the device count, with copies of its last image).
+    """
+
+    def __init__(self, model: Model, config: ProposeConfig = ProposeConfig(),
+                 devices: Sequence[Any] | None = None, max_batch: int = DEFAULT_MAX_BATCH):
+        check_proposer(model, "model")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.model_config = model.config
+        self.config = config
+        self.devices = list(devices) if devices is not None else jax.local_devices()
+        self.mesh = Mesh(np.asarray(self.devices), ("data",))
+        self.data = NamedSharding(self.mesh, P("data"))
+        self.repl = NamedSharding(self.mesh, P())
+        self.params = jax.device_put(model.params, self.repl)
+        self.max_batch = max_batch
+        self.num_queries = int(model.config.num_queries)
+
+    def groups(self, sizes: Sequence[tuple[int, int]]) -> list[tuple[tuple[int, int], list[int]]]:
+        """Indices of the images per jitted call: same bucket, at most `max_batch`."""
+        by_bucket: dict[tuple[int, int], list[int]] = {}
+        for i, hw in enumerate(sizes):
+            by_bucket.setdefault(bucket_shape(hw, self.config), []).append(i)
+        out = []
+        for shape, idx in by_bucket.items():
+            out += [(shape, idx[k: k + self.max_batch])
+                    for k in range(0, len(idx), self.max_batch)]
+        return out
+
+    def __call__(self, images: Sequence[Any]) -> list[np.ndarray]:
+        """Images ((H, W, 3) uint8 RGB or PIL) -> per image (Q, H, W) bool proposals."""
+        rgb = [check_image(im, f"images[{i}]") for i, im in enumerate(images)]
+        results: list[np.ndarray | None] = [None] * len(rgb)
+        n_dev = len(self.devices)
+        cfg = self.config
+        for shape, idx in self.groups([im.shape[:2] for im in rgb]):
+            preps = [preprocess(rgb[i], cfg, canvas=shape, name=f"images[{i}]") for i in idx]
+            b = _round_up(_pow2(len(preps)), n_dev)
+            rows = [preps[min(k, len(preps) - 1)] for k in range(b)]
+            out_hw = (_round_up(max(p.image_hw[0] for p in preps), cfg.out_multiple),
+                      _round_up(max(p.image_hw[1] for p in preps), cfg.out_multiple))
+            arrays = [np.stack([p.pixels for p in rows]),
+                      np.asarray([p.resized_hw for p in rows], np.int32),
+                      np.asarray([p.image_hw for p in rows], np.int32)]
+            masks = propose_step(self.params, self.model_config, out_hw,
+                                 *[jax.device_put(a, self.data) for a in arrays],
+                                 jax.device_put(np.float32(cfg.threshold), self.repl))
+            masks = np.asarray(jax.device_get(masks))
+            for k, i in enumerate(idx):
+                h, w = preps[k].image_hw
+                results[i] = np.ascontiguousarray(masks[k, :, :h, :w])
+        return results  # type: ignore[return-value]
+
+
+def propose(model: Model, image_uint8: Any, threshold: float = 0.35,
+            config: ProposeConfig = ProposeConfig()) -> np.ndarray:
+    """Mask2Former proposals of one image: (Q, H, W) bool at the original size, every query,
+    in query order (METHOD.md section 4: detectron2 resize 800/1333, normalise, zero pad to
+    32; mask logits upsampled, cropped, resized to the image; sigmoid > `threshold`).
+
+    model: `iterprime_jax.load` of a converted Mask2Former checkpoint; image_uint8: (H, W, 3)
+    uint8 RGB or a PIL image.
+    """
+    t = check_threshold(threshold)
+    check_proposer(model, "model")
+    rgb = check_image(image_uint8, "image")
+    return Proposer(model, config.replace(threshold=t), devices=jax.local_devices()[:1],
+                    max_batch=1)([rgb])[0]
