@@ -283,7 +283,8 @@ import iterprime_jax as ij
 from iterprime_jax.models.mask2former.preprocess import ProposeConfig
 from iterprime_jax.models.mask2former.propose import propose_step
 assert jax.local_device_count() == 2, jax.local_devices()
-images = list(np.load(sys.argv[2])["images"])
+with np.load(sys.argv[2]) as z:
+    images = [z[f"arr_{k}"] for k in range(len(z.files))]
 p = ij.Proposer(ij.load(sys.argv[1]), ProposeConfig(short_edge=96, max_size=160))
 assert len(p.devices) == 2
 np.savez(sys.argv[3], *p(images))
@@ -297,7 +298,7 @@ def test_proposer_sharded_over_two_devices(m2f, tmp_path):
     import sys
 
     images = _images((60, 80), (60, 80), (61, 79), seed=11)  # one bucket, batch 3 -> 4
-    np.savez(tmp_path / "in.npz", images=np.stack(images))
+    np.savez(tmp_path / "in.npz", *images)
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
     done = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(m2f["dir"]),
