@@ -1,7 +1,7 @@
 """Mask2Former proposals per second at Swin-L size: ours (JAX) against transformers (PyTorch).
 
     python bench/bench_mask2former.py [--cases 512,800] [--repeats 3] [--batch 1]
-        [--dtype float32|bfloat16] [--host-devices N] [--skip-torch] [--out FILE]
+        [--dtype float32|bfloat16] [--host-devices N] [--forward] [--skip-torch] [--out FILE]
 
 Architecture: the authors' proposal network, Mask2Former Swin-L COCO panoptic (embed 192,
 depths 2/2/18/2, heads 6/12/24/48, window 12, 200 queries, 133 classes, 6 encoder / 10 decoder
@@ -19,9 +19,10 @@ PyTorch runs the authors' rule as detectron2 does it (tests/test_propose.py's to
 and torch_postprocess around the HF model, `torch.inference_mode`). Each side runs in its own
 subprocess, one after the other in the same invocation: per case one untimed call (for JAX:
 trace + compile + run, reported as compile time) then `--repeats` timed calls (median
-reported), and the forward pass alone likewise. Peak memory: VmHWM of the worker process,
-reset before each case. The machine load (`uptime`) is recorded before and after: the CPU is
-shared, so absolute numbers move with it; the ratio is what the record is for.
+reported), and with --forward the forward pass alone likewise. Peak memory: VmHWM of the
+worker process, reset before each case. The machine load (`uptime`) is recorded before and
+after: the CPU is shared, so absolute numbers move with it; the ratio is what the record is
+for.
 
 Writes a table to stdout and bench/results/m2f-<device>-<date>.json (with the command).
 """
@@ -107,14 +108,15 @@ def images_for(case: str, batch: int) -> list[np.ndarray]:
 
 
 def case_record(case: str, batch: int, first: float, times: list[float],
-                fwd_first: float, fwd_times: list[float], input_hw: tuple[int, int],
+                fwd_first: float | None, fwd_times: list[float] | None, input_hw: tuple[int, int],
                 peak: float, queries: int) -> dict[str, Any]:
     med = statistics.median(times)
     return {"case": case, "image_hw": list(CASES[case][0]), "input_hw": list(input_hw),
             "batch": batch, "first_call_s": first, "times_s": times, "median_s": med,
             "images_per_s": batch / med, "proposals_per_s": batch * queries / med,
             "forward_first_call_s": fwd_first, "forward_times_s": fwd_times,
-            "forward_median_s": statistics.median(fwd_times), "peak_rss_mib": peak}
+            "forward_median_s": statistics.median(fwd_times) if fwd_times else None,
+            "peak_rss_mib": peak}
 
 
 # --------------------------------------------------------------------------- workers
@@ -153,11 +155,12 @@ def worker_jax(args: argparse.Namespace) -> list[dict[str, Any]]:
         first, times = timed(lambda p=proposer, i=images: p(i), args.repeats)
         fwd = lambda px=pixels, pp=proposer.params: jax.block_until_ready(  # noqa: E731
             mask2former_forward_jit(pp, cfg, px))
-        ffirst, ftimes = timed(fwd, args.repeats)
+        ffirst, ftimes = timed(fwd, args.repeats) if args.forward else (None, None)
         rec = case_record(case, args.batch, first, times, ffirst, ftimes,
                           pixels.shape[1:3], peak_mib(), cfg.num_queries)
         rec["compile_s"] = first - statistics.median(times)
-        rec["forward_compile_s"] = ffirst - statistics.median(ftimes)
+        if ftimes:
+            rec["forward_compile_s"] = ffirst - statistics.median(ftimes)
         rec["devices"] = len(proposer.devices)
         out.append(rec)
         print(json.dumps({"progress": rec}), file=sys.stderr, flush=True)
@@ -208,7 +211,7 @@ def worker_torch(args: argparse.Namespace) -> list[dict[str, Any]]:
 
         reset_peak()
         first, times = timed(run, args.repeats)
-        ffirst, ftimes = timed(fwd, args.repeats)
+        ffirst, ftimes = timed(fwd, args.repeats) if args.forward else (None, None)
         rec = case_record(case, args.batch, first, times, ffirst, ftimes,
                           tuple(x0.shape[2:]), peak_mib(), hc.num_queries)
         rec["threads"] = torch.get_num_threads()
@@ -221,7 +224,7 @@ def worker_torch(args: argparse.Namespace) -> list[dict[str, Any]]:
 def run_worker(side: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     cmd = [sys.executable, __file__, "--worker", side, "--cases", args.cases,
            "--repeats", str(args.repeats), "--batch", str(args.batch), "--dtype", args.dtype,
-           "--arch", args.arch]
+           "--arch", args.arch] + (["--forward"] if args.forward else [])
     env = dict(os.environ)
     if side == "jax" and args.host_devices > 1:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
@@ -247,9 +250,10 @@ def table(jax_res: list[dict[str, Any]], torch_res: list[dict[str, Any]] | None)
                 continue
             sp = f"{t['median_s'] / r['median_s']:.2f}x" if (t and side == "jax") else ""
             comp = f"{x['compile_s']:.1f}" if "compile_s" in x else "-"
+            fwd = "-" if x["forward_median_s"] is None else f"{x['forward_median_s']:.2f}"
             rows.append(f"{r['case']:<5} {'x'.join(map(str, x['input_hw'])):>9} {side:<6} "
                         f"{x['median_s']:>9.2f} {x['images_per_s']:>7.3f} "
-                        f"{x['proposals_per_s']:>8.1f} {x['forward_median_s']:>7.2f} "
+                        f"{x['proposals_per_s']:>8.1f} {fwd:>7} "
                         f"{comp:>9} {x['peak_rss_mib']:>9.0f} {sp:>8}")
     return "\n".join(rows)
 
@@ -263,6 +267,8 @@ def main() -> int:
     ap.add_argument("--host-devices", type=int, default=1,
                     help="JAX side: shard the image axis over N host (CPU) devices")
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--forward", action="store_true",
+                    help="also time the forward pass alone (doubles the run time)")
     ap.add_argument("--arch", default="swin-l", choices=tuple(ARCHS),
                     help="swin-l (the record); tiny: a smoke test of this script")
     ap.add_argument("--out", default=None)
@@ -308,7 +314,7 @@ def main() -> int:
         "speedup_full_path": speedup,
         "speedup_forward": ({r["case"]: t["forward_median_s"] / r["forward_median_s"]
                              for r, t in zip(jax_res, torch_res, strict=True)}
-                            if torch_res else None),
+                            if torch_res and args.forward else None),
         "wall_s": time.perf_counter() - t0,
     }
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"m2f-{device}-{stamp}.json"
