@@ -48,14 +48,14 @@ def method_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_proposer_args(parser: argparse.ArgumentParser, save_help: str | None = None) -> None:
-    """Flags of the Mask2Former proposal network (METHOD.md section 4; `ProposeConfig`)."""
+    """Flags of the Mask2Former proposal network (docs/method.md section 4; `ProposeConfig`)."""
     from .models.mask2former.preprocess import ProposeConfig
 
     d = ProposeConfig()
     g = parser.add_argument_group("Mask2Former proposals (computed on the fly)")
     g.add_argument("--proposer-weights", default=None, metavar="DIR",
-                   help="converted Mask2Former checkpoint dir (e.g. "
-                        "facebook/mask2former-swin-large-coco-panoptic, converted)")
+                   help="converted Mask2Former checkpoint dir or Hugging Face hub id (e.g. "
+                        "facebook/mask2former-swin-large-coco-panoptic, converted once)")
     g.add_argument("--proposal-threshold", type=float, default=d.threshold,
                    help="a pixel is in a proposal iff sigmoid(mask logit) > this")
     g.add_argument("--proposal-short-edge", type=int, default=d.short_edge,

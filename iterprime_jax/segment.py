@@ -1,7 +1,7 @@
 """One-image CLI: `python -m iterprime_jax.segment --weights DIR --image PATH --text "..."
 [--proposals FILE | --proposer-weights M2F_DIR] --out OUT.png` writes the mask PNG and
 `OUT.overlay.png` (heat map and mask outline on the image). With `--proposer-weights` the
-proposals are computed from the image by a converted Mask2Former (METHOD.md section 4);
+proposals are computed from the image by a converted Mask2Former (docs/method.md section 4);
 `--save-proposals FILE` also writes them as COCO-style RLE JSON (image_id 0).
 
 (The library function is `iterprime_jax.segment`, defined in `iterprime_jax.method.pipeline`.)
@@ -72,7 +72,7 @@ def compute_proposals(weights: str | Path, image: np.ndarray, config: Any,
     """(Q, H, W) proposals of `image` by the Mask2Former in `weights`; saved to `save`."""
     from .evaluation.proposer import encode_masks, open_proposer
 
-    proposer = open_proposer(weights, config, max_batch=1)
+    proposer, _ = open_proposer(weights, config, max_batch=1)
     props = proposer([image])[0]
     log.info("%d proposals from %s (%d non-empty)", len(props), weights,
              int(props.any(axis=(1, 2)).sum()))

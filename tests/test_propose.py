@@ -1,6 +1,5 @@
-"""Mask2Former proposals (METHOD.md section 4): pre/post-processing against a PyTorch version of
-the authors' (detectron2) rule written here, `propose` end to end against the HF PyTorch model,
-the batched form, and bad inputs."""
+"""Mask2Former proposals (docs/method.md section 4): pre/post-processing against a PyTorch
+version of the authors' (detectron2) rule written here, and bad inputs."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ class EvalConfig:
         there holds recommended `IteRPrimEConfig` fields for that model.
       proposals: ``"gt"`` (the image's instance masks, oracle), ``"heatmap"`` (no proposals:
         thresholded heat map), ``"mask2former"`` (computed on the fly from the checkpoint
-        `proposer_weights`, METHOD.md section 4) or the path of a COCO-style results JSON of
+        `proposer_weights`, docs/method.md section 4) or the path of a COCO-style results JSON of
         class-agnostic masks.
       out: output directory (samples.jsonl, metrics.json, run_config.json).
       limit: evaluate only the first `limit` images of the split (all their sentences).

@@ -151,9 +151,8 @@ def proposal_source(spec: str, config: EvalConfig | None = None) -> ProposalSour
         from .proposer import open_proposer
 
         config = config or EvalConfig()
-        proposer = open_proposer(config.proposer_weights, config.propose,
-                                 max(8, config.batch_size or 1), EvalError)
-        path = Path(config.proposer_weights).expanduser().resolve()  # type: ignore[arg-type]
+        proposer, path = open_proposer(config.proposer_weights, config.propose,
+                                       max(8, config.batch_size or 1), EvalError)
         return ProposalSource("mask2former", path, proposer=proposer)
     if spec in ("gt", "heatmap"):
         return ProposalSource(spec)

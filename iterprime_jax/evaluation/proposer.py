@@ -25,23 +25,26 @@ PARTS_GLOB = "proposals.p*.jsonl"
 
 
 def open_proposer(weights: str | Path | None, config: ProposeConfig, max_batch: int,
-                  error: type[Exception] = ValueError) -> Proposer:
-    """`Proposer` over the converted Mask2Former checkpoint in `weights` (errors name it)."""
+                  error: type[Exception] = ValueError) -> tuple[Proposer, Path]:
+    """`Proposer` over the Mask2Former checkpoint `weights` (a converted directory or a Hugging
+    Face hub id, fetched and converted once) and its directory; errors name `weights`."""
     from ..models.checkpoint import CheckpointError
-    from ..models.loading import load
+    from ..models.loading import is_hub_id, load, resolve_hub_id
 
     if weights is None:
         raise error("proposals 'mask2former' need the proposer's weights "
                     "(--proposer-weights DIR: a converted Mask2Former checkpoint)")
     path = Path(weights).expanduser()
-    if not path.is_dir():
-        raise error(f"proposer weights directory {weights} does not exist")
     try:
+        if not path.is_dir() and is_hub_id(str(weights)):
+            path = resolve_hub_id(str(weights))
+        if not path.is_dir():
+            raise error(f"proposer weights directory {weights} does not exist")
         model = load(path)
         check_proposer(model, f"proposer weights {weights}")
     except (CheckpointError, ValueError) as e:
         raise error(str(e)) from None
-    return Proposer(model, config, max_batch=max_batch)
+    return Proposer(model, config, max_batch=max_batch), path.resolve()
 
 
 def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Mask logits -> binary proposals at the original image size (METHOD.md section 4), jittable.
+"""Mask logits -> binary proposals at the original image size (docs/method.md section 4), jittable.
 
 detectron2 / Mask2Former at test time, per image:
 

@@ -1,6 +1,6 @@
 """Host-side input of the proposal network, exactly as detectron2 for the authors' config.
 
-The IteRPrimE authors ran Mask2Former Swin-L COCO panoptic through detectron2 (METHOD.md
+The IteRPrimE authors ran Mask2Former Swin-L COCO panoptic through detectron2 (docs/method.md
 section 4). At test time detectron2 does, per RGB uint8 image:
 
 1. ``ResizeShortestEdge(800, 1333)``: short side to 800, long side at most 1333, sizes rounded

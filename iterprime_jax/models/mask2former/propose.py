@@ -1,4 +1,4 @@
-"""Class-agnostic mask proposals from Mask2Former, by the authors' rule (METHOD.md section 4).
+"""Class-agnostic mask proposals from Mask2Former, by the authors' rule (docs/method.md section 4).
 
     image (H, W, 3) uint8 --preprocess (host: resize 800/1333, normalise, zero pad)-->
     pixels (B, Hb, Wb, 3) --mask2former_forward (jit)--> mask logits (B, Q, Hb/4, Wb/4)
@@ -132,7 +132,7 @@ class Proposer:
 def propose(model: Model, image_uint8: Any, threshold: float = 0.35,
             config: ProposeConfig = ProposeConfig()) -> np.ndarray:
     """Mask2Former proposals of one image: (Q, H, W) bool at the original size, every query,
-    in query order (METHOD.md section 4: detectron2 resize 800/1333, normalise, zero pad to
+    in query order (docs/method.md section 4: detectron2 resize 800/1333, normalise, zero pad to
     32; mask logits upsampled, cropped, resized to the image; sigmoid > `threshold`).
 
     model: `iterprime_jax.load` of a converted Mask2Former checkpoint; image_uint8: (H, W, 3)
