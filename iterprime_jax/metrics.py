@@ -7,6 +7,12 @@ still counts, with I = 0. Two conventions, chosen explicitly:
   Prec@X counts IoU >= X.
 * ``"iterprime"`` (the IteRPrimE authors' evaluator): IoU = (I + 1e-6) / (U + 1e-6), so an empty
   union scores 1; Prec@X counts the strict IoU > X.
+* ``"phrasecut"`` (the official PhraseCut evaluator, ``utils/evaluator.py``): IoU = I / U, and 0
+  when I == 0 (hence also when U == 0); "pred_mask_acc" at X counts the strict IoU > X; mean
+  and cumulative mask IoU are our mIoU and oIoU.
+
+PhraseCut's official subsets (`phrasecut_subsets`) split the tasks by instance count, by the
+ground truth's area relative to the image, and by whether the category is a COCO class.
 
 In both, oIoU = sum(I) / sum(U) over the split (0 when sum(U) == 0). Values are fractions in
 [0, 1]; :func:`format_table` prints them as percentages.
@@ -19,8 +25,8 @@ from typing import Literal
 
 import numpy as np
 
-Convention = Literal["standard", "iterprime"]
-CONVENTIONS: tuple[str, ...] = ("standard", "iterprime")
+Convention = Literal["standard", "iterprime", "phrasecut"]
+CONVENTIONS: tuple[str, ...] = ("standard", "iterprime", "phrasecut")
 THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
 EPS = 1e-6
 
@@ -60,6 +66,8 @@ def per_sample_iou(
     u = np.asarray(union, np.float64)
     if convention == "iterprime":
         return (i + EPS) / (u + EPS)
+    if convention == "phrasecut":
+        return np.divide(i, u, out=np.zeros_like(i), where=i > 0)
     return np.divide(i, u, out=np.zeros_like(i), where=u > 0)
 
 
@@ -95,9 +103,86 @@ def summarize(
         out["oIoU"] = int(i.sum()) / total_u if total_u > 0 else 0.0
         out["mIoU"] = float(iou.mean())
     for x in thresholds:
-        hit = iou > x if convention == "iterprime" else iou >= x
+        hit = iou >= x if convention == "standard" else iou > x
         out[f"prec@{x:g}"] = float(hit.mean()) if n else float("nan")
     out["n"] = n
+    return out
+
+
+# The 80 COCO category names, as listed in PhraseCut's utils/subset.py (subset "c_coco") and
+# Global-Local CLIP's PhraseCut loader (its "unseen" mode drops these categories).
+COCO_CLASSES: frozenset[str] = frozenset((
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich",
+    "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
+    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+))
+# Official subsets we reproduce (names as in PhraseCut's utils/subset.py) plus "c_notcoco",
+# the complement of c_coco (ours), in the order they are reported.
+PHRASECUT_SUBSETS: tuple[str, ...] = (
+    "all", "c_coco", "c_notcoco", "i_single", "i_multi", "i_many", "s_small", "s_mid", "s_large")
+SMALL_FRACTION, LARGE_FRACTION = 0.02, 0.2
+
+
+def is_coco_category(name: str) -> bool:
+    """Whether a PhraseCut category name (``phrase_structure["name"]``) is a COCO class."""
+    return name in COCO_CLASSES
+
+
+def phrasecut_subsets(name: str, num_instances: int, gt_pixels: int, image_pixels: int
+                      ) -> tuple[str, ...]:
+    """The `PHRASECUT_SUBSETS` a task belongs to (official rules, utils/subset.py):
+
+    * ``c_coco``: the category name is one of the 80 COCO classes; ``c_notcoco`` otherwise;
+    * ``i_single``: 1 instance; ``i_multi``: 2 to 4; ``i_many``: 5 or more;
+    * ``s_small``: ground truth < 2% of the image; ``s_large``: > 20%; ``s_mid``: the rest
+      (the ground-truth area is that of the official polygon rasterisation).
+    """
+    out = ["all", "c_coco" if is_coco_category(name) else "c_notcoco"]
+    if num_instances == 1:
+        out.append("i_single")
+    elif 1 < num_instances < 5:
+        out.append("i_multi")
+    elif num_instances >= 5:
+        out.append("i_many")
+    relative = gt_pixels * 1.0 / image_pixels
+    if relative < SMALL_FRACTION:
+        out.append("s_small")
+    elif relative > LARGE_FRACTION:
+        out.append("s_large")
+    else:
+        out.append("s_mid")
+    return tuple(out)
+
+
+def summarize_subsets(
+    intersection: np.ndarray,
+    union: np.ndarray,
+    subsets: Sequence[Sequence[str]],
+    convention: Convention = "phrasecut",
+    order: Sequence[str] = PHRASECUT_SUBSETS,
+) -> dict[str, dict[str, float | int]]:
+    """`summarize` per subset: ``{subset: {...}}`` for every subset of `order` with a sample.
+
+    Args:
+      intersection, union: (N,) integer counts.
+      subsets: per sample, the names of the subsets it belongs to.
+    """
+    i = np.asarray(intersection, np.int64).reshape(-1)
+    u = np.asarray(union, np.int64).reshape(-1)
+    if len(subsets) != i.size:
+        raise ValueError(f"{len(subsets)} subset lists for {i.size} samples")
+    out: dict[str, dict[str, float | int]] = {}
+    for name in order:
+        keep = np.asarray([name in s for s in subsets], bool)
+        if keep.any():
+            out[name] = summarize(i[keep], u[keep], convention)
     return out
 
 

@@ -81,7 +81,7 @@ def _check_example(ex: dict, ref: dict, expected: dict) -> None:
 def test_canonical_config_name():
     assert canonical_config_name("refcoco+_unc") == "refcoco_plus_unc"
     assert canonical_config_name("refcocog_google") == "refcocog_google"
-    assert {c.name for c in RefCocoMasks.BUILDER_CONFIGS} == set(LAYOUTS)
+    assert {c.name for c in RefCocoMasks.BUILDER_CONFIGS} == {*LAYOUTS, "phrasecut"}
     assert LAYOUTS["shapesref"].image_dir == "shapesref/images"
     with pytest.raises(ValueError, match="unknown"):
         canonical_config_name("refclef")

@@ -1,9 +1,11 @@
-"""TFDS builder ``ref_coco_masks``: RefCOCO / RefCOCO+ / RefCOCOg / ShapesRef with masks.
+"""TFDS builder ``ref_coco_masks``: RefCOCO/+/g, ShapesRef and PhraseCut with masks.
 
-One example per referred object (ref), carrying its sentences, its ground-truth mask and every
-instance mask of the image (the oracle proposals). Built from the "refer" layout
-(lichengunc/refer) placed by hand in ``manual_dir``; written as array_record and read with
-``as_data_source()`` so no TensorFlow is needed::
+Refer-layout configs: one example per referred object (ref), carrying its sentences, its
+ground-truth mask and every instance mask of the image (the oracle proposals), built from the
+"refer" layout (lichengunc/refer) placed by hand in ``manual_dir``. The ``phrasecut`` config
+(VGPhraseCut v0 in its official layout, see `tfds_refcoco.phrasecut`) has its own features: one
+example per task (phrase), its union-of-instances mask and its phrase structure, no proposals.
+Written as array_record and read with ``as_data_source()`` so no TensorFlow is needed::
 
     from tfds_refcoco import load_split
     ds = load_split("refcoco_unc", "val", manual_dir="~/refer_data", data_dir="~/tfds")
@@ -19,17 +21,21 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_refcoco import refer
+from tfds_refcoco import phrasecut, refer
 
 _DESCRIPTION = """\
 Referring-expression segmentation datasets in the refer layout (lichengunc/refer): RefCOCO
 (UNC splits), RefCOCO+ (UNC), RefCOCOg (UMD and Google splits) over COCO train2014 images, and
 ShapesRef (procedural, same layout). One example per referred object, ordered by image so that
 one image's refs are consecutive; every COCO instance mask of the image is included as an
-oracle proposal.
+oracle proposal. The phrasecut config holds VGPhraseCut v0 (Visual Genome images): one example
+per phrase, its mask the union of the referred instances, no proposals.
 """
 
 _CITATION = """\
+@inproceedings{wu2020phrasecut, title={PhraseCut: Language-based Image Segmentation in the
+  Wild}, author={Wu, Chenyun and Lin, Zhe and Cohen, Scott and Bui, Trung and Maji, Subhransu},
+  booktitle={CVPR}, year={2020}}
 @inproceedings{yu2016modeling, title={Modeling Context in Referring Expressions},
   author={Yu, Licheng and Poirson, Patrick and Yang, Shan and Berg, Alexander C and
   Berg, Tamara L}, booktitle={ECCV}, year={2016}}
@@ -42,10 +48,14 @@ _CITATION = """\
 FILE_FORMAT = "array_record"
 
 
-class RefCocoMasksConfig(tfds.core.BuilderConfig):
-    """A config knows its dataset directory, refs file name and image directory."""
+PHRASECUT = "phrasecut"
 
-    def __init__(self, *, name: str, layout: refer.ReferLayout, **kwargs: Any):
+
+class RefCocoMasksConfig(tfds.core.BuilderConfig):
+    """A refer-layout config knows its dataset directory, refs file name and image directory;
+    the ``phrasecut`` config has no layout (it reads `tfds_refcoco.phrasecut`'s)."""
+
+    def __init__(self, *, name: str, layout: refer.ReferLayout | None, **kwargs: Any):
         super().__init__(name=name, **kwargs)
         self.layout = layout
 
@@ -71,6 +81,10 @@ class RefCocoMasks(tfds.core.GeneratorBasedBuilder):
         _config("refcocog_umd", "RefCOCOg, UMD splits (train/val/test)."),
         _config("refcocog_google", "RefCOCOg, Google splits (train/val)."),
         _config("shapesref", "ShapesRef: procedural shapes written in the refer layout."),
+        RefCocoMasksConfig(
+            name=PHRASECUT, layout=None,
+            description="VGPhraseCut v0 (official layout): one example per task (phrase), the "
+                        "union mask of its instances, its phrase structure; no proposals."),
     ]
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -94,9 +108,26 @@ Resulting layout (each zip also holds its instances.json):
 Only the files of the config being built are needed. The `shapesref` config reads
 <manual_dir>/shapesref/refs(unc).p, <manual_dir>/shapesref/instances.json and images in
 <manual_dir>/shapesref/images/, as written by the ShapesRef generator.
+
+The `phrasecut` config reads VGPhraseCut v0 as the authors' downloader
+(github.com/ChenyunWu/PhraseCutDataset, `python download_dataset.py -s val_test_miniv`) lays it
+out, in <manual_dir>/VGPhraseCut_v0/ (or in <manual_dir> itself):
+
+  image_data_split.json  refer_val.json  refer_test.json  refer_miniv.json  [refer_train.json]
+  images/<image_id>.jpg
+
+Every split whose refer_<split>.json is present is built (train: 310k tasks, 71k images).
 """
 
     def _info(self) -> tfds.core.DatasetInfo:
+        if self.builder_config.name == PHRASECUT:
+            return self.dataset_info_from_configs(
+                features=_phrasecut_features(),
+                description=_DESCRIPTION,
+                citation=_CITATION,
+                homepage="https://github.com/ChenyunWu/PhraseCutDataset",
+                disable_shuffling=True,  # keep the (image_id, file order) order
+            )
         uint8_maps = {"dtype": np.uint8, "encoding": "zlib"}
         features = tfds.features.FeaturesDict(
             {
@@ -125,6 +156,9 @@ Only the files of the config being built are needed. The `shapesref` config read
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         root = Path(os.fspath(dl_manager.manual_dir))
+        if self.builder_config.name == PHRASECUT:
+            data = phrasecut.load_phrasecut(root)
+            return {s: phrasecut.iter_examples(data, s) for s in data.splits()}
         layout = self.builder_config.layout
         data = refer.load_refer(root, layout)
         splits = data.splits()
@@ -136,6 +170,30 @@ Only the files of the config being built are needed. The `shapesref` config read
 
     def _generate_examples(self, root: Path, data: refer.ReferData, split: str):
         yield from refer.iter_examples(root, self.builder_config.layout, data, split)
+
+
+def _phrasecut_features() -> tfds.features.FeaturesDict:
+    text = tfds.features.Text
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "file_name": text(),
+            "image_id": tfds.features.Scalar(np.int64),
+            "task_id": text(),
+            "task_index": tfds.features.Scalar(np.int64),  # position in the split
+            "phrase": text(),
+            "name": text(),
+            "attributes": tfds.features.Sequence(text()),
+            "relation_predicates": tfds.features.Sequence(text()),
+            "relation_objects": tfds.features.Sequence(text()),  # aligned with predicates
+            "relation_ids": tfds.features.Tensor(shape=(None,), dtype=np.int64),
+            "phrase_type": text(),
+            "ann_ids": tfds.features.Tensor(shape=(None,), dtype=np.int64),
+            "instance_boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+            "mask": tfds.features.Tensor(shape=(None, None), dtype=np.uint8, encoding="zlib"),
+            "mask_area": tfds.features.Scalar(np.int64),
+        }
+    )
 
 
 def make_builder(config_name: str, data_dir: str | os.PathLike | None = None) -> RefCocoMasks:

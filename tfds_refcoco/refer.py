@@ -64,11 +64,15 @@ LAYOUTS: dict[str, ReferLayout] = {
 _ALIASES = {"refcoco+_unc": "refcoco_plus_unc", "refcocoplus_unc": "refcoco_plus_unc"}
 
 
+# Every config of the ``ref_coco_masks`` builder: the refer-layout ones and PhraseCut.
+CONFIG_NAMES: tuple[str, ...] = (*LAYOUTS, "phrasecut")
+
+
 def canonical_config_name(name: str) -> str:
     """Maps a config name or alias (``refcoco+_unc``) to its TFDS-valid name."""
     canonical = _ALIASES.get(name, name)
-    if canonical not in LAYOUTS:
-        raise ValueError(f"unknown refer config {name!r}; known: {sorted(LAYOUTS)}")
+    if canonical not in CONFIG_NAMES:
+        raise ValueError(f"unknown refer config {name!r}; known: {sorted(CONFIG_NAMES)}")
     return canonical
 
 
