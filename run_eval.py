@@ -6,6 +6,8 @@
     python run_eval.py --dataset refcoco_unc --split val --manual-dir ~/refer \\
         --data-dir ~/tensorflow_datasets --weights weights/blip-itm-large-coco \\
         --proposals gt --out results/refcoco-val
+    python run_eval.py --dataset phrasecut --split test --manual-dir ~/PhraseCutDataset/data \
+        --weights weights/blip-itm-large-coco --proposals heatmap --out results/phrasecut-test
     python run_eval.py --ablation           # the paper's ablation table on the same data
     python run_eval.py --ablation --record bench/results/NAME.json   # + a committed record
 

@@ -50,6 +50,7 @@ def run_ablation(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | No
     Proposal rows use ``config.proposals`` (``gt`` when it is ``heatmap``). Not resumable.
     """
     t_start = time.perf_counter()
+    config = config.with_defaults()
     model, weights, method = model_and_method(config, model, method)
     if config.proposals == "heatmap":
         config = config.replace(proposals="gt")

@@ -4,6 +4,8 @@
     iterprime-eval --dataset refcoco_unc --split val --manual-dir ~/refer \\
         --data-dir ~/tensorflow_datasets --weights Salesforce/blip-itm-large-coco \\
         --proposals gt --out results/refcoco-val
+    iterprime-eval --dataset phrasecut --split test --manual-dir ~/PhraseCutDataset/data \\
+        --weights Salesforce/blip-itm-large-coco --proposals heatmap --out results/pc-test
     iterprime-eval --ablation               # the paper's ablation table on the same data
     iterprime-eval --record bench/results/NAME.json   # also write a record with this command
     iterprime-eval --dataset refcoco_unc ... --proposals mask2former \
@@ -42,16 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate IteRPrimE (zero-shot referring image segmentation) on a split.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--dataset", default=d.dataset, choices=DATASETS)
-    ap.add_argument("--split", default=d.split, help="split name (val, testA, testB, test)")
+    ap.add_argument("--split", default=d.split,
+                    help="split name (val, testA, testB, test; PhraseCut: val, test, miniv, "
+                         "train)")
     ap.add_argument("--manual-dir", default=d.manual_dir,
                     help="refer-layout root (ShapesRef is generated there if missing)")
     ap.add_argument("--data-dir", default=d.data_dir, help="TFDS data dir (build cache)")
     ap.add_argument("--weights", default=d.weights,
                     help="converted weights dir or Hugging Face hub id (converted once)")
     ap.add_argument("--proposals", default=d.proposals,
-                    help="gt (oracle instance masks), heatmap (no proposals: thresholded heat "
-                         "map), mask2former (computed on the fly with --proposer-weights) or "
-                         "FILE: a COCO-style results JSON of class-agnostic RLE masks")
+                    help="gt (oracle instance masks; not for PhraseCut), heatmap (no proposals: "
+                         "thresholded heat map), mask2former (computed on the fly with "
+                         "--proposer-weights) or FILE: a COCO-style results JSON of "
+                         "class-agnostic RLE masks")
     ap.add_argument("--out", default=d.out, help="output dir (resumes if it holds a run)")
     ap.add_argument("--limit", type=int, default=None,
                     help="evaluate only the first N images of the split (all their sentences)")
@@ -61,7 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="canvas side (default 640 for COCO datasets, else from the images)")
     ap.add_argument("--convention", default=d.convention, choices=CONVENTIONS,
                     help="metric convention (standard: IoU>=X, empty union -> 0; iterprime: "
-                         "(I+1e-6)/(U+1e-6), IoU>X)")
+                         "(I+1e-6)/(U+1e-6), IoU>X; phrasecut: the official PhraseCut "
+                         "evaluator, IoU>X, IoU 0 when I=0); default: phrasecut for "
+                         "PhraseCut, standard otherwise")
+    ap.add_argument("--unseen", action="store_true",
+                    help="PhraseCut: drop the tasks whose category is one of COCO's 80 classes "
+                         "(Global-Local CLIP's 'unseen' evaluation)")
     ap.add_argument("--ablation", action="store_true",
                     help="run the paper's ablation (threshold, +proposals, +PWE, +IGRS 2/3/4, "
                          "full) and write OUT/ablation.json")
@@ -166,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=args.data_dir, weights=args.weights, proposals=args.proposals, out=args.out,
         limit=args.limit, batch_size=args.batch_size, canvas=args.canvas,
         convention=args.convention, proposer_weights=args.proposer_weights,
-        save_proposals=args.save_proposals, propose=propose)
+        save_proposals=args.save_proposals, propose=propose, unseen=args.unseen
+    ).with_defaults()
     pi = jax.process_index()
     bar = _Bar(not args.no_progress, f"eval p{pi}" if jax.process_count() > 1 else "eval")
     try:
@@ -194,11 +205,16 @@ def main(argv: list[str] | None = None) -> int:
                       f"{res.num_images} images, proposals {config.proposals}, "
                       f"convention {config.convention}, {res.no_candidate} without candidate")
                 print(format_table(res.metrics))
+                if res.subsets is not None:
+                    print(f"\nPhraseCut subsets{' (unseen)' if config.unseen else ''}:")
+                    print(_rename_first_column(format_table(res.subsets), "subset"))
                 print(f"wrote {res.out}/samples.jsonl and {res.out}/metrics.json")
                 if args.record:
+                    extra = {} if res.subsets is None else {"subsets": res.subsets}
                     write_record(args.record, argv, config, method, {
                         "metrics": res.metrics, "sentences": res.num_samples,
-                        "images": res.num_images, "no_candidate": res.no_candidate})
+                        "images": res.num_images, "no_candidate": res.no_candidate,
+                        **extra})
                     print(f"wrote {args.record}")
     except (EvalError, CheckpointError, ValueError, OSError) as e:
         bar.close()

@@ -12,7 +12,8 @@ from ..config import IteRPrimEConfig
 from ..models.mask2former.preprocess import ProposeConfig
 
 DATASETS: tuple[str, ...] = ("refcoco_unc", "refcoco+_unc", "refcocog_umd", "refcocog_google",
-                             "shapesref")
+                             "shapesref", "phrasecut")
+PHRASECUT = "phrasecut"
 COCO_DATASETS = frozenset({"refcoco_unc", "refcoco_plus_unc", "refcocog_umd", "refcocog_google"})
 COCO_CANVAS = 640
 SAMPLES = "samples.jsonl"
@@ -54,12 +55,16 @@ class EvalConfig:
         default: the device count, or 8 for canvases <= 128.
       canvas: square canvas side for every image (default 640 for COCO datasets, else the
         largest image side of the split rounded up to 64).
-      convention: metric convention, "standard" or "iterprime" (`iterprime_jax.metrics`).
+      convention: metric convention, "standard", "iterprime" or "phrasecut"
+        (`iterprime_jax.metrics`); None: "phrasecut" (the official evaluator's) for PhraseCut,
+        "standard" otherwise.
       build_shapesref: for dataset shapesref, write the benchmark into `manual_dir` if missing.
       proposer_weights: converted Mask2Former checkpoint dir (proposals ``"mask2former"``).
       propose: the proposal rule (`ProposeConfig`: resize 800/1333, threshold 0.35, buckets).
       save_proposals: with ``"mask2former"``, also write the proposals to this COCO-style RLE
         JSON (readable as ``proposals=FILE`` by later runs).
+      unseen: PhraseCut only: drop the tasks whose category is a COCO class (Global-Local
+        CLIP's "unseen" evaluation).
     """
 
     dataset: str = "shapesref"
@@ -72,14 +77,21 @@ class EvalConfig:
     limit: int | None = None
     batch_size: int | None = None
     canvas: int | None = None
-    convention: str = "standard"
+    convention: str | None = None
     build_shapesref: bool = True
     proposer_weights: str | None = None
     propose: ProposeConfig = ProposeConfig()
     save_proposals: str | None = None
+    unseen: bool = False
 
     def replace(self, **kw: Any) -> EvalConfig:
         return dataclasses.replace(self, **kw)
+
+    def with_defaults(self) -> EvalConfig:
+        """The convention resolved (None: "phrasecut" for PhraseCut, else "standard")."""
+        if self.convention is not None:
+            return self
+        return self.replace(convention="phrasecut" if self.dataset == PHRASECUT else "standard")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +107,7 @@ class EvalResult:
     computed: int
     elapsed_s: float
     out: Path
+    subsets: dict[str, dict[str, float | int]] | None = None  # PhraseCut, process 0
 
 
 @dataclasses.dataclass(frozen=True)

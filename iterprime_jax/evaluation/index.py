@@ -1,6 +1,7 @@
 """The dataset side of an evaluation: building / opening a `tfds_refcoco` split (ShapesRef is
 generated first when missing) and the split index (`build_index`: one image's refs are
-consecutive examples) without decoding images."""
+consecutive examples) without decoding images. A PhraseCut task is indexed as a ref with one
+sentence (see `iterprime_jax.evaluation.phrasecut`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import EvalConfig, EvalError
+from . import phrasecut
+from .config import PHRASECUT, EvalConfig, EvalError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ class RefMeta:
     ann_id: int
     sent_ids: tuple[int, ...]
     sentences: tuple[str, ...]
+    extra: tuple[tuple[str, Any], ...] = ()  # added to every sample record (PhraseCut task)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +80,11 @@ def build_index(light_source: Sequence[dict[str, Any]], name: str = "") -> list[
 
     for i in range(len(light_source)):
         ex = light_source[i]
-        image_id, ref_id = int(ex["image_id"]), int(ex["ref_id"])
-        sents = tuple(_text(s) for s in ex["sentences"])
-        sent_ids = tuple(int(s) for s in np.asarray(ex["sent_ids"]).reshape(-1))
+        task = "task_id" in ex  # PhraseCut: one phrase per task
+        image_id = int(ex["image_id"])
+        ref_id = int(ex["task_index"] if task else ex["ref_id"])
+        sents = (_text(ex["phrase"]),) if task else tuple(_text(s) for s in ex["sentences"])
+        sent_ids = (0,) if task else tuple(int(s) for s in np.asarray(ex["sent_ids"]).reshape(-1))
         if len(sents) != len(sent_ids):
             raise EvalError(f"{name}: ref_id {ref_id} has {len(sents)} sentences but "
                             f"{len(sent_ids)} sent_ids")
@@ -89,8 +94,6 @@ def build_index(light_source: Sequence[dict[str, Any]], name: str = "") -> list[
             if not s.strip():
                 raise EvalError(f"{name}: ref_id {ref_id} sent_id {sid} (image {image_id}) "
                                 f"has an empty sentence {s!r}")
-        ref = RefMeta(index=i, ref_id=ref_id, ann_id=int(ex["ann_id"]), sent_ids=sent_ids,
-                      sentences=sents)
         if cur is None or image_id != cur["image_id"]:
             close()
             if image_id in seen:
@@ -98,7 +101,10 @@ def build_index(light_source: Sequence[dict[str, Any]], name: str = "") -> list[
                                 "(the data source must be ordered by image)")
             seen.add(image_id)
             cur = {"image_id": image_id, "hw": _image_hw(ex["image"]), "refs": [],
-                   "n": int(np.asarray(ex["proposal_ann_ids"]).size)}
+                   "n": 0 if task else int(np.asarray(ex["proposal_ann_ids"]).size)}
+        ref = RefMeta(index=i, ref_id=ref_id, ann_id=-1 if task else int(ex["ann_id"]),
+                      sent_ids=sent_ids, sentences=sents,
+                      extra=phrasecut.task_fields(ex, cur["hw"]) if task else ())
         cur["refs"].append(ref)
     close()
     return images
@@ -132,6 +138,11 @@ def prepare_split(config: EvalConfig) -> None:
     from tfds_refcoco.refer import LAYOUTS, ReferFormatError
 
     name = canonical_config_name(config.dataset)
+    if name == PHRASECUT:
+        if not make_builder(name, config.data_dir).is_prepared():
+            phrasecut.check_files(config.manual_dir)
+        load_split(name, config.split, config.manual_dir, config.data_dir)
+        return
     if not make_builder(name, config.data_dir).is_prepared():
         if name == "shapesref" and config.build_shapesref:
             ensure_shapesref(config.manual_dir)
@@ -155,11 +166,14 @@ def open_split(config: EvalConfig) -> SplitSources:
     if config.split not in builder.info.splits:
         raise EvalError(f"dataset {config.dataset} has no split {config.split!r}; available: "
                         f"{list(builder.info.splits)}")
-    skip = tfds.decode.SkipDecoding
+    features = set(builder.info.features.keys())
+
+    def skip(*keys: str) -> dict[str, Any]:
+        return {k: tfds.decode.SkipDecoding() for k in keys if k in features}
+
     return SplitSources(
         full=builder.as_data_source(config.split),
-        mask_only=builder.as_data_source(config.split,
-                                         decoders={"image": skip(), "proposals": skip()}),
-        light=builder.as_data_source(
-            config.split, decoders={"image": skip(), "mask": skip(), "proposals": skip()}),
+        mask_only=builder.as_data_source(config.split, decoders=skip("image", "proposals")),
+        light=builder.as_data_source(config.split,
+                                     decoders=skip("image", "mask", "proposals")),
         name=f"{config.dataset}/{config.split}")

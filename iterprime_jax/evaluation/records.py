@@ -17,7 +17,7 @@ import numpy as np
 from ..config import IteRPrimEConfig
 from ..metrics import summarize
 from ..models.loading import METHOD_JSON
-from .config import RUN_CONFIG, RUN_CONFIG_VERSION, SAMPLES, EvalConfig, EvalError
+from .config import PHRASECUT, RUN_CONFIG, RUN_CONFIG_VERSION, SAMPLES, EvalConfig, EvalError
 from .proposals import ProposalSource
 
 
@@ -124,7 +124,7 @@ def run_identity(config: EvalConfig, method: IteRPrimEConfig, proposals: Proposa
                  weights: Path) -> dict[str, Any]:
     from tfds_refcoco import canonical_config_name
 
-    return {
+    identity = {
         "version": RUN_CONFIG_VERSION,
         "dataset": canonical_config_name(config.dataset),
         "split": config.split,
@@ -133,6 +133,9 @@ def run_identity(config: EvalConfig, method: IteRPrimEConfig, proposals: Proposa
         "proposals": proposals.describe(),
         "method": dataclasses.asdict(method),
     }
+    if config.dataset == PHRASECUT:
+        identity["unseen"] = config.unseen
+    return identity
 
 
 def check_run_config(out: Path, identity: Mapping[str, Any], write: bool) -> bool:

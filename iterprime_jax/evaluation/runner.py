@@ -13,11 +13,14 @@ under `EvalConfig.out`:
   whatever the metric convention); ``iterations`` = accepted IGRS passes; ``proposal`` = the
   chosen proposal (its COCO ann id for ``gt`` proposals, its index among the image's entries
   for a proposals file, -1 for none / heat-map mode). At the end the file is rewritten sorted by
-  ``(image_id, ref_id, sent_id)`` (one line per sample).
+  ``(image_id, ref_id, sent_id)`` (one line per sample). PhraseCut rows carry ``task_id`` and
+  the fields of its official subsets (`iterprime_jax.evaluation.phrasecut`); there ``ref_id``
+  is the task's position in the split, ``sent_id`` 0 and ``ann_id`` -1.
 * ``metrics.json``: ``{"dataset", "split", "proposals", "convention", "weights", "method",
   "metrics": {split: {"oIoU", "mIoU", "prec@0.5".."prec@0.9", "n"}}, "num_images",
   "num_samples", "no_candidate"}``, computed from the samples' I and U (int64) with
   `iterprime_jax.metrics.summarize`. A sample without a candidate is a miss, never dropped.
+  PhraseCut adds ``"subsets": {subset: {...}}`` (official subsets) and ``"unseen"``.
 * ``run_config.json``: what the run is (dataset, split, weights, proposals, method config),
   written on first start; a restart with the same ``out`` resumes (finished images are
   skipped) and refuses a different run config.
@@ -53,12 +56,14 @@ from ..config import IteRPrimEConfig
 from ..method.pipeline import bucket, canvas_side
 from ..metrics import CONVENTIONS
 from ..models.loading import Model, resolve_method, validate_method
+from . import phrasecut
 from .config import (
     COCO_CANVAS,
     COCO_DATASETS,
     DATASETS,
     METRICS,
     MIN_PROPOSAL_BUCKET,
+    PHRASECUT,
     SAMPLES,
     TINY_CANVAS,
     AblationRow,
@@ -168,6 +173,16 @@ def model_and_method(config: EvalConfig, model: Model | None, method: IteRPrimEC
     return model, weights, method
 
 
+def check_dataset_options(config: EvalConfig, proposals: ProposalSource) -> None:
+    """Options the dataset cannot serve: ``unseen`` off PhraseCut, ``gt`` proposals on it."""
+    if config.unseen and config.dataset != PHRASECUT:
+        raise EvalError(f"unseen applies to PhraseCut only, not to {config.dataset}")
+    if config.dataset == PHRASECUT and proposals.kind == "gt":
+        raise EvalError("PhraseCut has no per-image instance masks, so there are no oracle "
+                        "('gt') proposals: use --proposals heatmap or a proposals FILE (the "
+                        "ablation's proposal rows need a FILE)")
+
+
 def make_context(config: EvalConfig, model: Model, proposals: ProposalSource, weights: Path
                  ) -> Context:
     """Checks the run's settings, builds / opens the split, indexes it, picks the canvas and
@@ -178,6 +193,7 @@ def make_context(config: EvalConfig, model: Model, proposals: ProposalSource, we
         raise EvalError(f"convention must be one of {CONVENTIONS}, got {config.convention!r}")
     if config.limit is not None and config.limit < 1:
         raise EvalError(f"limit must be >= 1, got {config.limit}")
+    check_dataset_options(config, proposals)
     from tfds_refcoco import canonical_config_name
 
     # Process 0 builds the dataset (one writer), the others open it after a barrier.
@@ -187,6 +203,11 @@ def make_context(config: EvalConfig, model: Model, proposals: ProposalSource, we
     sources = open_split(config)
     t0 = time.perf_counter()
     images = build_index(sources.light, sources.name)
+    if config.unseen:
+        n_all = sum(m.num_sentences for m in images)
+        images = phrasecut.drop_seen(images)
+        log.info("unseen: %d of %d tasks kept (categories outside COCO's 80 classes)",
+                 sum(m.num_sentences for m in images), n_all)
     if config.limit is not None:
         images = images[: config.limit]
     if not images:
@@ -285,6 +306,7 @@ def sample_records(hb: HostBatch, out: tuple[np.ndarray, ...]) -> list[list[dict
                     "primary_word": hb.primary_words[k][s],
                     "proposal": int(ids[j]) if 0 <= j < len(ids) else -1,
                     "has_candidate": bool(has[k, s]),
+                    **dict(ref.extra),
                 })
                 s += 1
         per_image.append(recs)
@@ -304,8 +326,10 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
         and after every batch.
     """
     t_start = time.perf_counter()
+    config = config.with_defaults()
     model, weights, method = model_and_method(config, model, method)
     proposals = proposal_source(config.proposals, config)
+    check_dataset_options(config, proposals)
     out = Path(config.out)
     identity = run_identity(config, method, proposals, weights)
     pi, pc = jax.process_index(), jax.process_count()
@@ -358,11 +382,11 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
 
         run_batches(ctx, todo, [row], on_batch)
     barrier("iterprime_eval_samples_written")
-    result_metrics, no_cand = None, None
+    result_metrics, no_cand, subsets = None, None, None
     n_samples = sum(m.num_sentences for m in ctx.images)
     if pi == 0:
         recs = merge_samples(out)
-        result_metrics, no_cand = write_metrics(config, ctx, method, proposals, recs)
+        result_metrics, no_cand, subsets = write_metrics(config, ctx, method, proposals, recs)
         if saver is not None:
             try:
                 n = saver.merge(out, [m.image_id for m in ctx.images], config.save_proposals)
@@ -374,12 +398,13 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
     log.info("process %d: %d samples computed in %.1fs", pi, computed, elapsed)
     return EvalResult(metrics=result_metrics, num_images=len(ctx.images),
                       num_samples=n_samples, no_candidate=no_cand, computed=computed,
-                      elapsed_s=elapsed, out=out)
+                      elapsed_s=elapsed, out=out, subsets=subsets)
 
 
 def write_metrics(config: EvalConfig, ctx: Context, method: IteRPrimEConfig,
-                   proposals: ProposalSource, recs: list[dict[str, Any]]
-                   ) -> tuple[dict[str, dict[str, float | int]], int]:
+                  proposals: ProposalSource, recs: list[dict[str, Any]]
+                  ) -> tuple[dict[str, dict[str, float | int]], int,
+                             dict[str, dict[str, float | int]] | None]:
     by_key = {sample_key(r): r for r in recs}
     wanted = [k for m in ctx.images for k in m.keys()]
     missing = [k for k in wanted if k not in by_key]
@@ -395,5 +420,9 @@ def write_metrics(config: EvalConfig, ctx: Context, method: IteRPrimEConfig,
         "method": dataclasses.asdict(method), "metrics": metrics,
         "num_images": len(ctx.images), "num_samples": len(chosen), "no_candidate": no_cand,
     }
+    subsets = None
+    if config.dataset == PHRASECUT:
+        subsets = phrasecut.subset_metrics(chosen, str(config.convention))
+        record.update(subsets=subsets, unseen=config.unseen)
     atomic_write(Path(config.out) / METRICS, json.dumps(record, indent=2) + "\n")
-    return metrics, no_cand
+    return metrics, no_cand, subsets
