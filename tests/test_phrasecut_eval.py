@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +171,23 @@ def test_resume_computes_only_missing_tasks(env: dict, file_run: Path) -> None:
     assert json.loads((out / "metrics.json").read_text()) == \
         json.loads((file_run / "metrics.json").read_text())
     assert res.subsets == json.loads((file_run / "metrics.json").read_text())["subsets"]
+
+
+def test_two_devices_identical(env: dict, file_run: Path) -> None:
+    out = env["root"] / "two_devices"
+    envvars = dict(os.environ, JAX_PLATFORMS="cpu",
+                   XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(root / "run_eval.py"),
+         *args_of(env, out, "--proposals", str(env["root"] / "props.json"), "--batch-size",
+                  "2")],
+        cwd=root, env=envvars, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "2 images per step over 2 local device(s)" in proc.stderr
+    assert (out / "samples.jsonl").read_text() == (file_run / "samples.jsonl").read_text()
+    assert json.loads((out / "metrics.json").read_text())["subsets"] == \
+        json.loads((file_run / "metrics.json").read_text())["subsets"]
 
 
 def test_other_split_and_limit(env: dict) -> None:
