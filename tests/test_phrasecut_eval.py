@@ -221,3 +221,8 @@ def test_errors(env: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> 
         assert run_eval.main(args_of(env, tmp_path / "d", "--proposals", "heatmap",
                                      split="testA")) == 2
     assert "Unknown split 'testA'" in caplog.text and "miniv" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert run_eval.main(args_of(env, tmp_path / "e", "--proposals", "heatmap",
+                                     "--ablation")) == 2
+    assert "the ablation's proposal rows need proposals" in caplog.text

@@ -16,7 +16,7 @@ import numpy as np
 from ..config import IteRPrimEConfig
 from ..metrics import summarize
 from ..models.loading import Model
-from .config import ABLATION, AblationRow, EvalConfig, EvalError, Progress
+from .config import ABLATION, PHRASECUT, AblationRow, EvalConfig, EvalError, Progress
 from .distributed import barrier, process_share
 from .loader import HostBatch
 from .proposals import proposal_source
@@ -52,6 +52,9 @@ def run_ablation(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | No
     t_start = time.perf_counter()
     config = config.with_defaults()
     model, weights, method = model_and_method(config, model, method)
+    if config.proposals == "heatmap" and config.dataset == PHRASECUT:
+        raise EvalError("the ablation's proposal rows need proposals and PhraseCut has no "
+                        "oracle ('gt') masks: pass mask2former or a proposals FILE")
     if config.proposals == "heatmap":
         config = config.replace(proposals="gt")
     if config.save_proposals is not None:

@@ -179,8 +179,8 @@ def check_dataset_options(config: EvalConfig, proposals: ProposalSource) -> None
         raise EvalError(f"unseen applies to PhraseCut only, not to {config.dataset}")
     if config.dataset == PHRASECUT and proposals.kind == "gt":
         raise EvalError("PhraseCut has no per-image instance masks, so there are no oracle "
-                        "('gt') proposals: use --proposals heatmap or a proposals FILE (the "
-                        "ablation's proposal rows need a FILE)")
+                        "('gt') proposals: use --proposals mask2former, a proposals FILE or "
+                        "heatmap")
 
 
 def make_context(config: EvalConfig, model: Model, proposals: ProposalSource, weights: Path
