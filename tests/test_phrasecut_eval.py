@@ -190,6 +190,18 @@ def test_two_devices_identical(env: dict, file_run: Path) -> None:
         json.loads((file_run / "metrics.json").read_text())["subsets"]
 
 
+def test_ablation_with_proposals_file(env: dict, file_run: Path) -> None:
+    out = env["root"] / "ablation"
+    assert run_eval.main(args_of(env, out, "--proposals", str(env["root"] / "props.json"),
+                                 "--ablation")) == 0
+    rec = json.loads((out / "ablation.json").read_text())
+    assert rec["convention"] == "phrasecut" and len(rec["rows"]) == 7
+    n = len(env["fx"]["splits"]["val"])
+    assert all(r["metrics"]["n"] == n for r in rec["rows"])
+    full = json.loads((file_run / "metrics.json").read_text())["metrics"]["val"]
+    assert rec["rows"][-1]["metrics"] == full  # "full" row = the main run
+
+
 def test_other_split_and_limit(env: dict) -> None:
     out = env["root"] / "miniv"
     assert run_eval.main(args_of(env, out, "--proposals", "heatmap", "--limit", "1",
