@@ -238,3 +238,31 @@ def test_errors(env: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> 
         assert run_eval.main(args_of(env, tmp_path / "e", "--proposals", "heatmap",
                                      "--ablation")) == 2
     assert "the ablation's proposal rows need proposals" in caplog.text
+
+
+def test_mask2former_proposals(env: dict, tmp_path: Path) -> None:
+    """PhraseCut with proposals computed on the fly by a tiny converted Mask2Former: the rows'
+    I / U against the official GT and the saved proposals (the masks the run selected from)."""
+    import iterprime_jax as ij
+    from iterprime_jax.evaluation.proposals import decode_rles
+    from tests.test_propose_e2e import tiny_hf_mask2former
+
+    tiny_hf_mask2former().save_pretrained(str(tmp_path / "hf"))
+    ij.convert_hf_checkpoint(tmp_path / "hf", tmp_path / "m2f")
+    out, saved = tmp_path / "out", tmp_path / "proposals.json"
+    assert run_eval.main(args_of(
+        env, out, "--proposals", "mask2former", "--proposer-weights", str(tmp_path / "m2f"),
+        "--proposal-short-edge", "64", "--proposal-max-size", "64",
+        "--save-proposals", str(saved))) == 0
+    rows = read_lines(out / "samples.jsonl")
+    tasks = env["fx"]["splits"]["val"]
+    assert [r["task_id"] for r in rows] == [t["task_id"] for t in tasks]
+    by_image = ev.load_proposals_file(saved)
+    for r, t in zip(rows, tasks, strict=True):
+        gt = t["mask"].astype(bool)
+        props = decode_rles(by_image[r["image_id"]], gt.shape)
+        pred = props[r["proposal"]] if r["proposal"] >= 0 else np.zeros_like(gt)
+        assert (r["I"], r["U"]) == ((pred & gt).sum(), (pred | gt).sum())
+    assert any(r["has_candidate"] for r in rows)
+    rec = json.loads((out / "metrics.json").read_text())
+    _assert_metrics(rec["metrics"]["val"], _hand_metrics(rows))
