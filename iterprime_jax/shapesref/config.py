@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DATASET_DIR = "shapesref"
 REFS_FILE = "refs(unc).p"
 INSTANCES_FILE = "instances.json"
@@ -24,7 +24,7 @@ SPLIT_KINDS: dict[str, tuple[str, ...]] = {
     "testB": ("position", "relation"),
 }
 
-SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star")
+SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star", "cross")
 ROUND_SHAPES = frozenset({"circle"})
 SIZES: tuple[str, ...] = ("small", "large")
 COLOUR_RGB: dict[str, tuple[int, int, int]] = {
@@ -50,7 +50,7 @@ OPPOSITE = {
     "above": "below",
     "below": "above",
 }
-BACKGROUNDS: tuple[str, ...] = ("gradient", "stripes", "noise")
+BACKGROUNDS: tuple[str, ...] = ("flat", "gradient", "stripes", "noise")
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,17 @@ class ShapesRefConfig:
     Radii are fractions of ``image_size`` (half-extent of a shape); ``position_margin`` is the
     fraction of ``image_size`` by which a target must be more extreme than every other candidate
     (and the minimum centre offset of a relation).
+
+    Version 2 defaults: 80x80 images, one object per cell of a 5x5 grid of 16-px cells (the
+    shipped model's 16-px patches), centred in its cell up to ``jitter`` of a cell, so every
+    object lies whole in one patch; four very distinct shapes; flat or low-contrast backgrounds
+    (``background_contrast``: the largest per-channel difference of a gradient's two colours).
+    ``grid=0`` places objects freely (version 1's layout, with overlaps).
     """
 
-    image_size: int = 64
+    image_size: int = 80
+    grid: int = 5
+    jitter: float = 0.1
     num_train: int = 2000
     num_val: int = 200
     num_test_a: int = 200
@@ -71,15 +79,17 @@ class ShapesRefConfig:
     min_objects: int = 2
     max_objects: int = 6
     max_refs_per_image: int = 3
-    shapes: tuple[str, ...] = SHAPE_NAMES
+    shapes: tuple[str, ...] = ("circle", "square", "triangle", "cross")
     colours: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "cyan")
-    small_radius: tuple[float, float] = (0.08, 0.10)
-    large_radius: tuple[float, float] = (0.15, 0.18)
+    small_radius: tuple[float, float] = (0.055, 0.06)
+    large_radius: tuple[float, float] = (0.085, 0.09)
     min_visible: float = 0.5
     min_visible_target: float = 0.8
-    position_margin: float = 0.08
-    pixel_noise: float = 6.0
-    colour_jitter: int = 12
+    position_margin: float = 0.1
+    pixel_noise: float = 3.0
+    colour_jitter: int = 8
+    backgrounds: tuple[str, ...] = ("flat", "gradient")
+    background_contrast: float | None = 25.0
 
     def __post_init__(self) -> None:
         if self.image_size < 16:
@@ -94,6 +104,13 @@ class ShapesRefConfig:
         bad = [c for c in self.colours if c not in COLOUR_RGB]
         if bad or len(set(self.colours)) < 2:
             raise ValueError(f"colours must be >= 2 distinct of {tuple(COLOUR_RGB)}")
+        if self.grid < 0 or (self.grid and self.grid * self.grid < self.max_objects):
+            raise ValueError(f"grid must be 0 or have >= max_objects cells, got {self.grid}")
+        if self.grid and not 0 <= self.jitter < 0.5:
+            raise ValueError(f"jitter must be in [0, 0.5), got {self.jitter}")
+        bad = [b for b in self.backgrounds if b not in BACKGROUNDS]
+        if bad or not self.backgrounds:
+            raise ValueError(f"backgrounds must be >= 1 of {BACKGROUNDS}, got {self.backgrounds}")
         if any(n < 0 for n in self.num_images.values()):
             raise ValueError("image counts must be >= 0")
 

@@ -35,6 +35,11 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float) -> tuple[float, .
         pts = [(cx, cy - r), (cx + r, cy + 0.8 * r), (cx - r, cy + 0.8 * r)]
     elif shape == "diamond":
         pts = [(cx, cy - r), (cx + 0.8 * r, cy), (cx, cy + r), (cx - 0.8 * r, cy)]
+    elif shape == "cross":
+        a, b = r, 0.36 * r
+        pts = [(cx - b, cy - a), (cx + b, cy - a), (cx + b, cy - b), (cx + a, cy - b),
+               (cx + a, cy + b), (cx + b, cy + b), (cx + b, cy + a), (cx - b, cy + a),
+               (cx - b, cy + b), (cx - a, cy + b), (cx - a, cy - b), (cx - b, cy - b)]
     elif shape == "star":
         pts = []
         for k in range(10):
@@ -68,12 +73,18 @@ def _muted_colour(rng: np.random.Generator) -> np.ndarray:
     return np.clip(grey + rng.uniform(-14.0, 14.0, 3), 40.0, 185.0)
 
 
-def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
-    kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+def _background(rng: np.random.Generator, size: int, kinds: Sequence[str] = BACKGROUNDS[1:],
+                contrast: float | None = None) -> tuple[np.ndarray, str]:
+    """(float HxWx3 image, kind): one of ``kinds``; a gradient's second colour is within
+    ``contrast`` of the first per channel (None: any muted colour)."""
+    kind = kinds[int(rng.integers(len(kinds)))]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     c1 = _muted_colour(rng)
-    if kind == "gradient":
-        c2 = _muted_colour(rng)
+    if kind == "flat":
+        img = np.broadcast_to(c1, (size, size, 3)).copy()
+    elif kind == "gradient":
+        c2 = (_muted_colour(rng) if contrast is None
+              else np.clip(c1 + rng.uniform(-contrast, contrast, 3), 30.0, 200.0))
         ang = rng.uniform(0, 2 * np.pi)
         t = xx * np.cos(ang) + yy * np.sin(ang)
         t = (t - t.min()) / max(1e-6, float(t.max() - t.min()))
@@ -164,9 +175,46 @@ def _in_bounds(c: tuple[float, float], r: float, size: int) -> bool:
     return all(r + 1 <= v <= size - r - 1 for v in c)
 
 
+def _place_grid(
+    rng: np.random.Generator, specs: list[_Spec], cfg: ShapesRefConfig, landmark: int
+) -> bool:
+    """One object per cell of a ``grid`` x ``grid`` layout, centred in its cell up to
+    ``jitter`` (fraction of a cell). A relation's target goes k cells from its landmark along
+    the relation and at most k-1 cells across it (inside the relation's 45-degree cone)."""
+    g = cfg.grid
+    cell = cfg.image_size / g
+    free = [(r, c) for r in range(g) for c in range(g)]
+    chosen: dict[int, tuple[int, int]] = {}
+    if landmark >= 0:
+        lm = free[int(rng.integers(len(free)))]
+        rel = _choice(rng, RELATIONS)
+        k = int(rng.integers(1, g))
+        j = int(rng.integers(-(k - 1), k)) if k > 1 else 0
+        dr, dc = {"left of": (0, -1), "right of": (0, 1), "above": (-1, 0), "below": (1, 0)}[rel]
+        tg = (lm[0] + dr * k + dc * j, lm[1] + dc * k + dr * j)
+        if not (0 <= tg[0] < g and 0 <= tg[1] < g):
+            return False
+        chosen = {landmark: lm, 0: tg}
+        free = [f for f in free if f not in (lm, tg)]
+    for i in range(len(specs)):
+        if i in chosen:
+            continue
+        if not free:
+            return False
+        chosen[i] = free.pop(int(rng.integers(len(free))))
+    jit = cfg.jitter * cell
+    for i, s in enumerate(specs):
+        r, c = chosen[i]
+        dx, dy = rng.uniform(-jit, jit, 2)
+        s.center = (float((c + 0.5) * cell + dx), float((r + 0.5) * cell + dy))
+    return True
+
+
 def _place(
     rng: np.random.Generator, specs: list[_Spec], cfg: ShapesRefConfig, landmark: int
 ) -> bool:
+    if cfg.grid:
+        return _place_grid(rng, specs, cfg, landmark)
     size = cfg.image_size
     placed: list[_Spec] = []
 
@@ -231,7 +279,7 @@ def _try_scene(rng: np.random.Generator, cfg: ShapesRefConfig, kind: str) -> Sce
         i for i in range(len(objects)) if i != designed and candidate_expressions(scene, i, kind)
     ]
     scene.targets = (designed, *others)
-    img, scene.background = _background(rng, size)
+    img, scene.background = _background(rng, size, cfg.backgrounds, cfg.background_contrast)
     for o in objects:
         rgb = np.asarray(COLOUR_RGB[o.colour], np.float64)
         img[o.full_mask] = rgb + rng.integers(-cfg.colour_jitter, cfg.colour_jitter + 1, 3)

@@ -193,7 +193,8 @@ def write_shapesref(
         if s in config.shapes
     ]
     instances = {
-        "info": {"description": "ShapesRef procedural referring segmentation", "version": "1"},
+        "info": {"description": "ShapesRef procedural referring segmentation",
+                 "version": str(FORMAT_VERSION)},
         "licenses": [],
         "images": images,
         "annotations": annotations,
@@ -222,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 description="Write the ShapesRef benchmark in the refer layout.")
     p.add_argument("root", help="directory to write shapesref/ into")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=ShapesRefConfig().image_size)
     p.add_argument("--num-train", type=int, default=2000)
     p.add_argument("--num-val", type=int, default=200)
     p.add_argument("--num-test-a", type=int, default=200)
