@@ -21,10 +21,11 @@ class TrainConfig:
     """The whole recipe; defaults are the shipped model's.
 
     Attributes:
-      steps, batch_size, lr, warmup, weight_decay, clip: AdamW with linear warmup + cosine decay.
+      steps, batch_size, lr, warmup, weight_decay, clip: AdamW with linear warmup + cosine decay
+        (the schedule spans `caption_steps + steps`).
       width: hidden size of both encoders (MLP 4x); heads: attention heads of both.
       vision_layers, text_layers: depth (every text layer has cross-attention).
-      patch_size: ViT patch (64x64 images -> (64 / patch)^2 patches).
+      patch_size: ViT patch (80x80 images, 16-px patches: the 5x5 cells of ShapesRef v2).
       max_text_length: token bucket for training (prompt incl. [CLS]/[SEP]).
       max_position_embeddings: text positions (>= the pipeline's max_text_length, 40).
       pool_scenes: scenes generated for training; refs_per_scene: targets described per scene.
@@ -36,21 +37,28 @@ class TrainConfig:
       pos_init: vision position embeddings' init: "normal" (std 1/sqrt(width)) or "sincos"
         (fixed-frequency 2D sine/cosine of the patch row and column, as in MAE/big_vision;
         still trained).
+      caption_steps, caption_scenes: curriculum: the first `caption_steps` steps match
+        object captions ("red circle", "the small cross": any description of a present object
+        vs. combinations absent from the scene) on a pool of `caption_scenes` scenes, before
+        the referring expressions and their hard negatives.
+      pretrain_steps, pretrain_lr, pretrain_fresh, pretrain_buffer: image-level multi-label
+        pretraining of the ViT (`training.pretrain`): steps, peak lr, new scenes per step,
+        scenes in the buffer batches are drawn from.
       seed: seeds data, init and batch order.
     """
 
     steps: int = 10000
     batch_size: int = 64
     lr: float = 7e-4
-    warmup: int = 500
+    warmup: int = 300
     weight_decay: float = 0.01
     clip: float = 1.0
     width: int = 64
     heads: int = 4
     vision_layers: int = 2
     text_layers: int = 3
-    patch_size: int = 8
-    image_size: int = 64
+    patch_size: int = 16
+    image_size: int = 80
     max_text_length: int = 24
     max_position_embeddings: int = 64
     projection_dim: int = 32
@@ -58,10 +66,16 @@ class TrainConfig:
     refs_per_scene: int = 2
     max_negatives: int = 8
     other_neg_frac: float = 0.25
-    attribute_frac: float = 0.7
+    attribute_frac: float = 0.34
     shape_negatives: int = 0
     init_scale: float = 1.0
     pos_init: str = "normal"
+    caption_steps: int = 500
+    caption_scenes: int = 2000
+    pretrain_steps: int = 2000
+    pretrain_lr: float = 1e-3
+    pretrain_fresh: int = 16
+    pretrain_buffer: int = 2048
     seed: int = 0
     log_every: int = 100
     workers: int = 2

@@ -142,12 +142,41 @@ def build_pool(tc: TrainConfig, tokenizer: Any, n_scenes: int, seed: int,
     images = np.concatenate([p[0] for p in parts])
     pos_lists = [x for p in parts for x in p[1]]
     neg_lists = [x for p in parts for x in p[2]]
+    return _make_pool(images, pos_lists, neg_lists, tokenizer, tc.max_text_length)
+
+
+def caption_pool(tc: TrainConfig, tokenizer: Any, n_scenes: int, seed: int) -> Pool:
+    """Object captions for the curriculum's first stage: per scene (kinds at random), the
+    positives are every description of a present object that names its shape ("circle",
+    "red circle", "small circle", "small red circle"), the negatives every shape / colour /
+    size combination no object has; half of them get a leading "the"."""
+    from ..shapesref.grammar import _noun_phrase
+    from ..shapesref.truth import _descs, _matching
+
+    cfg = sr.ShapesRefConfig(image_size=tc.image_size)
+    rng = np.random.default_rng([seed, 55])
+    images, pos_lists, neg_lists = [], [], []
+    for _ in range(n_scenes):
+        scene = sr.generate_scene(rng, cfg, sr.KINDS[int(rng.integers(len(sr.KINDS)))])
+        images.append(scene.image)
+        pos = {_noun_phrase(d) for o in scene.objects for d in _descs(o)}
+        neg = {_noun_phrase(d) for s in cfg.shapes for c in (None, *cfg.colours)
+               for z in (None, *sr.SIZES)
+               if not _matching(scene, d := sr.Desc(s, c, z))}
+        pos_lists.append([("the " if rng.random() < 0.5 else "") + x for x in sorted(pos)])
+        neg_lists.append([("the " if rng.random() < 0.5 else "") + x for x in sorted(neg)])
+    return _make_pool(np.stack(images), pos_lists, neg_lists, tokenizer, tc.max_text_length)
+
+
+def _make_pool(images: np.ndarray, pos_lists: list[list[str]], neg_lists: list[list[str]],
+               tokenizer: Any, max_len: int) -> Pool:
+    """Tokenise the unique texts and flatten the per-scene lists into a `Pool`."""
     index: dict[str, int] = {}
     for lst in pos_lists + neg_lists:
         for s in lst:
             index.setdefault(s, len(index))
     texts = list(index)
-    ids, mask = tokenize_prompts(tokenizer, texts, tc.max_text_length)
+    ids, mask = tokenize_prompts(tokenizer, texts, max_len)
 
     def flat(lists: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
         off = np.zeros(len(lists) + 1, np.int64)

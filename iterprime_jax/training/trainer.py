@@ -30,7 +30,7 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,9 @@ from ..models.convert import save_params
 from ..models.loading import METHOD_JSON
 from ..types import Params
 from .config import DEFAULT_VOCAB, LOG_NAME, TrainConfig, make_tokenizer, model_config
-from .data import Pool, build_pool, normalise_images
+from .data import Pool, build_pool, caption_pool, normalise_images
 from .diagnostics import diagnose, recommended_method
+from .pretrain import load_vision, pretrain_vision
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,11 @@ def init_model(tc: TrainConfig, config: BlipConfig, key: jax.Array) -> Params:
 
 
 def lr_schedule(tc: TrainConfig) -> optax.Schedule:
-    """Linear warmup (at most a tenth of the steps), then cosine decay to 2% of `lr`."""
-    warmup = min(tc.warmup, max(1, tc.steps // 10))
-    return optax.warmup_cosine_decay_schedule(0.0, tc.lr, warmup, max(tc.steps, warmup + 1),
+    """Linear warmup (at most a tenth of the steps), then cosine decay to 2% of `lr`, over the
+    caption stage and the ITM stage together."""
+    total = tc.caption_steps + tc.steps
+    warmup = min(tc.warmup, max(1, total // 10))
+    return optax.warmup_cosine_decay_schedule(0.0, tc.lr, warmup, max(total, warmup + 1),
                                               end_value=tc.lr * 0.02)
 
 
@@ -127,10 +130,18 @@ def _train_step(params: Params, config: BlipConfig, opt: optax.GradientTransform
 
 
 def train(tc: TrainConfig, tokenizer: Any | None = None, pool: Pool | None = None,
-          progress: bool = True) -> tuple[Params, BlipConfig, list[dict[str, float]]]:
-    """Train from scratch; returns (params, model config, history of logged steps).
+          progress: bool = True, vision_init: Params | None = None,
+          captions: Pool | None = None,
+          checkpoint: Callable[[int, Params, BlipConfig], None] | None = None,
+          checkpoint_every: int = 0) -> tuple[Params, BlipConfig, list[dict[str, float]]]:
+    """Train; returns (params, model config, history of logged steps).
 
-    history rows: step, loss and accuracy (means over the last `log_every` steps), lr.
+    The first `tc.caption_steps` steps draw from `captions` (default: `caption_pool` of
+    `tc.caption_scenes` scenes), the remaining `tc.steps` from `pool` (default: `build_pool`).
+    `vision_init`: `vision_model` params to start the ViT from (`pretrain.pretrain_vision`);
+    None: from scratch. `checkpoint(step, params, config)` is called every `checkpoint_every`
+    steps. history rows: step, stage, loss and accuracy (means over the last `log_every`
+    steps), lr.
     """
     from tqdm.auto import tqdm
 
@@ -142,8 +153,12 @@ def train(tc: TrainConfig, tokenizer: Any | None = None, pool: Pool | None = Non
         log.info("generated %d training scenes, %d texts (%d positives, %d negatives) in %.1fs",
                  len(pool), len(pool.texts), len(pool.pos), len(pool.neg),
                  time.perf_counter() - t0)
+    if captions is None and tc.caption_steps:
+        captions = caption_pool(tc, tokenizer, tc.caption_scenes, tc.seed + 1)
     key = jax.random.PRNGKey(tc.seed)
     params = init_model(tc, config, key)
+    if vision_init is not None:
+        params = {**params, "vision_model": jax.tree_util.tree_map(jnp.asarray, vision_init)}
     opt = make_optimizer(tc)
     opt_state = opt.init(params)
     rng = np.random.default_rng([tc.seed, 1])
@@ -151,21 +166,29 @@ def train(tc: TrainConfig, tokenizer: Any | None = None, pool: Pool | None = Non
     losses: list[jax.Array] = []
     accs: list[jax.Array] = []
     sched = lr_schedule(tc)
-    bar = tqdm(range(1, tc.steps + 1), desc="train ITM", disable=not progress, unit="step")
+    total = tc.caption_steps + tc.steps
+    bar = tqdm(range(1, total + 1), desc="train ITM", disable=not progress, unit="step")
     for step in bar:
-        images, ids, mask, labels = pool.sample(rng, tc.batch_size)
+        stage = "captions" if step <= tc.caption_steps else "expressions"
+        src = captions if stage == "captions" else pool
+        assert src is not None
+        images, ids, mask, labels = src.sample(rng, tc.batch_size)
         params, opt_state, loss, acc = _train_step(
             params, config, opt, opt_state, normalise_images(images, config), ids, mask, labels)
         losses.append(loss)
         accs.append(acc)
-        if step % tc.log_every == 0 or step == tc.steps:
+        if step % tc.log_every == 0 or step == total or step == tc.caption_steps:
             lv = float(np.mean(jax.device_get(losses)))
             av = float(np.mean(jax.device_get(accs)))
-            row = {"step": step, "loss": lv, "accuracy": av, "lr": float(sched(step))}
+            row = {"step": step, "stage": stage, "loss": lv, "accuracy": av,
+                   "lr": float(sched(step))}
             history.append(row)
             losses, accs = [], []
             bar.set_postfix(loss=f"{lv:.3f}", acc=f"{av:.3f}")
-            log.info("step %d: loss %.4f, ITM accuracy %.3f, lr %.2e", step, lv, av, row["lr"])
+            log.info("step %d (%s): loss %.4f, ITM accuracy %.3f, lr %.2e", step, stage, lv,
+                     av, row["lr"])
+        if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+            checkpoint(step, jax.device_get(params), config)
     return jax.device_get(params), config, history
 
 
@@ -193,6 +216,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--probe-split", default="train",
                     help="ShapesRef split of the probe (it picks method.json's layer)")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    ap.add_argument("--vision-init", default=None,
+                    help="ViT params from `python -m iterprime_jax.training.pretrain --out FILE` "
+                         "(default: run that pretraining first, `--pretrain-steps`; 'none': "
+                         "ViT from scratch)")
+    ap.add_argument("--checkpoint-every", type=int, default=0,
+                    help="save the weights to --out every N steps (0: only at the end)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         ap.add_argument(flag, type=type(getattr(d, f.name)), default=getattr(d, f.name),
@@ -207,7 +236,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     tc = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     t0 = time.perf_counter()
     tokenizer = make_tokenizer(args.vocab)
-    params, config, history = train(tc, tokenizer, progress=not args.no_progress)
+    vision, pretraining = None, None
+    if args.vision_init == "none" or (args.vision_init is None and not tc.pretrain_steps):
+        pass
+    elif args.vision_init is not None:
+        vision = load_vision(args.vision_init)
+        meta = Path(str(args.vision_init) + ".json")
+        pretraining = json.loads(meta.read_text()) if meta.is_file() else None
+    else:
+        vision, hist = pretrain_vision(tc)
+        pretraining = {"recipe": tc.to_dict(), "history": hist}
+
+    def checkpoint(step: int, params: dict, config: BlipConfig) -> None:
+        save_model(args.out, params, config, args.vocab)
+        (Path(args.out) / "checkpoint.json").write_text(json.dumps({"step": step}))
+        log.info("checkpoint at step %d in %s", step, args.out)
+
+    params, config, history = train(tc, tokenizer, progress=not args.no_progress,
+                                    vision_init=vision, checkpoint=checkpoint,
+                                    checkpoint_every=args.checkpoint_every)
+    (Path(args.out) / "checkpoint.json").unlink(missing_ok=True)
     train_s = time.perf_counter() - t0
     out = save_model(args.out, params, config, args.vocab)
     diag = diagnose(params, config, tokenizer, tc, args.probe_images, args.probe_split)
@@ -230,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "model_config": config.to_dict(),
         "devices": [str(d) for d in jax.devices()],
         "jax_version": jax.__version__,
+        "vision_pretraining": pretraining,
         "history": history,
         "heldout_itm": itm,
         "heldout_itm_by_negative": by_kind,
