@@ -60,8 +60,10 @@ class RefCocoMasksConfig(tfds.core.BuilderConfig):
         self.layout = layout
 
 
-def _config(name: str, description: str) -> RefCocoMasksConfig:
-    return RefCocoMasksConfig(name=name, layout=refer.LAYOUTS[name], description=description)
+def _config(name: str, description: str, version: str | None = None,
+            release_notes: dict[str, str] | None = None) -> RefCocoMasksConfig:
+    return RefCocoMasksConfig(name=name, layout=refer.LAYOUTS[name], description=description,
+                              version=version, release_notes=release_notes)
 
 
 def canonical_config_name(name: str) -> str:
@@ -80,7 +82,11 @@ class RefCocoMasks(tfds.core.GeneratorBasedBuilder):
         _config("refcoco_plus_unc", "RefCOCO+, UNC splits (alias refcoco+_unc)."),
         _config("refcocog_umd", "RefCOCOg, UMD splits (train/val/test)."),
         _config("refcocog_google", "RefCOCOg, Google splits (train/val)."),
-        _config("shapesref", "ShapesRef: procedural shapes written in the refer layout."),
+        _config("shapesref", "ShapesRef: procedural shapes written in the refer layout.",
+                version="2.0.0",
+                release_notes={"2.0.0": "ShapesRef version 2 (80-px images, 5x5 grid of 16-px "
+                                        "cells, four shapes); stale version-1 builds are "
+                                        "rebuilt."}),
         RefCocoMasksConfig(
             name=PHRASECUT, layout=None,
             description="VGPhraseCut v0 (official layout): one example per task (phrase), the "

@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from iterprime_jax.cli_args import method_overrides, propose_config_from_args
     from iterprime_jax.evaluation import EvalConfig, EvalError, evaluate, load_model, run_ablation
+    from iterprime_jax.evaluation.by_kind import format_by_kind
     from iterprime_jax.metrics import format_table
     from iterprime_jax.models.checkpoint import CheckpointError
     from iterprime_jax.models.loading import resolve_method
@@ -208,13 +209,16 @@ def main(argv: list[str] | None = None) -> int:
                 if res.subsets is not None:
                     print(f"\nPhraseCut subsets{' (unseen)' if config.unseen else ''}:")
                     print(_rename_first_column(format_table(res.subsets), "subset"))
+                if res.by_kind:
+                    print("\nby expression kind (chance: a random object of the image)")
+                    print(format_by_kind(res.by_kind))
                 print(f"wrote {res.out}/samples.jsonl and {res.out}/metrics.json")
                 if args.record:
                     extra = {} if res.subsets is None else {"subsets": res.subsets}
                     write_record(args.record, argv, config, method, {
                         "metrics": res.metrics, "sentences": res.num_samples,
                         "images": res.num_images, "no_candidate": res.no_candidate,
-                        **extra})
+                        "by_kind": res.by_kind, **extra})
                     print(f"wrote {args.record}")
     except (EvalError, CheckpointError, ValueError, OSError) as e:
         bar.close()

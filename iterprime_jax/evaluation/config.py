@@ -108,6 +108,7 @@ class EvalResult:
     elapsed_s: float
     out: Path
     subsets: dict[str, dict[str, float | int]] | None = None  # PhraseCut, process 0
+    by_kind: dict[str, dict[str, float | int]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -121,12 +122,25 @@ class SplitSources:
 
 
 def ensure_shapesref(manual_dir: str | Path) -> None:
-    """Write the default ShapesRef benchmark into `manual_dir` unless a build is there."""
-    from ..shapesref import DATASET_DIR, STAMP_FILE, ShapesRefConfig, write_shapesref
+    """Write the default ShapesRef benchmark into `manual_dir` unless a complete build of the
+    current format version is there (of any config); a stale build (an older format version,
+    or an unfinished one) is replaced by the default."""
+    from ..shapesref import (
+        DATASET_DIR,
+        FORMAT_VERSION,
+        STAMP_FILE,
+        ShapesRefConfig,
+        write_shapesref,
+    )
 
-    if (Path(manual_dir) / DATASET_DIR / STAMP_FILE).is_file():
+    try:
+        stamp = json.loads((Path(manual_dir) / DATASET_DIR / STAMP_FILE).read_text())
+    except (OSError, ValueError):
+        stamp = {}
+    if stamp.get("format_version") == FORMAT_VERSION:
         return
-    log.info("ShapesRef not found in %s: generating it (default ShapesRefConfig)", manual_dir)
+    log.info("ShapesRef version %d not found in %s: generating it (default ShapesRefConfig)",
+             FORMAT_VERSION, manual_dir)
     t0 = time.perf_counter()
     write_shapesref(manual_dir, ShapesRefConfig())
     log.info("ShapesRef written to %s in %.1fs", manual_dir, time.perf_counter() - t0)
@@ -138,14 +152,14 @@ def prepare_split(config: EvalConfig) -> None:
     from tfds_refcoco.refer import LAYOUTS, ReferFormatError
 
     name = canonical_config_name(config.dataset)
+    if name == "shapesref" and config.build_shapesref:
+        ensure_shapesref(config.manual_dir)  # also read for the per-kind results
     if name == PHRASECUT:
         if not make_builder(name, config.data_dir).is_prepared():
             phrasecut.check_files(config.manual_dir)
         load_split(name, config.split, config.manual_dir, config.data_dir)
         return
     if not make_builder(name, config.data_dir).is_prepared():
-        if name == "shapesref" and config.build_shapesref:
-            ensure_shapesref(config.manual_dir)
         layout = LAYOUTS[name]  # fail with the file's name before TFDS's manual-dir check
         for path, what in ((layout.refs_path(config.manual_dir), "refs pickle"),
                            (layout.instances_path(config.manual_dir), "instances file")):

@@ -57,6 +57,7 @@ from ..method.pipeline import bucket, canvas_side
 from ..metrics import CONVENTIONS
 from ..models.loading import Model, resolve_method, validate_method
 from . import phrasecut
+from .by_kind import chance_iou, ref_kinds, summarize_by_kind
 from .config import (
     COCO_CANVAS,
     COCO_DATASETS,
@@ -382,11 +383,20 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
 
         run_batches(ctx, todo, [row], on_batch)
     barrier("iterprime_eval_samples_written")
-    result_metrics, no_cand, subsets = None, None, None
+    result_metrics, no_cand, subsets, by_kind = None, None, None, None
     n_samples = sum(m.num_sentences for m in ctx.images)
     if pi == 0:
         recs = merge_samples(out)
-        result_metrics, no_cand, subsets = write_metrics(config, ctx, method, proposals, recs)
+        kinds = ref_kinds(config.manual_dir, config.dataset)
+        if kinds:  # ShapesRef: each row carries its expression kind; results per kind
+            recs = [{**r, "kind": kinds.get(int(r["ref_id"]), "")} for r in recs]
+            atomic_write(out / SAMPLES, "".join(dumps_sample(r) + "\n" for r in recs))
+            wanted = {k for m in ctx.images for k in m.keys()}
+            chosen = [r for r in recs if sample_key(r) in wanted]
+            by_kind = summarize_by_kind(chosen, chance_iou(
+                config.manual_dir, config.dataset, {int(r["ref_id"]) for r in chosen}))
+        result_metrics, no_cand, subsets = write_metrics(config, ctx, method, proposals, recs,
+                                                         by_kind)
         if saver is not None:
             try:
                 n = saver.merge(out, [m.image_id for m in ctx.images], config.save_proposals)
@@ -398,11 +408,12 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
     log.info("process %d: %d samples computed in %.1fs", pi, computed, elapsed)
     return EvalResult(metrics=result_metrics, num_images=len(ctx.images),
                       num_samples=n_samples, no_candidate=no_cand, computed=computed,
-                      elapsed_s=elapsed, out=out, subsets=subsets)
+                      elapsed_s=elapsed, out=out, subsets=subsets, by_kind=by_kind)
 
 
 def write_metrics(config: EvalConfig, ctx: Context, method: IteRPrimEConfig,
-                  proposals: ProposalSource, recs: list[dict[str, Any]]
+                  proposals: ProposalSource, recs: list[dict[str, Any]],
+                  by_kind: dict[str, dict[str, float | int]] | None = None
                   ) -> tuple[dict[str, dict[str, float | int]], int,
                              dict[str, dict[str, float | int]] | None]:
     by_key = {sample_key(r): r for r in recs}
@@ -424,5 +435,7 @@ def write_metrics(config: EvalConfig, ctx: Context, method: IteRPrimEConfig,
     if config.dataset == PHRASECUT:
         subsets = phrasecut.subset_metrics(chosen, str(config.convention))
         record.update(subsets=subsets, unseen=config.unseen)
+    if by_kind is not None:
+        record["by_kind"] = by_kind
     atomic_write(Path(config.out) / METRICS, json.dumps(record, indent=2) + "\n")
     return metrics, no_cand, subsets
