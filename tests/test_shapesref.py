@@ -87,7 +87,7 @@ def test_layout_and_links(built: Path, data: tuple[dict, list[dict]]) -> None:
     assert {c["name"] for c in cats.values()} == set(CFG.shapes)
     for im in images.values():
         with Image.open(built / "images" / im["file_name"]) as pil:
-            assert pil.size == (im["width"], im["height"]) == (64, 64)
+            assert pil.size == (im["width"], im["height"]) == (CFG.image_size,) * 2
             assert pil.mode == "RGB"
     for a in anns.values():
         assert a["image_id"] in images and a["category_id"] in cats and a["iscrowd"] == 0
@@ -139,14 +139,14 @@ def test_masks_decode_exactly(data: tuple[dict, list[dict]], examples, built: Pa
         im = next(i for i in inst["images"] if i["id"] == image_id)
         with Image.open(built / "images" / im["file_name"]) as pil:
             assert np.array_equal(np.asarray(pil), scene.image)
-        covered = np.zeros((64, 64), bool)
+        covered = np.zeros((CFG.image_size,) * 2, bool)
         visible = []
         for obj in reversed(scene.objects):  # independent occlusion: later objects on top
             visible.append(obj.full_mask & ~covered)
             covered |= obj.full_mask
         visible.reverse()
         for a, obj, vis in zip(anns, scene.objects, visible, strict=True):
-            m = _decode(a["segmentation"], 64, 64)
+            m = _decode(a["segmentation"], CFG.image_size, CFG.image_size)
             assert np.array_equal(m, vis) and np.array_equal(m, obj.mask)
             assert a["area"] == m.sum()
             ys, xs = np.nonzero(m)
@@ -370,8 +370,48 @@ def test_sample_training_example() -> None:
     labels = []
     for _ in range(40):
         image, text, label = sr.sample_training_example(rng, CFG)
-        assert image.shape == (64, 64, 3) and image.dtype == np.uint8 and label in (0, 1)
+        assert image.shape == (80, 80, 3) and image.dtype == np.uint8 and label in (0, 1)
         assert isinstance(text, str) and text == text.lower()
         sr.parse_expression(text)
         labels.append(label)
     assert 10 <= sum(labels) <= 30
+
+
+# ---------------------------------------------------------------------------------------------
+# Version 2 layout
+# ---------------------------------------------------------------------------------------------
+
+
+def test_v2_grid_layout_one_object_per_patch_cell() -> None:
+    cfg = sr.ShapesRefConfig()
+    assert (cfg.image_size, cfg.grid, sr.FORMAT_VERSION) == (80, 5, 2)
+    cell = cfg.image_size // cfg.grid
+    rng = np.random.default_rng(3)
+    seen_shapes = set()
+    for i in range(30):
+        scene = sr.generate_scene(rng, cfg, sr.KINDS[i % 3])
+        cells = set()
+        for obj in scene.objects:
+            seen_shapes.add(obj.shape)
+            assert not obj.occluded and obj.area > 0
+            ys, xs = np.nonzero(obj.mask)
+            r, c = int(ys.mean()) // cell, int(xs.mean()) // cell
+            # inside its cell up to one pixel (largest radius + jitter = 0.55 cell)
+            assert r * cell - 1 <= ys.min() and ys.max() <= (r + 1) * cell
+            assert c * cell - 1 <= xs.min() and xs.max() <= (c + 1) * cell
+            assert (r, c) not in cells
+            cells.add((r, c))
+        assert scene.background in cfg.backgrounds
+    assert seen_shapes == set(cfg.shapes) == {"circle", "square", "triangle", "cross"}
+
+
+def test_v1_free_layout_still_available() -> None:
+    cfg = sr.ShapesRefConfig(image_size=64, grid=0, shapes=sr.SHAPE_NAMES[:5],
+                             backgrounds=("gradient", "stripes", "noise"),
+                             background_contrast=None)
+    scene = sr.generate_scene(np.random.default_rng(0), cfg, "relation")
+    assert scene.image.shape == (64, 64, 3) and len(scene.objects) >= 3
+    with pytest.raises(ValueError):
+        sr.ShapesRefConfig(grid=2)  # 4 cells < max_objects
+    with pytest.raises(ValueError):
+        sr.ShapesRefConfig(backgrounds=("plaid",))

@@ -63,7 +63,7 @@ class ShapesRefConfig:
 
     Version 2 defaults: 80x80 images, one object per cell of a 5x5 grid of 16-px cells (the
     shipped model's 16-px patches), centred in its cell up to ``jitter`` of a cell, so every
-    object lies whole in one patch; four very distinct shapes; flat or low-contrast backgrounds
+    object lies in one patch (up to a pixel); four very distinct shapes; flat or low-contrast backgrounds
     (``background_contrast``: the largest per-channel difference of a gradient's two colours).
     ``grid=0`` places objects freely (version 1's layout, with overlaps).
     """
