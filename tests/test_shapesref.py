@@ -400,6 +400,8 @@ def test_v2_grid_layout_one_object_per_patch_cell() -> None:
             assert r * cell - 1 <= ys.min() and ys.max() <= (r + 1) * cell
             assert c * cell - 1 <= xs.min() and xs.max() <= (c + 1) * cell
             assert (r, c) not in cells
+            m = cfg.grid_margin  # the outer ring of cells stays empty
+            assert m <= r < cfg.grid - m and m <= c < cfg.grid - m
             cells.add((r, c))
         assert scene.background in cfg.backgrounds
     assert seen_shapes == set(cfg.shapes) == {"circle", "square", "triangle", "cross"}
@@ -412,6 +414,8 @@ def test_v1_free_layout_still_available() -> None:
     scene = sr.generate_scene(np.random.default_rng(0), cfg, "relation")
     assert scene.image.shape == (64, 64, 3) and len(scene.objects) >= 3
     with pytest.raises(ValueError):
-        sr.ShapesRefConfig(grid=2)  # 4 cells < max_objects
+        sr.ShapesRefConfig(grid=2, grid_margin=0)  # 4 cells < max_objects
+    with pytest.raises(ValueError):
+        sr.ShapesRefConfig(grid=4)  # 2x2 inner cells < max_objects
     with pytest.raises(ValueError):
         sr.ShapesRefConfig(backgrounds=("plaid",))

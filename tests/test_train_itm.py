@@ -17,7 +17,8 @@ from iterprime_jax.training.trainer import _parser
 TINY = training.TrainConfig(
     steps=30, batch_size=16, lr=2e-3, warmup=3, width=32, heads=2, vision_layers=1,
     text_layers=1, patch_size=16, max_text_length=20, max_position_embeddings=24,
-    projection_dim=8, pool_scenes=60, workers=1, seed=0, log_every=1)
+    projection_dim=8, pool_scenes=60, workers=1, seed=0, log_every=1, caption_steps=0,
+    caption_scenes=20, pretrain_steps=12, pretrain_buffer=48, pretrain_fresh=4)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_pool_is_deterministic_and_tokenised_with_template(tokenizer, pool):
     assert text == "there is a " + pool.texts[0]
     assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
     images, b_ids, b_mask, labels = pool.sample(np.random.default_rng(0), 32)
-    assert images.shape == (32, 64, 64, 3) and images.dtype == np.uint8
+    assert images.shape == (32, 80, 80, 3) and images.dtype == np.uint8
     assert b_ids.shape == b_mask.shape == (32, TINY.max_text_length)
     assert set(np.unique(labels)) <= {0, 1} and 0 < labels.sum() < 32
 
@@ -78,7 +79,7 @@ def test_save_load_roundtrip(tmp_path, tokenizer, pool):
 def test_model_config_and_cli_defaults():
     cfg = training.model_config(training.TrainConfig())
     assert cfg.text.vocab_size == 30524
-    assert cfg.vision.grid == (8, 8)
+    assert cfg.vision.grid == (5, 5)  # one patch per ShapesRef v2 cell
     assert cfg.text.encoder_hidden_size == cfg.vision.hidden_size
     assert cfg.text.max_position_embeddings >= iterprime_jax.IteRPrimEConfig().max_text_length
     args = _parser().parse_args(["--out", "x", "--steps", "7"])
@@ -129,7 +130,66 @@ def test_posemb_sincos_2d_init():
     tc = dataclasses.replace(TINY, pos_init="sincos")
     params = training.init_model(tc, training.model_config(tc), jax.random.PRNGKey(0))
     got = np.asarray(params["vision_model"]["embeddings"]["position_embedding"])
-    np.testing.assert_allclose(got, training.posemb_sincos_2d(4, 4, TINY.width), rtol=1e-6)
+    np.testing.assert_allclose(got, training.posemb_sincos_2d(5, 5, TINY.width), rtol=1e-6)
     with pytest.raises(ValueError, match="pos_init"):
         training.init_model(dataclasses.replace(TINY, pos_init="x"),
                              training.model_config(TINY), jax.random.PRNGKey(0))
+
+
+def test_caption_pool_positives_present_negatives_absent(tokenizer):
+    from iterprime_jax import shapesref as sr
+
+    cap = training.caption_pool(TINY, tokenizer, 6, seed=1)
+    again = training.caption_pool(TINY, tokenizer, 6, seed=1)
+    np.testing.assert_array_equal(cap.images, again.images)
+    assert cap.texts == again.texts
+    rng = np.random.default_rng([1, 55])  # caption_pool's stream: same scenes
+    for i in range(6):
+        scene = sr.generate_scene(rng, sr.ShapesRefConfig(), sr.KINDS[int(rng.integers(3))])
+        np.testing.assert_array_equal(scene.image, cap.images[i])
+        pos = [cap.texts[j] for j in cap.pos[cap.pos_off[i]:cap.pos_off[i + 1]]]
+        neg = [cap.texts[j] for j in cap.neg[cap.neg_off[i]:cap.neg_off[i + 1]]]
+        assert pos and neg
+        for text, want in [(t, True) for t in pos] + [(t, False) for t in neg]:
+            assert sr.expression_truth(scene, sr.parse_expression(text)) is want, text
+        for _ in range(len(pos) + len(neg)):  # skip the "the " coin flips of this scene
+            rng.random()
+
+
+def test_curriculum_stages_and_vision_init(tokenizer, pool):
+    tc = dataclasses.replace(TINY, steps=3, caption_steps=2)
+    vision, hist = training.pretrain_vision(tc, eval_every=6)
+    assert [h["step"] for h in hist] == [6, 12]
+    assert set(hist[-1]) >= {"s", "c", "sc", "ss"}
+    params, _, history = training.train(tc, tokenizer, pool, progress=False,
+                                        vision_init=vision)
+    assert [h["stage"] for h in history] == ["captions"] * 2 + ["expressions"] * 3
+    # the ViT started from the pretrained weights (not from init_model's draw)
+    scratch, _, _ = training.train(tc, tokenizer, pool, progress=False)
+    a = params["vision_model"]["embeddings"]["patch_embedding"]["kernel"]
+    b = scratch["vision_model"]["embeddings"]["patch_embedding"]["kernel"]
+    assert not np.allclose(a, b)
+
+
+def test_pretraining_lowers_the_presence_loss():
+    from iterprime_jax import shapesref as sr
+    from iterprime_jax.training import pretrain
+
+    tc = dataclasses.replace(TINY, pretrain_steps=40, pretrain_lr=3e-3)
+    cfg = training.model_config(tc)
+    labels = pretrain.presence_labels(sr.ShapesRefConfig())
+    images, y = pretrain.presence_batch(np.random.default_rng(9), sr.ShapesRefConfig(),
+                                        labels, 64)
+    assert y.shape == (64, len(labels)) and set(np.unique(y)) == {0.0, 1.0}
+    pixels = training.normalise_images(images, cfg)
+    init = training.init_model(tc, cfg, jax.random.PRNGKey(0))["vision_model"]
+    vision, _ = training.pretrain_vision(tc, eval_every=40)
+
+    def best_linear_loss(v):  # loss of a least-squares head on the frozen features
+        from iterprime_jax.models.blip.modeling import encode_image
+        f = np.asarray(encode_image({"vision_model": v}, cfg, pixels)[:, 1:].max(1))
+        f = np.concatenate([f, np.ones((len(f), 1))], 1)
+        w, *_ = np.linalg.lstsq(f, y, rcond=None)
+        return float(((f @ w - y) ** 2).mean())
+
+    assert best_linear_loss(vision) < best_linear_loss(init)

@@ -63,13 +63,19 @@ class ShapesRefConfig:
 
     Version 2 defaults: 80x80 images, one object per cell of a 5x5 grid of 16-px cells (the
     shipped model's 16-px patches), centred in its cell up to ``jitter`` of a cell, so every
-    object lies in one patch (up to a pixel); four very distinct shapes; flat or low-contrast backgrounds
-    (``background_contrast``: the largest per-channel difference of a gradient's two colours).
-    ``grid=0`` places objects freely (version 1's layout, with overlaps).
+    object lies in one patch (up to a pixel); four very distinct shapes; flat or low-contrast
+    backgrounds (``background_contrast``: the largest per-channel difference of a gradient's
+    two colours).
+    ``grid_margin`` rings of border cells stay empty: IteRPrimE upsamples the heat map bicubically
+    with clamped borders, which overshoots towards the image border, so a hot border cell puts
+    the heat's argmax on the image's edge pixels, outside any object (no candidate); objects in
+    the inner 3x3 cells keep the argmax on them. ``grid=0`` places objects freely (version 1's
+    layout, with overlaps).
     """
 
     image_size: int = 80
     grid: int = 5
+    grid_margin: int = 1
     jitter: float = 0.1
     num_train: int = 2000
     num_val: int = 200
@@ -104,8 +110,11 @@ class ShapesRefConfig:
         bad = [c for c in self.colours if c not in COLOUR_RGB]
         if bad or len(set(self.colours)) < 2:
             raise ValueError(f"colours must be >= 2 distinct of {tuple(COLOUR_RGB)}")
-        if self.grid < 0 or (self.grid and self.grid * self.grid < self.max_objects):
-            raise ValueError(f"grid must be 0 or have >= max_objects cells, got {self.grid}")
+        inner = self.grid - 2 * self.grid_margin
+        if self.grid < 0 or self.grid_margin < 0 or (self.grid and inner * inner
+                                                     < self.max_objects):
+            raise ValueError(f"grid must be 0 or have >= max_objects cells inside its margin, "
+                             f"got grid {self.grid}, grid_margin {self.grid_margin}")
         if self.grid and not 0 <= self.jitter < 0.5:
             raise ValueError(f"jitter must be in [0, 0.5), got {self.jitter}")
         bad = [b for b in self.backgrounds if b not in BACKGROUNDS]

@@ -180,19 +180,20 @@ def _place_grid(
 ) -> bool:
     """One object per cell of a ``grid`` x ``grid`` layout, centred in its cell up to
     ``jitter`` (fraction of a cell). A relation's target goes k cells from its landmark along
-    the relation and at most k-1 cells across it (inside the relation's 45-degree cone)."""
-    g = cfg.grid
+    the relation and at most k-1 cells across it (inside the relation's 45-degree cone). The
+    outer ``grid_margin`` rings of cells stay empty."""
+    g, m = cfg.grid, cfg.grid_margin
     cell = cfg.image_size / g
-    free = [(r, c) for r in range(g) for c in range(g)]
+    free = [(r, c) for r in range(m, g - m) for c in range(m, g - m)]
     chosen: dict[int, tuple[int, int]] = {}
     if landmark >= 0:
         lm = free[int(rng.integers(len(free)))]
         rel = _choice(rng, RELATIONS)
-        k = int(rng.integers(1, g))
+        k = int(rng.integers(1, g - 2 * m))
         j = int(rng.integers(-(k - 1), k)) if k > 1 else 0
         dr, dc = {"left of": (0, -1), "right of": (0, 1), "above": (-1, 0), "below": (1, 0)}[rel]
         tg = (lm[0] + dr * k + dc * j, lm[1] + dc * k + dr * j)
-        if not (0 <= tg[0] < g and 0 <= tg[1] < g):
+        if not (m <= tg[0] < g - m and m <= tg[1] < g - m):
             return False
         chosen = {landmark: lm, 0: tg}
         free = [f for f in free if f not in (lm, tg)]

@@ -9,10 +9,12 @@ from .config import DEFAULT_VOCAB, LOG_NAME, TrainConfig, make_tokenizer, model_
 from .data import (
     Pool,
     build_pool,
+    caption_pool,
     expression_false,
     false_variants,
     normalise_images,
     shape_swaps,
+    swaps,
     tokenize_prompts,
 )
 from .diagnostics import (
@@ -23,6 +25,7 @@ from .diagnostics import (
     predict_match,
     recommended_method,
 )
+from .pretrain import load_vision, pretrain_vision, save_vision
 from .trainer import (
     init_model,
     lr_schedule,
@@ -34,9 +37,10 @@ from .trainer import (
 )
 
 __all__ = [
-    "DEFAULT_VOCAB", "LOG_NAME", "Pool", "TrainConfig", "build_pool", "diagnose",
-    "evaluate_itm", "expression_false", "false_variants", "init_model", "itm_by_negative_kind",
-    "localisation_probe", "lr_schedule", "main", "make_optimizer", "make_tokenizer",
-    "model_config", "normalise_images", "posemb_sincos_2d", "predict_match",
-    "recommended_method", "save_model", "shape_swaps", "tokenize_prompts", "train",
+    "DEFAULT_VOCAB", "LOG_NAME", "Pool", "TrainConfig", "build_pool", "caption_pool",
+    "diagnose", "evaluate_itm", "expression_false", "false_variants", "init_model",
+    "itm_by_negative_kind", "load_vision", "localisation_probe", "lr_schedule", "main",
+    "make_optimizer", "make_tokenizer", "model_config", "normalise_images", "posemb_sincos_2d",
+    "predict_match", "pretrain_vision", "recommended_method", "save_model", "save_vision",
+    "shape_swaps", "swaps", "tokenize_prompts", "train",
 ]

@@ -32,7 +32,9 @@ class TrainConfig:
       other_neg_frac: share of negatives that are expressions of other scenes.
       attribute_frac: share of attribute scenes (the rest: position and relation, equally).
       shape_negatives: extra negatives per described target that swap only the shape word
-        (certified false), on top of `max_negatives` (shape is the slowest attribute to learn).
+        (certified false), on top of `max_negatives` (shape is the slowest attribute to learn);
+        size_negatives, relation_negatives: the same for the size word and the relation
+        (the words a model trained without them ignores).
       init_scale: multiplier on the default (lecun-normal) Dense init.
       pos_init: vision position embeddings' init: "normal" (std 1/sqrt(width)) or "sincos"
         (fixed-frequency 2D sine/cosine of the patch row and column, as in MAE/big_vision;
@@ -68,6 +70,8 @@ class TrainConfig:
     other_neg_frac: float = 0.25
     attribute_frac: float = 0.34
     shape_negatives: int = 0
+    size_negatives: int = 2
+    relation_negatives: int = 4
     init_scale: float = 1.0
     pos_init: str = "normal"
     caption_steps: int = 500

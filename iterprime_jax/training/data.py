@@ -26,15 +26,23 @@ def false_variants(scene: sr.Scene, expr: sr.Expression, kind: str) -> list[sr.E
 def shape_swaps(scene: sr.Scene, exprs: Sequence[sr.Expression], n: int,
                 rng: np.random.Generator) -> list[str]:
     """Up to `n` phrasings of `exprs` with only the shape word swapped, each clearly false."""
-    out = [x for e in exprs for x in false_variants(scene, e, "shape")]
+    return swaps(scene, exprs, "shape", n, rng)
+
+
+def swaps(scene: sr.Scene, exprs: Sequence[sr.Expression], kind: str, n: int,
+          rng: np.random.Generator) -> list[str]:
+    """Up to `n` phrasings of one-word variants of `exprs` of perturbation `kind` ("shape",
+    "size", "relation", ...), each clearly false in `scene`."""
+    out = [x for e in exprs for x in false_variants(scene, e, kind)]
     phrased = [sr.phrasings(out[i]) for i in rng.permutation(len(out))[:n]]
     return [ph[int(rng.integers(len(ph)))] for ph in phrased]
 
 
-def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float, int]
+def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float, int, int, int]
                ) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
     """Scenes `start..start+n` of the pool: images, positive texts and negative texts."""
-    seed, start, n, refs_per_scene, max_neg, other_frac, image_size, attr_frac, n_shape = args
+    (seed, start, n, refs_per_scene, max_neg, other_frac, image_size, attr_frac, n_shape,
+     n_size, n_relation) = args
     cfg = sr.ShapesRefConfig(image_size=image_size)
     images = np.zeros((n, image_size, image_size, 3), np.uint8)
     pos_all: list[list[str]] = []
@@ -53,8 +61,10 @@ def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float, int]
             p, q = sr.matching_pairs(ref, rng, max_negatives=max_neg)
             pos += p
             neg += q
-            if n_shape:
-                neg += shape_swaps(scene, ref.expressions, n_shape, rng)
+            for swap_kind, k in (("shape", n_shape), ("size", n_size),
+                                 ("relation", n_relation)):
+                if k:
+                    neg += swaps(scene, ref.expressions, swap_kind, k, rng)
             recent += list(zip(ref.expressions, ref.sentences, strict=True))
         # negatives from other scenes: their expressions that are clearly false here
         n_other = int(round(other_frac / max(1e-6, 1 - other_frac) * len(neg)))
@@ -132,7 +142,8 @@ def build_pool(tc: TrainConfig, tokenizer: Any, n_scenes: int, seed: int,
     """Generate `n_scenes` scenes (seeded by `seed`, independent of `workers`) and tokenise."""
     workers = tc.workers if workers is None else workers
     jobs = [(seed, s, min(chunk, n_scenes - s), tc.refs_per_scene, tc.max_negatives,
-             tc.other_neg_frac, tc.image_size, tc.attribute_frac, tc.shape_negatives)
+             tc.other_neg_frac, tc.image_size, tc.attribute_frac, tc.shape_negatives,
+             tc.size_negatives, tc.relation_negatives)
             for s in range(0, n_scenes, chunk)]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as ex:
