@@ -2,6 +2,7 @@
 IteRPrimE needs from it.
 
     python bench/recipe_probe.py NAME [--steps 3000] [--set FIELD=VALUE ...] [--out DIR]
+                                      [--vision-init FILE]
 
 Trains `training.TrainConfig` with the given overrides (`--set pos_init=sincos`,
 `--set shape_negatives=4`, ...) for `--steps` steps, then reports what `training.diagnose`
@@ -45,17 +46,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--vision-init", default=None,
+                    help="ViT from `python -m iterprime_jax.training.pretrain --out FILE` "
+                         "(default: from scratch)")
     args = ap.parse_args()
     over = {"steps": args.steps, "workers": 1, **parse_overrides(args.set)}
     tc = dataclasses.replace(training.TrainConfig(), **over)
     tok = training.make_tokenizer()
     t0 = time.perf_counter()
-    params, config, history = training.train(tc, tok, progress=True)
+    vision = training.load_vision(args.vision_init) if args.vision_init else None
+    params, config, history = training.train(tc, tok, progress=True, vision_init=vision)
     train_s = time.perf_counter() - t0
     diag = training.diagnose(params, config, tok, tc)
     itm, by_neg, probe = (diag["heldout_itm"], diag["heldout_itm_by_negative"],
                           diag["localisation_probe"])
-    record = {"name": args.name, "overrides": over, "recipe": tc.to_dict(),
+    record = {"name": args.name, "overrides": over, "vision_init": args.vision_init,
+              "recipe": tc.to_dict(),
               "train_time_s": train_s, "final_history": history[-3:], **diag}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
