@@ -31,7 +31,12 @@ from iterprime_jax.cli_args import method_overrides
 from iterprime_jax.config import IteRPrimEConfig
 from iterprime_jax.metrics import summarize
 from iterprime_jax.models.loading import resolve_method
-from iterprime_jax.shapesref import ShapesRefConfig, decode_segmentation, write_shapesref
+from iterprime_jax.shapesref import (
+    ShapesRefConfig,
+    decode_segmentation,
+    generate_example,
+    write_shapesref,
+)
 from tests.conftest import write_tiny_model
 from tests.refer_fixture import write_refer_fixture
 
@@ -43,7 +48,7 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ShapesRefConfig(num_train=0, num_val=16, num_test_a=0, num_test_b=0, seed=3)
 SAMPLE_FIELDS = {"image_id", "ref_id", "ann_id", "sent_id", "sentence", "I", "U", "IoU",
-                 "iterations", "primary_word", "proposal", "has_candidate"}
+                 "iterations", "primary_word", "proposal", "has_candidate", "kind"}
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +158,22 @@ def test_end_to_end_files_and_metrics(env: dict, baseline: Path) -> None:
     assert m == summarize(i, u)
     assert rec["no_candidate"] == sum(not x["has_candidate"] for x in lines)
     assert rec["num_images"] == SHAPES.num_val
+    # Per expression kind (ShapesRef): rows carry the ref's kind; by_kind recomputed here, with
+    # the chance level of a random object (objects are disjoint: 1 / objects in the image).
+    kinds = {r["ref_id"]: r["kind"] for r in env["shapes_refs"]}
+    assert all(x["kind"] == kinds[x["ref_id"]] for x in lines)
+    by_kind = rec["by_kind"]
+    assert set(by_kind) == {x["kind"] for x in lines} | {"all"}
+    n_objects = {}
+    for im in range(SHAPES.num_val):
+        scene, _ = generate_example(SHAPES, "val", im)
+        n_objects[im + 1] = len(scene.objects)  # image ids count from 1 (no train images)
+    for kind, row in by_kind.items():
+        sel = [x for x in lines if kind in ("all", x["kind"])]
+        assert row["sentences"] == len(sel)
+        assert row["mIoU"] == pytest.approx(np.mean([x["IoU"] for x in sel]))
+        assert row["chance_mIoU"] == pytest.approx(
+            np.mean([1 / n_objects[x["image_id"]] for x in sel]))
     run_cfg = json.loads((baseline / "run_config.json").read_text())
     assert run_cfg["dataset"] == "shapesref" and run_cfg["proposals"] == "gt"
     assert run_cfg["method"]["layer"] == 1  # default 8 clipped to the 2-layer model
@@ -340,7 +361,17 @@ def test_ablation_table(env: dict, baseline: Path, capsys: pytest.CaptureFixture
     ref = read_lines(baseline / "samples.jsonl")
     first3 = sorted({x["image_id"] for x in ref})[:3]
     sub = [x for x in ref if x["image_id"] in first3]
-    assert rec["rows"][-1]["metrics"] == ev.metrics_from_samples(sub)
+    want = ev.metrics_from_samples(sub)
+    got = rec["rows"][-1]["metrics"]
+    assert {k: got[k] for k in want} == want
+    for r in rec["rows"]:  # 95% bootstrap intervals over sentences around each point value
+        m = r["metrics"]
+        assert m["mIoU_lo"] <= m["mIoU"] <= m["mIoU_hi"]
+        assert m["oIoU_lo"] <= m["oIoU"] <= m["oIoU_hi"]
+    pwe, sel = rec["rows"][2]["metrics"], rec["rows"][1]["metrics"]
+    assert pwe["d_mIoU"] == pytest.approx(pwe["mIoU"] - sel["mIoU"])
+    assert pwe["d_mIoU_lo"] <= pwe["d_mIoU"] <= pwe["d_mIoU_hi"]
+    assert "d_mIoU" not in rec["rows"][0]["metrics"]
     assert rec["num_samples"] == len(sub)
 
 

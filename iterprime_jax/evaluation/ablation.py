@@ -16,6 +16,7 @@ import numpy as np
 from ..config import IteRPrimEConfig
 from ..metrics import summarize
 from ..models.loading import Model
+from .bootstrap import paired_bootstrap
 from .config import ABLATION, PHRASECUT, AblationRow, EvalConfig, EvalError, Progress
 from .distributed import barrier, process_share
 from .loader import HostBatch
@@ -94,15 +95,25 @@ def run_ablation(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | No
             merged[name] += v
         f.unlink()
     table: dict[str, dict[str, float | int]] = {}
+    per_sentence: dict[str, tuple[list[int], list[int]]] = {}
     for r in rows:
         v = sorted(merged[r.name])
+        per_sentence[r.name] = ([x[3] for x in v], [x[4] for x in v])
         table[r.name] = summarize(np.asarray([x[3] for x in v], np.int64),
                                   np.asarray([x[4] for x in v], np.int64),
                                   convention=config.convention)  # type: ignore[arg-type]
+    intervals = paired_bootstrap(per_sentence)
+    first = ("oIoU", "mIoU", "prec@0.5", "prec@0.9")
+    for r in rows:  # 95% bootstrap intervals over sentences, next to the point values
+        m = table[r.name]
+        table[r.name] = ({k: m[k] for k in first if k in m} | intervals[r.name]
+                         | {k: v for k, v in m.items() if k not in first})
     record = {
         "dataset": config.dataset, "split": config.split, "proposals": proposals.describe(),
         "convention": config.convention, "weights": str(weights),
         "num_images": len(ctx.images), "num_samples": sum(m.num_sentences for m in ctx.images),
+        "intervals": "95% percentile bootstrap over sentences (2000 resamples shared by all "
+                     "rows); d_mIoU = change of mIoU over the previous row, paired",
         "rows": [{"name": r.name, "proposals": proposals.describe() if r.use_proposals
                   else "heatmap", "method": dataclasses.asdict(r.method),
                   "metrics": table[r.name]} for r in rows],
