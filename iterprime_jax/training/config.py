@@ -49,7 +49,7 @@ class TrainConfig:
       seed: seeds data, init and batch order.
     """
 
-    steps: int = 10000
+    steps: int = 4500
     batch_size: int = 64
     lr: float = 7e-4
     warmup: int = 300
@@ -64,7 +64,7 @@ class TrainConfig:
     max_text_length: int = 24
     max_position_embeddings: int = 64
     projection_dim: int = 32
-    pool_scenes: int = 16000
+    pool_scenes: int = 8000
     refs_per_scene: int = 2
     max_negatives: int = 8
     other_neg_frac: float = 0.25

@@ -1,22 +1,30 @@
 """Train the small ShapesRef ITM model: BLIP architecture (same Flax code), tiny config.
 
-Image-text matching only: positives are expressions of the image's objects, negatives are hard
-negatives certified false in the image (swapped colour / shape / size / position word / relation /
-landmark attribute, absent attribute combinations, expressions of other images). The model never
-sees a mask or a box. Its Grad-CAM over cross-attention is what IteRPrimE turns into masks.
+Localisation-free throughout: the model never sees a mask, a box or a place. Three stages:
+
+1. image-level multi-label pretraining of the ViT on fresh scenes (`training.pretrain`: which
+   shapes / colours / shape-colour / shape-size pairs are present), as BLIP's ViT starts from an
+   image classifier; or `--vision-init FILE` from `python -m iterprime_jax.training.pretrain`;
+2. `caption_steps` of image-text matching on object captions ("red circle", "the small cross"
+   vs. absent combinations, `data.caption_pool`): a curriculum;
+3. `steps` of image-text matching on referring expressions: positives are expressions of the
+   image's objects, negatives hard negatives certified false in the image (swapped colour /
+   shape / size / position word / relation / landmark attribute, extra shape / size / relation
+   swaps, absent attribute combinations, expressions of other images).
 
     python -m iterprime_jax.training --out weights/shapesref-itm
 
-writes orbax params + `blip_config.json` (`iterprime_jax.models.convert.save_params`), the tokenizer
-(`vocab.txt`, `tokenizer_config.json`) and `training_log.json` (recipe, command, wall time, loss /
-accuracy history, held-out ITM accuracy, and a localisation probe: the fraction of ShapesRef
+writes orbax params + `blip_config.json` (`iterprime_jax.models.convert.save_params`), the
+tokenizer (`vocab.txt`, `tokenizer_config.json`) and `training_log.json` (recipe, command, wall
+time, the pretraining's held-out label accuracy, loss / accuracy history, held-out ITM accuracy
+overall and per hard-negative type, and a localisation probe: the fraction of ShapesRef
 train-split sentences whose Grad-CAM heat peaks inside the referred object's mask, per text
 layer) and `method.json` (the Grad-CAM layer the probe recommends; chosen on the ShapesRef train
 split, which the ITM training pool never draws from, so val stays untouched).
 
-Data: a pool of scenes is generated up front (numpy, in worker processes), with the prompt
+Data: pools of scenes are generated up front (numpy, in worker processes), with the prompt
 template of the pipeline (`IteRPrimEConfig().template`) applied before tokenisation; batches are
-sampled from the pool (50% matches). Everything is seeded by `--seed`.
+sampled from them (50% matches). Everything is seeded by `--seed`.
 """
 
 from __future__ import annotations
