@@ -1,7 +1,9 @@
 """ShapesRef: a procedural, seeded referring-image-segmentation benchmark.
 
-Scenes of 2-6 coloured shapes (circle, square, triangle, diamond, star; small or large) on textured
-backgrounds, with referring expressions of three kinds:
+Scenes of 2-6 coloured shapes (version 2 defaults: circle, square, triangle, cross; small or
+large; one per cell of a 5x5 grid of 16-px cells whose outer ring stays empty, on flat or
+low-contrast backgrounds; version 1's free layout with overlaps, more shapes and textured
+backgrounds is ``ShapesRefConfig(grid=0, ...)``), with referring expressions of three kinds:
 
 * ``attribute``: "the small green triangle", "green triangle" -- the shape alone is ambiguous
   (a same-shape distractor is present); the attribute combination is unique.

@@ -1,5 +1,5 @@
 """ShapesRef scene generation and rendering: object specs and placement, pixel-exact masks
-(circles with numpy, polygons with the COCO rasteriser), textured backgrounds; and drawing a
+(circles with numpy, polygons with the COCO rasteriser), backgrounds; and drawing a
 ref (`make_ref`) for a target of a scene."""
 
 from __future__ import annotations
