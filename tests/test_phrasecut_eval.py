@@ -199,7 +199,9 @@ def test_ablation_with_proposals_file(env: dict, file_run: Path) -> None:
     n = len(env["fx"]["splits"]["val"])
     assert all(r["metrics"]["n"] == n for r in rec["rows"])
     full = json.loads((file_run / "metrics.json").read_text())["metrics"]["val"]
-    assert rec["rows"][-1]["metrics"] == full  # "full" row = the main run
+    last = rec["rows"][-1]["metrics"]  # "full" row = the main run (+ bootstrap intervals)
+    assert {k: last[k] for k in full} == full
+    assert last["mIoU_lo"] <= last["mIoU"] <= last["mIoU_hi"]
 
 
 def test_other_split_and_limit(env: dict) -> None:
