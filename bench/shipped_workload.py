@@ -50,23 +50,19 @@ def torch_model_from_params(params: Any, cfg: Any) -> Any:
     import torch
     from transformers import BlipForImageTextRetrieval
 
-    from iterprime_jax.models.blip.convert import (
-        IGNORED_BUFFERS,
-        _flatten,
-        _map_tensor,
-        convert_state_dict,
-    )
+    from iterprime_jax.models.blip.convert import IGNORED_BUFFERS, convert_state_dict
     from iterprime_jax.models.blip.modeling import abstract_params
+    from iterprime_jax.models.keytable import flatten, map_tensor
 
     model = BlipForImageTextRetrieval(hf_config_from_ours(cfg)).eval()
-    targets = _flatten(abstract_params(cfg))
-    flat = {k: np.asarray(v, np.float32) for k, v in _flatten(params).items()}
+    targets = flatten(abstract_params(cfg))
+    flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
     state = {}
     for key, value in model.state_dict().items():
         if key in IGNORED_BUFFERS:
             state[key] = value
             continue
-        path, _ = _map_tensor(key, value.numpy(), targets)
+        path, _ = map_tensor(key, value.numpy(), targets)
         ours = flat[path]
         if path[-1] == "kernel":  # Dense (in, out) -> Linear (out, in); Conv HWIO -> OIHW
             ours = ours.T if ours.ndim == 2 else ours.transpose(3, 2, 0, 1)
@@ -74,7 +70,7 @@ def torch_model_from_params(params: Any, cfg: Any) -> Any:
             raise ValueError(f"{key}: {tuple(ours.shape)} vs torch {tuple(value.shape)}")
         state[key] = torch.from_numpy(np.ascontiguousarray(ours))
     model.load_state_dict(state)
-    back = _flatten(convert_state_dict({k: v.numpy() for k, v in state.items()}, cfg))
+    back = flatten(convert_state_dict({k: v.numpy() for k, v in state.items()}, cfg))
     bad = [k for k in flat if not np.array_equal(back[k], flat[k])]
     if bad or set(back) != set(flat):
         raise ValueError(f"round trip torch -> flax changed {bad[:5]}")

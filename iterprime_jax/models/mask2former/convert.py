@@ -1,6 +1,6 @@
 """HF `Mask2FormerForUniversalSegmentation` state dict -> Flax params of this port.
 
-The table is the BLIP converter's (`iterprime_jax.models.blip.convert._map_tensor`): module
+The table is the shared one (`iterprime_jax.models.keytable.map_tensor`): module
 path with `.N.` -> `_N`, Linear weights transposed, Conv2d (out, in, kh, kw) -> (kh, kw, in, out),
 LayerNorm/GroupNorm weight -> scale, Embedding weight -> embedding, raw parameters
 (`level_embed`, `relative_position_bias_table`, `in_proj_weight`) copied as they are.
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..blip.convert import _flatten, _map_tensor, _unflatten
 from ..checkpoint import CheckpointError, read_hf_state_dict
+from ..keytable import match_state_dict
 from .config import Mask2FormerConfig
 from .modeling import abstract_params
 
@@ -61,40 +61,9 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], config: Mask2Former
 
     Raises CheckpointError naming every unknown, missing or mis-shaped key.
     """
-    targets = _flatten(abstract_params(config))
-    out: dict[tuple[str, ...], np.ndarray] = {}
-    unknown, misshaped, bad_paths = [], [], set()
-    for raw_key, value in state_dict.items():
-        key = canonical_key(raw_key)
-        if any(p.search(key) for p in _IGNORED):
-            continue
-        value = np.asarray(value)
-        try:
-            path, arr = _map_tensor(key, value, targets)
-        except CheckpointError:
-            path, arr = None, value
-        if path not in targets:
-            unknown.append(raw_key)
-            continue
-        want = tuple(targets[path].shape)
-        if tuple(arr.shape) != want:
-            misshaped.append(f"{raw_key}: checkpoint {tuple(value.shape)} -> {tuple(arr.shape)}, "
-                             f"model expects {want} at {'/'.join(path)}")
-            bad_paths.add(path)
-            continue
-        out[path] = np.asarray(arr, dtype=np.float32)
-    missing = ["/".join(p) for p in targets if p not in out and p not in bad_paths]
-    problems = []
-    if unknown:
-        problems.append(f"unknown checkpoint keys: {sorted(unknown)}")
-    if misshaped:
-        problems.append("mis-shaped tensors: " + "; ".join(misshaped))
-    if missing:
-        problems.append(f"model parameters missing from the checkpoint: {missing}")
-    if problems:
-        raise CheckpointError("Mask2Former checkpoint does not match the model config:\n  "
-                              + "\n  ".join(problems))
-    return _unflatten(out)
+    kept = {k: v for k, v in state_dict.items()
+            if not any(p.search(canonical_key(k)) for p in _IGNORED)}
+    return match_state_dict(kept, abstract_params(config), "Mask2Former", canonical_key)
 
 
 def read_hf_config(src_dir: str | Path) -> Mask2FormerConfig:
