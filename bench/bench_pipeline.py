@@ -594,7 +594,8 @@ def parity_accept_branch(args: argparse.Namespace) -> dict[str, Any]:
 
     log(f"parity (accept branch): shipped model, first {args.shipped_images} ShapesRef val "
         "images")
-    rep = sw.shipped_parity(args.shipped_images, compare, ref_records)
+    rep = sw.shipped_parity(args.shipped_images, compare, ref_records,
+                            Path(args.shipped_weights))
     log(f"parity (accept branch): {rep['sentences']} sentences, accepted passes "
         f"{rep['sentences_by_accepted_passes']}, max |d| maps {rep['max_abs_pass_heat']:.1e}, "
         f"same selection {rep['same_selection']}/{rep['sentences']}, ok={rep['ok']}")
@@ -752,6 +753,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ref-sentences", type=int, default=7)
     ap.add_argument("--ref-reps", type=int, default=3,
                     help="repetitions of the reference's timed sentences")
+    ap.add_argument("--shipped-weights", default="weights/shapesref-itm",
+                    help="trained small model for the accept-branch parity check")
     ap.add_argument("--shipped-images", type=int, default=14,
                     help="ShapesRef val images for the accept-branch parity check")
     ap.add_argument("--parity-sentences", type=int, default=2)
