@@ -1,0 +1,97 @@
+"""Small local inputs for the notebooks (tests/test_notebook.py, and the run whose outputs are
+stored in the committed notebooks):
+
+* ``quokka_proposals(path)``: class-agnostic proposals for ``tests/data/quokka.jpg`` as a COCO-style
+  RLE JSON list: the annotated animal polygon, the rest of the image, and three fixed regions
+  (top strip, bottom-left quarter, right third) — stand-ins for Mask2Former's masks.
+* ``small_shapesref(root)``: a ShapesRef validation split of 6 images, in the refer layout.
+* ``notebook_parameters(...)``: the papermill parameters each notebook runs with on them.
+
+``python -m tests.notebook_fixtures DIR`` writes the data and prints the parameters (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+QUOKKA = DATA / "quokka.jpg"
+QUOKKA_EXPRESSIONS = ["the quokka", "the small animal's left ear", "the sandy ground at the bottom"]
+SHAPES_NUM_VAL = 6
+
+
+def quokka_masks() -> np.ndarray:
+    """(5, H, W) bool masks for the quokka photo (see the module docstring)."""
+    with Image.open(QUOKKA) as im:
+        w, h = im.size
+    ann = json.loads((DATA / "quokka_annotations.json").read_text())
+    poly = [[v for p in ann["polygons"][0]["keypoints"] for v in (p["x"], p["y"])]]
+    animal = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(poly, h, w))).astype(bool)
+    yy, xx = np.mgrid[:h, :w]
+    top = yy < h // 5
+    bottom_left = (yy >= h // 2) & (xx < w // 2)
+    right = xx >= 2 * w // 3
+    return np.stack([animal, ~animal, top & ~animal, bottom_left & ~animal, right & ~animal])
+
+
+def quokka_proposals(path: Path) -> Path:
+    """Write `quokka_masks()` as [{"image_id": 0, "segmentation": RLE, "score": 1.0}, ...]."""
+    items = []
+    for m in quokka_masks():
+        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        items.append({"image_id": 0, "score": 1.0,
+                      "segmentation": {"size": [int(v) for v in rle["size"]],
+                                       "counts": rle["counts"].decode("ascii")}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(items))
+    return path
+
+
+def small_shapesref(root: Path) -> Path:
+    """A ShapesRef val split of `SHAPES_NUM_VAL` images under `root` (refer layout)."""
+    from iterprime_jax.shapesref import ShapesRefConfig, write_shapesref
+
+    write_shapesref(root, ShapesRefConfig(num_train=0, num_val=SHAPES_NUM_VAL, num_test_a=0,
+                                          num_test_b=0, seed=3))
+    return root
+
+
+def notebook_parameters(work: Path, relative_to: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Write the fixtures under `work` and return {notebook name: papermill parameters}.
+    Paths are absolute, or relative to `relative_to` (the notebooks' directory) if given."""
+    work = Path(work)
+    props = quokka_proposals(work / "quokka_proposals.json")
+    manual = work / "shapesref_manual"
+    if not manual.exists():
+        small_shapesref(manual)
+
+    def p(x: Path) -> str:
+        if relative_to is None:
+            return str(Path(x).resolve())
+        import os
+
+        return os.path.relpath(Path(x).resolve(), Path(relative_to).resolve())
+
+    weights = p(ROOT / "weights" / "shapesref-itm")
+    return {
+        "quickstart": {"WEIGHTS": weights},
+        "segment_your_image": {
+            "BLIP": weights, "PROPOSER": None, "PROPOSALS_FILE": p(props),
+            "IMAGE": p(QUOKKA), "EXPRESSIONS": QUOKKA_EXPRESSIONS},
+        "evaluate_refcoco": {
+            "DATASET": "shapesref", "SPLIT": "val", "MANUAL_DIR": p(manual),
+            "DATA_DIR": p(work / "tfds"), "WEIGHTS": weights, "PROPOSALS": "gt",
+            "PROPOSER": None, "OUT": p(work / "eval_out"), "GALLERY": 4},
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(notebook_parameters(Path(sys.argv[1])), indent=2))
