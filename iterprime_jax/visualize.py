@@ -180,7 +180,9 @@ def plot_passes(image: Any, result: Any, panel: float = 2.6) -> Any:
         a.set_title(f"pass {i}: P(match) {p:.3f}\n{d}", fontsize=9,
                     color=_DECISION_COLOUR[d])
     _show_heat(ax[n + 1], rgb, result.heatmap)
-    ax[n + 1].set_title(f"final heat map\n({result.iterations} pass(es) blended)", fontsize=9)
+    k = result.iterations
+    ax[n + 1].set_title("final heat map\n" + ("(pass 0)" if k == 1 else f"(blend of {k} passes)"),
+                        fontsize=9)
     what = mask_caption(result)
     _show_mask(ax[n + 2], rgb, result.mask, (0.1, 1.0, 0.2))
     ax[n + 2].set_title(what, fontsize=9)
