@@ -53,6 +53,15 @@ def pass_decisions(scores: np.ndarray, iterations: int) -> list[str]:
     return out
 
 
+def score_summary(scores: np.ndarray, iterations: int) -> str:
+    """P(match) of the passes that ran, the rejected one marked: "0.61, 0.68, 0.52 (rej.)"."""
+    parts = []
+    for p, d in zip(np.asarray(scores), pass_decisions(scores, iterations), strict=True):
+        if d != PASS_NOT_RUN:
+            parts.append(f"{p:.2f}" + (" (rej.)" if d == PASS_REJECTED else ""))
+    return ", ".join(parts)
+
+
 def _word_key(word: str) -> str:
     return "".join(ch for ch in word.lower() if ch.isalnum())
 
@@ -201,7 +210,7 @@ def plot_samples(views: Any, panel: float = 2.6) -> Any:
         raise ValueError("no samples to plot")
     fig, axes = _new_figure(4, len(views), panel, top=0.8)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / fig.get_figheight(),
-                        wspace=0.05, hspace=0.45)
+                        wspace=0.05, hspace=0.4)
     for row, v in zip(axes, views, strict=True):
         res, rec = v.result, v.record
         row[0].imshow(v.image)
@@ -211,9 +220,8 @@ def plot_samples(views: Any, panel: float = 2.6) -> Any:
         _show_mask(row[2], v.image, res.mask, (0.1, 1.0, 0.2))
         row[2].set_title(f"prediction: IoU {v.iou:.2f}\n{mask_caption(res)}", fontsize=9)
         _show_heat(row[3], v.image, res.heatmap)
-        ps = ", ".join(f"{p:.2f}" for p in np.asarray(res.scores) if np.isfinite(p))
-        row[3].set_title(f"heat, {res.iterations} pass(es) accepted\nP(match): {ps}",
-                         fontsize=9)
+        row[3].set_title(f"heat, {res.iterations} pass(es) accepted\nP(match) "
+                         + score_summary(res.scores, res.iterations), fontsize=9)
         box = row[0].get_position()
         draw_expression(fig, res.expression, res.primary_word, x=box.x0,
                         y=box.y1 + 0.42 / fig.get_figheight(), fontsize=11)

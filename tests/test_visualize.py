@@ -110,13 +110,14 @@ def test_worst_samples_and_plot_samples() -> None:
     image = np.full((30, 40, 3), 90, np.uint8)
     gt = np.zeros((30, 40), bool)
     gt[5:10, 5:12] = True
-    res = result([0.5, 0.6, NAN], 2)
+    res = result([0.5, 0.6, 0.4], 2)
     view = SampleView(record={**recs[4], "I": 35, "U": 35}, image=image, gt=gt, proposals=None,
                       result=res, intersection=35, union=35)
     assert view.iou == 1.0 and view.matches_record
     fig = plot_samples([view, view])
     assert len(fig.get_axes()) == 8
     assert fig.get_axes()[2].get_title() == "prediction: IoU 1.00\nchosen proposal 1"
-    assert fig.get_axes()[3].get_title() == "heat, 2 pass(es) accepted\nP(match): 0.50, 0.60"
+    assert fig.get_axes()[3].get_title() == \
+        "heat, 2 pass(es) accepted\nP(match) 0.50, 0.60, 0.40 (rej.)"
     with pytest.raises(ValueError, match="no samples"):
         plot_samples([])
