@@ -1,0 +1,81 @@
+"""Re-running evaluated samples gives the evaluation's own I and U (heat-map and proposals-file
+modes, refer-format fixture at COCO canvas size); bad inputs name themselves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+import iterprime_jax as ij
+from iterprime_jax import gallery
+from iterprime_jax.evaluate import EvalConfig, EvalError, evaluate, prepare_split
+from tests.conftest import write_tiny_model
+from tests.refer_fixture import write_refer_fixture
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("gallery")
+    fx = write_refer_fixture(root / "manual")
+    model = ij.load(write_tiny_model(root / "model"))
+    # proposals file: every annotation of the image, then the same masks shifted by 3 px
+    items = []
+    for ann in fx["anns"].values():
+        for shift in (0, 3):
+            m = np.roll(ann["mask"], shift, axis=1)
+            rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+            items.append({"image_id": ann["image_id"], "segmentation": {
+                "size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()}})
+    props = root / "proposals.json"
+    props.write_text(json.dumps(items))
+    base = EvalConfig(dataset="refcoco_unc", split="val", manual_dir=str(root / "manual"),
+                      data_dir=str(root / "tfds"), weights=str(model.path))
+    prepare_split(base)
+    return {"root": root, "model": model, "base": base, "props": props}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["heatmap", "file"])
+def test_rerun_matches_evaluation(env: dict, kind: str) -> None:
+    model, method = env["model"], ij.IteRPrimEConfig(layer=1)
+    # heat-map mode at the COCO canvas (640; the re-run uses the image's own 64), file mode
+    # at canvas 64 (faster)
+    config = env["base"].replace(
+        proposals="heatmap" if kind == "heatmap" else str(env["props"]),
+        canvas=None if kind == "heatmap" else 64, out=str(env["root"] / f"out_{kind}"))
+    evaluate(config, method, model=model)
+    records = gallery.read_run(config.out)
+    assert len(records) >= 4
+    views = gallery.rerun_samples(model, config, records, method)
+    assert [v.record for v in views] == records
+    assert all(v.matches_record for v in views), [(v.intersection, v.union, v.record["I"],
+                                                   v.record["U"]) for v in views]
+    assert any(v.intersection > 0 for v in views)  # not vacuous: some overlap is reproduced
+    for v in views:
+        assert v.image.shape[:2] == v.gt.shape == v.result.mask.shape
+        assert v.gt.any()
+        if kind == "heatmap":
+            assert v.proposals is None and v.result.proposal_index == -1
+        else:
+            assert v.proposals.shape[1:] == v.gt.shape and v.proposals.shape[0] >= 2
+            assert v.result.proposal_index == v.record["proposal"]  # file index == result index
+    worst = gallery.worst_samples(records, 2)
+    again = gallery.rerun_samples(model, config, worst, method)
+    assert [v.record for v in again] == worst and all(v.matches_record for v in again)
+
+
+def test_bad_inputs(env: dict, tmp_path: Path) -> None:
+    with pytest.raises(EvalError, match="samples.jsonl does not exist"):
+        gallery.read_run(tmp_path)
+    config = env["base"].replace(proposals="heatmap", out=str(env["root"] / "out_heatmap"))
+    bogus = [{"image_id": 9, "ref_id": 12345, "sent_id": 1, "sentence": "x", "I": 0, "U": 1,
+              "IoU": 0.0}]
+    with pytest.raises(EvalError, match=r"ref_ids \[12345\] are not in the split"):
+        gallery.rerun_samples(env["model"], config, bogus, ij.IteRPrimEConfig(layer=1))
+    assert gallery.rerun_samples(env["model"], config, [], ij.IteRPrimEConfig(layer=1)) == []
