@@ -63,12 +63,20 @@ def score_summary(scores: np.ndarray, iterations: int) -> str:
 
 
 def _word_key(word: str) -> str:
-    return "".join(ch for ch in word.lower() if ch.isalnum())
+    """Lower case, a possessive 's dropped, letters and digits only: "Dog's," -> "dog"."""
+    w = word.lower().replace("\u2019", "'")
+    for tail in ("'s", "'"):
+        stripped = w.rstrip(".,;:!?\"")
+        if stripped.endswith(tail) and len(stripped) > len(tail):
+            w = stripped[: -len(tail)]
+            break
+    return "".join(ch for ch in w if ch.isalnum())
 
 
 def highlight_spans(expression: str, primary_word: str | None) -> list[tuple[str, bool]]:
     """Split `expression` into (text, is_primary) runs: the words equal to the primary word
-    (case and punctuation ignored) are the highlighted runs; spaces are kept."""
+    (case, punctuation and a possessive 's ignored) are the highlighted runs; spaces are
+    kept."""
     key = _word_key(primary_word) if primary_word else ""
     spans: list[tuple[str, bool]] = []
     for k, word in enumerate(expression.split(" ")):

@@ -56,6 +56,9 @@ def test_highlight_spans() -> None:
     assert [t for t, hit in spans if hit] == ["Cube,"]  # case and punctuation ignored
     assert highlight_spans("a ball", None) == [("a ball", False)]
     assert [t for t, hit in highlight_spans("cube and cube", "cube") if hit] == ["cube", "cube"]
+    assert [t for t, hit in highlight_spans("the man's hat", "man") if hit] == ["man's"]
+    assert [t for t, hit in highlight_spans("the dogs\u2019 bowl", "dogs") if hit] == ["dogs\u2019"]
+    assert not any(hit for _, hit in highlight_spans("the mandarin", "man"))
 
 
 def test_mask_caption() -> None:
