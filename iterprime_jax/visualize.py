@@ -173,7 +173,7 @@ def plot_passes(image: Any, result: Any, panel: float = 2.6) -> Any:
 
     image: (H, W, 3) uint8 (or (H, W)); result: an `iterprime_jax.SegmentResult` of it.
     """
-    from .preprocess import as_rgb_uint8
+    from .models.blip.preprocess import as_rgb_uint8
 
     rgb = as_rgb_uint8(image, "image")
     if rgb.shape[:2] != result.mask.shape:
@@ -209,9 +209,9 @@ def plot_passes(image: Any, result: Any, panel: float = 2.6) -> Any:
 
 
 def plot_samples(views: Any, panel: float = 2.6) -> Any:
-    """A gallery of evaluated samples (`iterprime_jax.gallery.SampleView`s), one row each:
-    the image, the ground truth, the prediction (with its IoU and what it is) and the final
-    heat map (with P(match) per pass), the expression above the row, primary word
+    """A gallery of evaluated samples (`iterprime_jax.evaluation.gallery.SampleView`s), one
+    row each: the image, the ground truth, the prediction (with its IoU and what it is) and
+    the final heat map (with P(match) per pass), the expression above the row, primary word
     highlighted. Returns a matplotlib Figure (not attached to pyplot)."""
     views = list(views)
     if not views:

@@ -11,8 +11,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 import iterprime_jax as ij
-from iterprime_jax import gallery
-from iterprime_jax.evaluate import EvalConfig, EvalError, evaluate, prepare_split
+from iterprime_jax.evaluation import EvalConfig, EvalError, evaluate, gallery, prepare_split
 from tests.conftest import write_tiny_model
 from tests.refer_fixture import write_refer_fixture
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from iterprime_jax.gallery import SampleView, worst_samples
-from iterprime_jax.pipeline import SegmentResult
+from iterprime_jax.evaluation.gallery import SampleView, worst_samples
+from iterprime_jax.method.pipeline import SegmentResult
 from iterprime_jax.visualize import (
     highlight_spans,
     mask_caption,

@@ -1,6 +1,6 @@
 """Look at an evaluation run: its worst samples, re-rendered from the dataset.
 
-`samples.jsonl` (written by `iterprime_jax.evaluate.evaluate`) holds ids, I, U and IoU per
+`samples.jsonl` (written by `iterprime_jax.evaluation.evaluate`) holds ids, I, U and IoU per
 sentence, not pixels. `rerun_samples` fetches each chosen sample's image, ground-truth mask and
 proposals from the same TFDS split and proposal source, runs `segment_images` again (one call,
 all chosen sentences of every image) and recomputes I and U, so a gallery shows exactly
@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import IteRPrimEConfig
-from .evaluate import (
+from ..config import IteRPrimEConfig
+from ..method.pipeline import SegmentResult, segment_images
+from .runner import (
     SAMPLES,
     EvalConfig,
     EvalError,
@@ -27,7 +28,6 @@ from .evaluate import (
     proposal_source,
     read_samples,
 )
-from .pipeline import SegmentResult, segment_images
 
 
 def read_run(out: str | Path) -> list[dict[str, Any]]:
