@@ -19,15 +19,10 @@ import numpy as np
 
 from ..config import IteRPrimEConfig
 from ..method.pipeline import SegmentResult, segment_images
-from .runner import (
-    SAMPLES,
-    EvalConfig,
-    EvalError,
-    decode_rles,
-    open_split,
-    proposal_source,
-    read_samples,
-)
+from .config import SAMPLES, EvalConfig, EvalError
+from .index import open_split
+from .proposals import decode_rles, proposal_source
+from .records import read_samples
 
 
 def read_run(out: str | Path) -> list[dict[str, Any]]:
