@@ -122,11 +122,16 @@ _DECISION_COLOUR = {PASS_ACCEPTED: "green", PASS_REJECTED: "red", PASS_NOT_RUN: 
 
 
 def _show_heat(ax: Any, image: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> None:
-    """The image with `heat` (any (h, w) grid in [0, 1]) stretched over it, bilinear."""
+    """The image with `heat` ((H, W), or a patch grid resized to (H, W) with the pipeline's
+    bicubic `resize_heatmap`) over it, colours clipped to [0, 1]."""
     h, w = image.shape[:2]
+    if heat.shape != (h, w):
+        from .method.heat import resize_heatmap
+
+        heat = np.asarray(resize_heatmap(heat, (h, w)))
     ax.imshow(image)
     ax.imshow(heat, cmap="jet", vmin=0.0, vmax=1.0, alpha=alpha, extent=(0, w, h, 0),
-              interpolation="bilinear")
+              interpolation="nearest")
 
 
 def _show_mask(ax: Any, image: np.ndarray, mask: np.ndarray, colour: tuple[float, ...]) -> None:
@@ -166,7 +171,8 @@ def plot_passes(image: Any, result: Any, panel: float = 2.6) -> Any:
     """One expression's result as a matplotlib Figure (matplotlib.figure.Figure, not attached
     to pyplot: show it with IPython's `display(fig)` or save it with `fig.savefig`).
 
-    Panels: the image; the heat map of every IGRS pass over the image, titled with its
+    Panels: the image; the heat map of every IGRS pass (its patch grid resized to the image as
+    the pipeline does, `iterprime_jax.resize_heatmap`) over the image, titled with its
     P(match) and the decision (accepted / rejected / not run); the final heat map; the chosen
     proposal (or the thresholded heat map when there were no proposals or no candidate).
     The expression is written above, its primary word highlighted.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from iterprime_jax import resize_heatmap
 from iterprime_jax.evaluation.gallery import SampleView, worst_samples
 from iterprime_jax.method.pipeline import SegmentResult
 from iterprime_jax.visualize import (
@@ -88,9 +89,11 @@ def test_plot_passes_panels() -> None:
     hit = next(t for t in fig.findobj(lambda a: hasattr(a, "get_text"))
                if t.get_text() == "Cube,")
     assert hit.get_fontweight() == "bold" and hit.get_bbox_patch() is not None
-    # the per-pass heat map is drawn over the image at its size
+    # the per-pass heat map is drawn over the image at its size, resized like the pipeline
     heat_img = axes[1].get_images()[1]
     assert heat_img.get_extent() == [0, 40, 30, 0]
+    np.testing.assert_allclose(heat_img.get_array(),
+                               resize_heatmap(res.heatmaps_per_iteration[0], (30, 40)))
     fig.canvas.draw()  # renders (chained text positions resolve) without error
 
 
