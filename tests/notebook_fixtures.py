@@ -64,6 +64,18 @@ def small_shapesref(root: Path) -> Path:
     return root
 
 
+def tiny_proposer(path: Path) -> Path:
+    """A tiny random Mask2Former (the one of tests/test_propose_e2e.py, 6 queries) saved by
+    transformers and converted into `path` (needs torch: the [test] extra)."""
+    import iterprime_jax as ij
+    from tests.test_propose_e2e import tiny_hf_mask2former
+
+    if not (path / "converted").exists():
+        tiny_hf_mask2former().save_pretrained(str(path / "hf"))
+        ij.convert_hf_checkpoint(path / "hf", path / "converted")
+    return path / "converted"
+
+
 def notebook_parameters(work: Path, relative_to: Path | None = None) -> dict[str, dict[str, Any]]:
     """Write the fixtures under `work` and return {notebook name: papermill parameters}.
     Paths are absolute, or relative to `relative_to` (the notebooks' directory) if given."""

@@ -1,5 +1,6 @@
-"""Re-running evaluated samples gives the evaluation's own I and U (heat-map and proposals-file
-modes, refer-format fixture at COCO canvas size); bad inputs name themselves."""
+"""Re-running evaluated samples gives the evaluation's own I and U (heat-map mode at the COCO
+canvas, proposals-file and on-the-fly Mask2Former modes, refer-format fixture); bad inputs name
+themselves."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pycocotools import mask as mask_utils
 import iterprime_jax as ij
 from iterprime_jax.evaluation import EvalConfig, EvalError, evaluate, gallery, prepare_split
 from tests.conftest import write_tiny_model
+from tests.notebook_fixtures import tiny_proposer
 from tests.refer_fixture import write_refer_fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -40,14 +42,17 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["heatmap", "file"])
+@pytest.mark.parametrize("kind", ["heatmap", "file", "mask2former"])
 def test_rerun_matches_evaluation(env: dict, kind: str) -> None:
     model, method = env["model"], ij.IteRPrimEConfig(layer=1)
     # heat-map mode at the COCO canvas (640; the re-run uses the image's own 64), file mode
     # at canvas 64 (faster)
     config = env["base"].replace(
-        proposals="heatmap" if kind == "heatmap" else str(env["props"]),
+        proposals={"heatmap": "heatmap", "file": str(env["props"])}.get(kind, kind),
         canvas=None if kind == "heatmap" else 64, out=str(env["root"] / f"out_{kind}"))
+    if kind == "mask2former":  # a tiny random Mask2Former, run again by the re-run
+        config = config.replace(proposer_weights=str(tiny_proposer(env["root"] / "m2f")),
+                                propose=ij.ProposeConfig(short_edge=64, max_size=64))
     evaluate(config, method, model=model)
     records = gallery.read_run(config.out)
     assert len(records) >= 4
@@ -63,7 +68,9 @@ def test_rerun_matches_evaluation(env: dict, kind: str) -> None:
             assert v.proposals is None and v.result.proposal_index == -1
         else:
             assert v.proposals.shape[1:] == v.gt.shape and v.proposals.shape[0] >= 2
-            assert v.result.proposal_index == v.record["proposal"]  # file index == result index
+            assert v.result.proposal_index == v.record["proposal"]  # file/query index
+    if kind == "mask2former":
+        assert all(v.proposals.shape[0] == 6 for v in views)
     worst = gallery.worst_samples(records, 2)
     again = gallery.rerun_samples(model, config, worst, method)
     assert [v.record for v in again] == worst and all(v.matches_record for v in again)

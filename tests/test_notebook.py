@@ -16,7 +16,12 @@ import nbformat
 import papermill
 import pytest
 
-from tests.notebook_fixtures import QUOKKA_EXPRESSIONS, SHAPES_NUM_VAL, notebook_parameters
+from tests.notebook_fixtures import (
+    QUOKKA_EXPRESSIONS,
+    SHAPES_NUM_VAL,
+    notebook_parameters,
+    tiny_proposer,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -119,6 +124,21 @@ def test_segment_your_image(params: dict, tmp_path: Path) -> None:
     import base64
 
     assert all(base64.b64decode(f)[:8] == b"\x89PNG\r\n\x1a\n" for f in figs)
+
+
+@pytest.mark.slow
+def test_segment_your_image_with_mask2former(params: dict, tmp_path: Path) -> None:
+    """The proposer path: a (tiny, random) converted Mask2Former loaded by the notebook and run
+    by `ij.propose` on the photo, one figure per expression."""
+    p = {**params["segment_your_image"], "PROPOSALS_FILE": None, "PROPOSAL_SIZE": [64, 96],
+         "PROPOSER": str(tiny_proposer(tmp_path / "m2f")), "EXPRESSIONS": QUOKKA_EXPRESSIONS[:2]}
+    nb = run("segment_your_image", p, tmp_path)
+    check_parameters_cell(nb, p)
+    assert "proposer: " + p["PROPOSER"] in text_of(cell_with(nb, "model = ij.load(BLIP)"))
+    assert "proposals: (6, 643, 960)" in text_of(cell_with(nb, "ij.propose(proposer, image"))
+    summary = text_of(cell_with(nb, "ij.segment_batch("))
+    assert len(re.findall(r"proposal -?\d+, mask \d+ px", summary)) == 2
+    assert len(images_of(cell_with(nb, "display(plot_passes(image, r))"))) == 2
 
 
 @pytest.mark.slow

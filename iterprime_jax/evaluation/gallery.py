@@ -89,10 +89,12 @@ def _proposals(config: EvalConfig, example: Mapping[str, Any], source: Any
         return np.asarray(example["proposals"]).astype(bool)
     if kind == "heatmap":
         return None
+    image = np.asarray(example["image"])
     if kind == "file":
-        image = example["image"]
         rles = source.by_image.get(int(example["image_id"]), [])
         return decode_rles(rles, image.shape[:2], source.path, int(example["image_id"]))
+    if kind == "mask2former":  # the run's proposer and rule (config.propose)
+        return source.proposer([image])[0]
     raise EvalError(f"cannot re-run samples with proposals {config.proposals!r}")
 
 
@@ -100,13 +102,15 @@ def rerun_samples(model: Any, config: EvalConfig, records: Sequence[Mapping[str,
                   method: IteRPrimEConfig = IteRPrimEConfig()) -> list[SampleView]:
     """Re-run `records` (from `read_run` / `worst_samples`) of the run `config` describes.
 
-    model: the run's ITM model; method: the run's method config. Returns one `SampleView`
-    per record, in the records' order.
+    model: the run's ITM model; method: the run's method config. Proposals come from the
+    run's source: the split's instance masks (gt), the proposals file, or Mask2Former run
+    again (``config.proposer_weights`` and ``config.propose``). Returns one `SampleView` per
+    record, in the records' order.
     """
     if not records:
         return []
     sources = open_split(config)
-    source = proposal_source(config.proposals)
+    source = proposal_source(config.proposals, config)
     where = _find_examples(sources.light, {int(r["ref_id"]) for r in records})
     by_image: dict[int, list[int]] = {}
     for k, r in enumerate(records):
