@@ -7,7 +7,9 @@ stored in the committed notebooks):
 * ``small_shapesref(root)``: a ShapesRef validation split of 6 images, in the refer layout.
 * ``notebook_parameters(...)``: the papermill parameters each notebook runs with on them.
 
-``python -m tests.notebook_fixtures DIR`` writes the data and prints the parameters (JSON).
+``python -m tests.notebook_fixtures DIR`` writes the data and prints the parameters (JSON);
+``python -m tests.notebook_fixtures --store`` executes the notebooks in place on them (the
+outputs stored in the committed notebooks).
 """
 
 from __future__ import annotations
@@ -105,5 +107,32 @@ def notebook_parameters(work: Path, relative_to: Path | None = None) -> dict[str
     }
 
 
+def store_outputs(names: list[str] | None = None) -> None:
+    """Execute the notebooks in place on the fixtures (written under data/notebook_fixtures,
+    paths relative to notebooks/), so the committed files carry the outputs of a real run."""
+    import os
+
+    import nbformat
+    import papermill
+
+    nbdir = ROOT / "notebooks"
+    params = notebook_parameters(ROOT / "data" / "notebook_fixtures", relative_to=nbdir)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    for name in names or list(params):
+        path = nbdir / f"{name}.ipynb"
+        papermill.execute_notebook(str(path), str(path), parameters=params[name],
+                                   cwd=str(nbdir), kernel_name="python3", progress_bar=False)
+        nb = nbformat.read(path, as_version=4)
+        nb.metadata["papermill"]["input_path"] = nb.metadata["papermill"]["output_path"] = \
+            path.name  # no machine paths in the committed file
+        nbformat.write(nb, path)
+
+
 if __name__ == "__main__":
-    print(json.dumps(notebook_parameters(Path(sys.argv[1])), indent=2))
+    # python -m tests.notebook_fixtures --store [NAME ...]: execute the notebooks in place
+    # python -m tests.notebook_fixtures DIR: write the fixtures to DIR, print the parameters
+    if sys.argv[1:2] == ["--store"]:
+        store_outputs(sys.argv[2:])
+    else:
+        print(json.dumps(notebook_parameters(Path(sys.argv[1])), indent=2))
