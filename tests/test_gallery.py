@@ -85,3 +85,27 @@ def test_bad_inputs(env: dict, tmp_path: Path) -> None:
     with pytest.raises(EvalError, match=r"ref_ids \[12345\] are not in the split"):
         gallery.rerun_samples(env["model"], config, bogus, ij.IteRPrimEConfig(layer=1))
     assert gallery.rerun_samples(env["model"], config, [], ij.IteRPrimEConfig(layer=1)) == []
+
+
+@pytest.mark.slow
+def test_rerun_phrasecut(tmp_path: Path) -> None:
+    """PhraseCut rows (one phrase per task; the record's ref_id is the task index)."""
+    from tests.phrasecut_fixture import write_phrasecut_fixture
+
+    write_phrasecut_fixture(tmp_path / "manual")
+    model, method = ij.load(write_tiny_model(tmp_path / "model")), ij.IteRPrimEConfig(layer=1)
+    config = EvalConfig(dataset="phrasecut", split="val", manual_dir=str(tmp_path / "manual"),
+                        data_dir=str(tmp_path / "tfds"), weights=str(model.path),
+                        proposals="heatmap", out=str(tmp_path / "out"))
+    evaluate(config, method, model=model)
+    records = gallery.read_run(config.out)
+    assert len(records) >= 2 and all("task_id" in r for r in records)
+    views = gallery.rerun_samples(model, config, records, method)
+    assert [v.record for v in views] == records
+    # Heat-map mode thresholds the map at 0.5: a pixel whose heat is within float rounding of
+    # it may flip between the evaluator's batch of 8 images and the re-run's batch of 3.
+    for v in views:
+        r = v.record
+        assert abs(v.intersection - r["I"]) <= 2 and abs(v.union - r["U"]) <= 2, r
+    assert sum(v.matches_record for v in views) >= len(views) - 2
+    assert all(v.gt.any() and v.gt.sum() == v.record["gt_pixels"] for v in views)

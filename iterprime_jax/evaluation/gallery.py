@@ -3,9 +3,12 @@
 `samples.jsonl` (written by `iterprime_jax.evaluation.evaluate`) holds ids, I, U and IoU per
 sentence, not pixels. `rerun_samples` fetches each chosen sample's image, ground-truth mask and
 proposals from the same TFDS split and proposal source, runs `segment_images` again (one call,
-all chosen sentences of every image) and recomputes I and U, so a gallery shows exactly
-what the evaluation scored (the pipeline is deterministic; `SampleView.matches_record` checks
-it). `iterprime_jax.visualize.plot_samples` draws them.
+all chosen sentences of every image) and recomputes I and U, so a gallery shows what the
+evaluation scored; `SampleView.matches_record` checks it. The re-run batches images
+differently from the evaluation, so float rounding can move a value across a threshold (the
+heat-map mode's mask threshold; in principle a proposal choice): I/U may then differ by a
+pixel or two (seen in heat-map mode on the PhraseCut test fixture). `plot_samples` in
+`iterprime_jax.visualize` draws the views.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 from ..config import IteRPrimEConfig
 from ..method.pipeline import SegmentResult, segment_images
 from .config import SAMPLES, EvalConfig, EvalError
-from .index import open_split
+from .index import build_index, open_split
 from .proposals import decode_rles, proposal_source
 from .records import read_samples
 
@@ -68,14 +71,9 @@ class SampleView:
 
 
 def _find_examples(light: Sequence[Mapping[str, Any]], ref_ids: set[int]) -> dict[int, int]:
-    """ref_id -> example index in the split (light view: no image decoding)."""
-    found: dict[int, int] = {}
-    for i in range(len(light)):
-        rid = int(light[i]["ref_id"])
-        if rid in ref_ids:
-            found[rid] = i
-            if len(found) == len(ref_ids):
-                break
+    """ref_id -> example index in the split, read through the evaluator's own index (so the
+    ids are the records' ids for every dataset, PhraseCut's task index included)."""
+    found = {r.ref_id: r.index for m in build_index(light) for r in m.refs if r.ref_id in ref_ids}
     missing = sorted(ref_ids - set(found))
     if missing:
         raise EvalError(f"ref_ids {missing[:5]} are not in the split (is the config the run's?)")
