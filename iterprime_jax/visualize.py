@@ -1,4 +1,7 @@
-"""Overlay helpers: heat map colouring and mask outlines (numpy only)."""
+"""Pictures of results: overlays (numpy only: heat map colouring, mask outlines) for the CLI,
+and matplotlib figures for notebooks: `plot_passes` (one expression: every IGRS pass with its
+P(match) and decision, the final heat map, the chosen proposal, the primary word highlighted)
+and `plot_samples` (a gallery of evaluated samples, `iterprime_jax.evaluation.gallery`)."""
 
 from __future__ import annotations
 
@@ -103,16 +106,14 @@ def draw_expression(fig: Any, expression: str, primary_word: str | None, x: floa
     if not primary_word:
         runs.append(("   (no primary word)", False))
     for text, hit in runs:
-        style: dict[str, Any] = {"fontsize": fontsize, "ha": "left", "va": "baseline"}
+        style: dict[str, Any] = {"fontsize": fontsize, "ha": "left"}
         if hit:
             style.update(color="red", fontweight="bold",
                          bbox={"boxstyle": "round,pad=0.1", "fc": "yellow", "ec": "none"})
         if not artists:
-            t = fig.text(x, y, text, **style)
-            t.set_va("top")
-        else:  # chained: starts where the previous run ends, same baseline
-            t = Annotation(text, xy=(1, 0), xycoords=artists[-1], **style)
-            t.set_va("bottom")
+            t = fig.text(x, y, text, va="top", **style)
+        else:  # chained: starts where the previous run ends, bottoms aligned
+            t = Annotation(text, xy=(1, 0), xycoords=artists[-1], va="bottom", **style)
             fig.add_artist(t)
         artists.append(t)
     return artists
