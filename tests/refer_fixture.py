@@ -223,3 +223,20 @@ def write_refer_fixture(
         "refs": expected_refs,
         "splits": splits,
     }
+
+
+def as_text(v: Any) -> str:
+    """A TFDS text feature (bytes or str) as str."""
+    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+def prepare_config(name: str, manual_dir: Path, data_dir: Path) -> Any:
+    """Build TFDS config `name` of `ref_coco_masks` from `manual_dir` into `data_dir`."""
+    import tensorflow_datasets as tfds
+
+    from tfds_refcoco import make_builder
+
+    builder = make_builder(name, data_dir)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+    return builder

@@ -25,7 +25,8 @@ from tests.phrasecut_fixture import (
     rewrite_tasks,
     write_phrasecut_fixture,
 )
-from tfds_refcoco import load_split, make_builder
+from tests.refer_fixture import as_text, prepare_config
+from tfds_refcoco import load_split
 from tfds_refcoco.phrasecut import (
     PhraseCutFormatError,
     iter_examples,
@@ -37,18 +38,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 SPLITS = ["train", "val", "test", "miniv"]
 
 
-def _text(v) -> str:
-    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("phrasecut")
     expected = write_phrasecut_fixture(root / "manual")
     data_dir = root / "tfds"
-    builder = make_builder("phrasecut", data_dir)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(root / "manual")))
+    builder = prepare_config("phrasecut", root / "manual", data_dir)
     return expected, builder, data_dir
 
 
@@ -108,20 +103,20 @@ def test_builder_every_field_and_pixel_exact_gt(built):
         for k, task in enumerate(tasks):
             ex = ds[k]
             img = expected["images"][task["image_id"]]
-            assert _text(ex["task_id"]) == task["task_id"]
+            assert as_text(ex["task_id"]) == task["task_id"]
             assert int(ex["task_index"]) == k
             assert int(ex["image_id"]) == task["image_id"]
-            assert _text(ex["file_name"]) == f"{task['image_id']}.jpg"
-            assert _text(ex["phrase"]) == task["phrase"]
+            assert as_text(ex["file_name"]) == f"{task['image_id']}.jpg"
+            assert as_text(ex["phrase"]) == task["phrase"]
             ps = task["phrase_structure"]
-            assert _text(ex["name"]) == ps["name"]
-            assert [_text(a) for a in ex["attributes"]] == ps["attributes"]
-            assert [_text(a) for a in ex["relation_predicates"]] == [
+            assert as_text(ex["name"]) == ps["name"]
+            assert [as_text(a) for a in ex["attributes"]] == ps["attributes"]
+            assert [as_text(a) for a in ex["relation_predicates"]] == [
                 r[0] for r in ps["relation_descriptions"]]
-            assert [_text(a) for a in ex["relation_objects"]] == [
+            assert [as_text(a) for a in ex["relation_objects"]] == [
                 r[1] for r in ps["relation_descriptions"]]
             np.testing.assert_array_equal(ex["relation_ids"], ps["relation_ids"])
-            assert _text(ex["phrase_type"]) == ps["type"]
+            assert as_text(ex["phrase_type"]) == ps["type"]
             np.testing.assert_array_equal(ex["ann_ids"], task["ann_ids"])
             np.testing.assert_allclose(ex["instance_boxes"],
                                        np.asarray(task["instance_boxes"], np.float32))
@@ -143,7 +138,7 @@ def test_builder_every_field_and_pixel_exact_gt(built):
 def test_tfds_data_source_and_load_split(built):
     expected, _, data_dir = built
     ds = tfds.data_source("ref_coco_masks/phrasecut", split="miniv", data_dir=data_dir)
-    assert [_text(ds[i]["task_id"]) for i in range(len(ds))] == [
+    assert [as_text(ds[i]["task_id"]) for i in range(len(ds))] == [
         t["task_id"] for t in expected["splits"]["miniv"]]
     ds2 = load_split("phrasecut", "test", manual_dir=expected["root"], data_dir=data_dir)
     assert len(ds2) == len(expected["splits"]["test"])

@@ -12,7 +12,13 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from tests.refer_fixture import GRAY_IMAGE_ID, pycoco_mask, write_refer_fixture
+from tests.refer_fixture import (
+    GRAY_IMAGE_ID,
+    as_text,
+    prepare_config,
+    pycoco_mask,
+    write_refer_fixture,
+)
 from tfds_refcoco import (
     LAYOUTS,
     RefCocoMasks,
@@ -20,7 +26,6 @@ from tfds_refcoco import (
     canonical_config_name,
     load_refer,
     load_split,
-    make_builder,
 )
 from tfds_refcoco.refer import iter_examples, load_refs
 
@@ -28,19 +33,12 @@ SPLITS = ["train", "val", "testA", "testB"]
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
-def _text(v) -> str:
-    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("refer")
     expected = write_refer_fixture(root / "manual")
     data_dir = root / "tfds"
-    builder = make_builder("refcoco_unc", data_dir)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(root / "manual"))
-    )
+    builder = prepare_config("refcoco_unc", root / "manual", data_dir)
     return expected, builder, data_dir
 
 
@@ -50,8 +48,8 @@ def _check_example(ex: dict, ref: dict, expected: dict) -> None:
     assert int(ex["ref_id"]) == ref["ref_id"]
     assert int(ex["ann_id"]) == ref["ann_id"]
     assert int(ex["category_id"]) == ref["category_id"]
-    assert _text(ex["file_name"]) == img["file_name"]
-    assert [_text(s) for s in ex["sentences"]] == ref["sentences_text"]
+    assert as_text(ex["file_name"]) == img["file_name"]
+    assert [as_text(s) for s in ex["sentences"]] == ref["sentences_text"]
     np.testing.assert_array_equal(ex["sent_ids"], [s["sent_id"] for s in ref["sentences"]])
     assert ex["box"].dtype == np.float32
     np.testing.assert_array_equal(ex["box"], ref["box"])
