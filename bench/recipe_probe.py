@@ -55,7 +55,7 @@ def main() -> None:
     tok = training.make_tokenizer()
     t0 = time.perf_counter()
     vision = training.load_vision(args.vision_init) if args.vision_init else None
-    params, config, history = training.train(tc, tok, progress=True, vision_init=vision)
+    params, config, history, tc = training.train(tc, tok, progress=True, vision_init=vision)
     train_s = time.perf_counter() - t0
     diag = training.diagnose(params, config, tok, tc)
     itm, by_neg, probe = (diag["heldout_itm"], diag["heldout_itm_by_negative"],

@@ -47,8 +47,8 @@ def test_pool_is_deterministic_and_tokenised_with_template(tokenizer, pool):
 
 
 def test_loss_decreases(tokenizer, pool):
-    _, _, history = training.train(dataclasses.replace(TINY, log_every=1), tokenizer, pool,
-                                   progress=False)
+    _, _, history, _ = training.train(dataclasses.replace(TINY, log_every=1), tokenizer, pool,
+                                      progress=False)
     losses = [h["loss"] for h in history]  # one row per step
     assert len(losses) == TINY.steps
     assert np.all(np.isfinite(losses))
@@ -58,7 +58,7 @@ def test_loss_decreases(tokenizer, pool):
 
 def test_save_load_roundtrip(tmp_path, tokenizer, pool):
     tc = dataclasses.replace(TINY, steps=2)
-    params, config, history = training.train(tc, tokenizer, pool, progress=False)
+    params, config, history, _ = training.train(tc, tokenizer, pool, progress=False)
     assert [h["step"] for h in history] == [1, 2]
     out = training.save_model(tmp_path / "m", params, config)
     model = iterprime_jax.load(out)
@@ -87,8 +87,8 @@ def test_model_config_and_cli_defaults():
 
 
 def test_itm_by_negative_kind_reports_each_perturbation(tokenizer, pool):
-    params, config, _ = training.train(dataclasses.replace(TINY, steps=1), tokenizer, pool,
-                                        progress=False)
+    params, config, _, _ = training.train(dataclasses.replace(TINY, steps=1), tokenizer, pool,
+                                          progress=False)
     got = training.itm_by_negative_kind(params, config, tokenizer, num_scenes=9, seed=3)
     assert set(got) == {"attribute", "position", "relation"}
     for kind, groups in got.items():
@@ -161,11 +161,11 @@ def test_curriculum_stages_and_vision_init(tokenizer, pool):
     vision, hist = training.pretrain_vision(tc, eval_every=6)
     assert [h["step"] for h in hist] == [6, 12]
     assert set(hist[-1]) >= {"s", "c", "sc", "ss"}
-    params, _, history = training.train(tc, tokenizer, pool, progress=False,
-                                        vision_init=vision)
+    params, _, history, _ = training.train(tc, tokenizer, pool, progress=False,
+                                           vision_init=vision)
     assert [h["stage"] for h in history] == ["captions"] * 2 + ["expressions"] * 3
     # the ViT started from the pretrained weights (not from init_model's draw)
-    scratch, _, _ = training.train(tc, tokenizer, pool, progress=False)
+    scratch, _, _, _ = training.train(tc, tokenizer, pool, progress=False)
     a = params["vision_model"]["embeddings"]["patch_embedding"]["kernel"]
     b = scratch["vision_model"]["embeddings"]["patch_embedding"]["kernel"]
     assert not np.allclose(a, b)
@@ -193,3 +193,94 @@ def test_pretraining_lowers_the_presence_loss():
         return float(((f @ w - y) ** 2).mean())
 
     assert best_linear_loss(vision) < best_linear_loss(init)
+
+
+def test_relation_pairs_are_certified_and_swap_roles_or_relation():
+    from iterprime_jax import shapesref as sr
+
+    rng = np.random.default_rng(11)
+    n_neg_total = 0
+    for kind in sr.KINDS:
+        scene = sr.generate_scene(rng, sr.ShapesRefConfig(), kind)
+        pos, neg = training.relation_pairs(scene, 3, 6, rng)
+        assert 1 <= len(pos) <= 3 and len(neg) <= 6, (kind, pos, neg)
+        for text in pos:
+            e = sr.parse_expression(text)
+            assert e.relation is not None and sr.expression_truth(scene, e) is True, text
+        for text in neg:
+            e = sr.parse_expression(text)
+            assert e.relation is not None and sr.expression_truth(scene, e) is False, text
+        n_neg_total += len(neg)
+        # each negative differs from some positive by the relation or by the roles
+        parsed = [sr.parse_expression(t) for t in pos]
+        for text in neg:
+            e = sr.parse_expression(text)
+            assert any((e.desc, e.landmark) == (p.desc, p.landmark) and e.relation != p.relation
+                       or (e.desc, e.landmark, e.relation) == (p.landmark, p.desc, p.relation)
+                       for p in parsed), text
+    assert n_neg_total > 0
+    tc = dataclasses.replace(TINY, relation_pairs=2)
+    tok = training.make_tokenizer()
+    more = training.build_pool(tc, tok, 6, 0, workers=1)
+    base = training.build_pool(TINY, tok, 6, 0, workers=1)
+    assert len(more.pos) > len(base.pos) and len(more.neg) > len(base.neg)
+    np.testing.assert_array_equal(more.images, base.images)  # same scenes, more texts
+
+
+def test_stream_pool_has_build_pools_scenes_and_follows_its_schedule(tokenizer):
+    from iterprime_jax.training.stream import StreamPool
+
+    tc = dataclasses.replace(TINY, relation_pairs=2)
+    ref = training.build_pool(tc, tokenizer, 60, 4, workers=1, chunk=20)
+    sp = StreamPool(tc, str(training.DEFAULT_VOCAB), 4, workers=2, chunk=20, total_chunks=3,
+                    initial_chunks=1, draws_per_chunk=32)
+    try:
+        rng = np.random.default_rng(0)
+        sizes = []
+        for _ in range(4):
+            images, ids, mask, labels = sp.sample(rng, 16)
+            sizes.append(len(sp))
+            assert images.shape == (16, 80, 80, 3) and ids.shape == mask.shape
+            np.testing.assert_array_equal(mask, (ids != 0).astype(np.int32))
+            assert (ids[:, 0] == tokenizer.cls_token_id).all()
+        assert sizes == [20, 20, 40, 40]  # one chunk per 32 draws after the first
+        while sp.available_chunks() < 3:
+            sp.sample(rng, 16)
+        view = sp.view()
+    finally:
+        sp.close()
+    np.testing.assert_array_equal(view.images, ref.images)
+
+    def texts(pool, i, which):
+        idx, off = (pool.pos, pool.pos_off) if which == "pos" else (pool.neg, pool.neg_off)
+        return sorted(tuple(pool.ids[j]) for j in idx[off[i]:off[i + 1]])
+
+    for i in range(60):
+        assert texts(view, i, "pos") == texts(ref, i, "pos"), i
+        assert texts(view, i, "neg") == texts(ref, i, "neg"), i
+
+
+def test_cli_stream_time_budget_and_diagnose_only(tmp_path):
+    from iterprime_jax.training.trainer import main
+
+    out = tmp_path / "m"
+    common = ["--out", str(out), "--batch-size", "8", "--width", "32", "--heads", "2",
+              "--vision-layers", "1", "--text-layers", "1", "--max-text-length", "20",
+              "--max-position-embeddings", "24", "--projection-dim", "8", "--log-every", "1",
+              "--no-progress"]
+    rec = main([*common, "--stream-workers", "1", "--stream-chunk", "10", "--stream-scenes",
+                "30", "--draws-per-chunk", "16", "--time-budget", "2", "--caption-steps", "2",
+                "--caption-scenes", "10", "--pretrain-steps", "0", "--relation-pairs", "1",
+                "--no-diagnose"])
+    steps = rec["recipe"]["steps"]
+    assert steps >= 1 and rec["history"][-1]["step"] == steps + 2  # steps chosen by the budget
+    assert rec["stream"]["scenes_joined"] >= 10 and "heldout_itm" not in rec
+    assert iterprime_jax.load(out).config.vision.hidden_size == 32
+    again = main(["--out", str(out), "--diagnose-only", "--probe-images", "2"])
+    assert again["recipe"] == rec["recipe"] and again["history"] == rec["history"]
+    assert {"attribute", "position", "relation"} <= set(again["heldout_itm_by_negative"])
+    assert 0.0 <= again["heldout_itm"]["accuracy"] <= 1.0
+    logged = json.loads((out / training.LOG_NAME).read_text())
+    for key in ("best", "hit_rate"):
+        assert logged["localisation_probe"][key] == again["localisation_probe"][key]
+    assert json.loads((out / "method.json").read_text())["layer"] == 0

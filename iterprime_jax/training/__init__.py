@@ -1,18 +1,22 @@
 """Training the small ShapesRef ITM model (BLIP architecture, tiny config) and its diagnostics.
 
-`config` (the recipe, `TrainConfig`), `data` (the scene pool and batches), `trainer` (init,
-optimiser, the training loop, saving, the CLI `python -m iterprime_jax.training --out DIR`) and
-`diagnostics` (held-out ITM accuracy, per hard-negative type, the localisation probe).
+`config` (the recipe, `TrainConfig`), `data` (the scene pool, relation statements, batches),
+`stream` (a pool that grows in worker processes while training runs, for an accelerator),
+`pretrain` (image-level presence pretraining of the ViT), `trainer` (init, optimiser, the
+training loop, saving, the CLI `python -m iterprime_jax.training --out DIR`) and `diagnostics`
+(held-out ITM accuracy, per hard-negative type, the localisation probe).
 """
 
 from .config import DEFAULT_VOCAB, LOG_NAME, TrainConfig, make_tokenizer, model_config
 from .data import (
     Pool,
+    PoolLike,
     build_pool,
     caption_pool,
     expression_false,
     false_variants,
     normalise_images,
+    relation_pairs,
     shape_swaps,
     swaps,
     tokenize_prompts,
@@ -26,7 +30,10 @@ from .diagnostics import (
     recommended_method,
 )
 from .pretrain import load_vision, pretrain_vision, save_vision
+from .stream import StreamPool
 from .trainer import (
+    calibrate_steps,
+    diagnose_saved,
     init_model,
     lr_schedule,
     main,
@@ -37,10 +44,11 @@ from .trainer import (
 )
 
 __all__ = [
-    "DEFAULT_VOCAB", "LOG_NAME", "Pool", "TrainConfig", "build_pool", "caption_pool",
-    "diagnose", "evaluate_itm", "expression_false", "false_variants", "init_model",
-    "itm_by_negative_kind", "load_vision", "localisation_probe", "lr_schedule", "main",
-    "make_optimizer", "make_tokenizer", "model_config", "normalise_images", "posemb_sincos_2d",
-    "predict_match", "pretrain_vision", "recommended_method", "save_model", "save_vision",
-    "shape_swaps", "swaps", "tokenize_prompts", "train",
+    "DEFAULT_VOCAB", "LOG_NAME", "Pool", "PoolLike", "StreamPool", "TrainConfig", "build_pool",
+    "calibrate_steps", "caption_pool", "diagnose", "diagnose_saved", "evaluate_itm",
+    "expression_false", "false_variants", "init_model", "itm_by_negative_kind", "load_vision",
+    "localisation_probe", "lr_schedule", "main", "make_optimizer", "make_tokenizer",
+    "model_config", "normalise_images", "posemb_sincos_2d", "predict_match", "pretrain_vision",
+    "recommended_method", "relation_pairs", "save_model", "save_vision", "shape_swaps", "swaps",
+    "tokenize_prompts", "train",
 ]

@@ -35,6 +35,10 @@ class TrainConfig:
         (certified false), on top of `max_negatives` (shape is the slowest attribute to learn);
         size_negatives, relation_negatives: the same for the size word and the relation
         (the words a model trained without them ignores).
+      relation_pairs: per scene, up to this many true relation statements about any two of its
+        objects ("the red circle above the small square") and twice as many certified-false
+        ones (other relation, roles swapped), `data.relation_pairs`: relation words with
+        certified negatives in every scene, not only where a referring expression allows them.
       init_scale: multiplier on the default (lecun-normal) Dense init.
       pos_init: vision position embeddings' init: "normal" (std 1/sqrt(width)) or "sincos"
         (fixed-frequency 2D sine/cosine of the patch row and column, as in MAE/big_vision;
@@ -72,6 +76,7 @@ class TrainConfig:
     shape_negatives: int = 0
     size_negatives: int = 2
     relation_negatives: int = 4
+    relation_pairs: int = 0
     init_scale: float = 1.0
     pos_init: str = "normal"
     caption_steps: int = 500

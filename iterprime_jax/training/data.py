@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -38,11 +38,53 @@ def swaps(scene: sr.Scene, exprs: Sequence[sr.Expression], kind: str, n: int,
     return [ph[int(rng.integers(len(ph)))] for ph in phrased]
 
 
-def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float, int, int, int]
+def relation_pairs(scene: sr.Scene, n_pos: int, n_neg: int, rng: np.random.Generator
+                   ) -> tuple[list[str], list[str]]:
+    """Relation statements about any two objects of `scene`, true ones and certified-false ones.
+
+    For ordered pairs (a, b) with a strictly `relation` b (`shapesref.relation_holds`), a random
+    shape-naming description of each gives "desc(a) relation desc(b)"; it is a positive when
+    `expression_truth` calls it true. Its negatives, each certified false: the other relations
+    (opposite and perpendicular) and the roles swapped ("desc(b) relation desc(a)"). Unlike the
+    referring expressions, these exist in every scene, also with a single fitting object, so
+    the score gets to read the relation word (the referring expressions' relation swaps are
+    rarely certifiable: some same-description object usually fits loosely). Returns up to
+    `n_pos` positive and `n_neg` negative phrasings.
+    """
+    from ..shapesref.config import RELATIONS
+    from ..shapesref.truth import _descs, relation_holds
+
+    cfg = scene.config
+    margin = cfg.position_margin * cfg.image_size
+    objs = scene.objects
+    facts = [(a, b, r) for a in range(len(objs)) for b in range(len(objs)) if a != b
+             for r in RELATIONS if relation_holds(objs[a], objs[b], r, margin)]
+    pos: list[sr.Expression] = []
+    neg: list[sr.Expression] = []
+    for i in rng.permutation(len(facts)):
+        if len(pos) >= n_pos:
+            break
+        a, b, r = facts[i]
+        da, db = _descs(objs[a]), _descs(objs[b])
+        ea = da[int(rng.integers(len(da)))]
+        eb = db[int(rng.integers(len(db)))]
+        expr = sr.Expression(ea, relation=r, landmark=eb)
+        if sr.expression_truth(scene, expr) is not True:
+            continue
+        pos.append(expr)
+        cands = [sr.Expression(ea, relation=q, landmark=eb) for q in RELATIONS if q != r]
+        cands.append(sr.Expression(eb, relation=r, landmark=ea))
+        neg += [e for e in cands if sr.expression_truth(scene, e) is False]
+    neg = [neg[i] for i in rng.permutation(len(neg))[:n_neg]]
+    phrase = lambda e: (lambda ph: ph[int(rng.integers(len(ph)))])(sr.phrasings(e))  # noqa: E731
+    return [phrase(e) for e in pos], [phrase(e) for e in neg]
+
+
+def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float, int, int, int, int]
                ) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
     """Scenes `start..start+n` of the pool: images, positive texts and negative texts."""
     (seed, start, n, refs_per_scene, max_neg, other_frac, image_size, attr_frac, n_shape,
-     n_size, n_relation) = args
+     n_size, n_relation, n_pairs) = args
     cfg = sr.ShapesRefConfig(image_size=image_size)
     images = np.zeros((n, image_size, image_size, 3), np.uint8)
     pos_all: list[list[str]] = []
@@ -66,6 +108,10 @@ def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float, int, int,
                 if k:
                     neg += swaps(scene, ref.expressions, swap_kind, k, rng)
             recent += list(zip(ref.expressions, ref.sentences, strict=True))
+        if n_pairs:
+            p, q = relation_pairs(scene, n_pairs, 2 * n_pairs, rng)
+            pos += p
+            neg += q
         # negatives from other scenes: their expressions that are clearly false here
         n_other = int(round(other_frac / max(1e-6, 1 - other_frac) * len(neg)))
         others: list[str] = []
@@ -123,6 +169,13 @@ class Pool:
         return self.images[idx], self.ids[t], self.mask[t], labels
 
 
+class PoolLike(Protocol):
+    """What training draws batches from: a `Pool` or a `stream.StreamPool`."""
+
+    def sample(self, rng: np.random.Generator, batch: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+
+
 def tokenize_prompts(tokenizer: Any, texts: Sequence[str], max_len: int,
                      template: str = IteRPrimEConfig().template
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +196,7 @@ def build_pool(tc: TrainConfig, tokenizer: Any, n_scenes: int, seed: int,
     workers = tc.workers if workers is None else workers
     jobs = [(seed, s, min(chunk, n_scenes - s), tc.refs_per_scene, tc.max_negatives,
              tc.other_neg_frac, tc.image_size, tc.attribute_frac, tc.shape_negatives,
-             tc.size_negatives, tc.relation_negatives)
+             tc.size_negatives, tc.relation_negatives, tc.relation_pairs)
             for s in range(0, n_scenes, chunk)]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as ex:

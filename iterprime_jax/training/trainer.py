@@ -53,7 +53,7 @@ from ..models.convert import save_params
 from ..models.loading import METHOD_JSON
 from ..types import Params
 from .config import DEFAULT_VOCAB, LOG_NAME, TrainConfig, make_tokenizer, model_config
-from .data import Pool, build_pool, caption_pool, normalise_images
+from .data import Pool, PoolLike, build_pool, caption_pool, normalise_images
 from .diagnostics import diagnose, recommended_method
 from .pretrain import load_vision, pretrain_vision
 
@@ -137,11 +137,33 @@ def _train_step(params: Params, config: BlipConfig, opt: optax.GradientTransform
     return optax.apply_updates(params, updates), opt_state, loss, acc
 
 
-def train(tc: TrainConfig, tokenizer: Any | None = None, pool: Pool | None = None,
+def calibrate_steps(tc: TrainConfig, config: BlipConfig, params: Params, pool: PoolLike,
+                    budget_s: float, repeats: int = 40) -> tuple[int, float]:
+    """Expression-stage steps that fit `budget_s` seconds of training after the caption stage:
+    (steps, measured seconds per step). Times `repeats` steps (after one compiling step) on
+    batches of `pool`, on a copy of `params` that is thrown away."""
+    opt = make_optimizer(tc)
+    state = opt.init(params)
+    rng = np.random.default_rng([tc.seed, 99])
+    p = params
+    for i in range(repeats + 1):
+        if i == 1:
+            jax.block_until_ready(p)
+            t0 = time.perf_counter()
+        images, ids, mask, labels = pool.sample(rng, tc.batch_size)
+        p, state, loss, _ = _train_step(p, config, opt, state, normalise_images(images, config),
+                                        ids, mask, labels)
+    jax.block_until_ready(p)
+    per_step = (time.perf_counter() - t0) / repeats
+    return max(1, int(budget_s / per_step) - tc.caption_steps), per_step
+
+
+def train(tc: TrainConfig, tokenizer: Any | None = None, pool: PoolLike | None = None,
           progress: bool = True, vision_init: Params | None = None,
           captions: Pool | None = None,
           checkpoint: Callable[[int, Params, BlipConfig], None] | None = None,
-          checkpoint_every: int = 0) -> tuple[Params, BlipConfig, list[dict[str, float]]]:
+          checkpoint_every: int = 0, time_budget: float | None = None
+          ) -> tuple[Params, BlipConfig, list[dict[str, float]], TrainConfig]:
     """Train; returns (params, model config, history of logged steps).
 
     The first `tc.caption_steps` steps draw from `captions` (default: `caption_pool` of
@@ -149,7 +171,9 @@ def train(tc: TrainConfig, tokenizer: Any | None = None, pool: Pool | None = Non
     `vision_init`: `vision_model` params to start the ViT from (`pretrain.pretrain_vision`);
     None: from scratch. `checkpoint(step, params, config)` is called every `checkpoint_every`
     steps. history rows: step, stage, loss and accuracy (means over the last `log_every`
-    steps), lr.
+    steps), lr. `time_budget`: seconds for the caption and expression stages together; `tc.steps`
+    is then replaced by what fits (`calibrate_steps`). Returns (params, model config, history,
+    the recipe actually run).
     """
     from tqdm.auto import tqdm
 
@@ -167,6 +191,11 @@ def train(tc: TrainConfig, tokenizer: Any | None = None, pool: Pool | None = Non
     params = init_model(tc, config, key)
     if vision_init is not None:
         params = {**params, "vision_model": jax.tree_util.tree_map(jnp.asarray, vision_init)}
+    if time_budget is not None:
+        steps, per_step = calibrate_steps(tc, config, params, pool, time_budget)
+        log.info("time budget %.0fs at %.2f ms/step: %d expression steps", time_budget,
+                 1e3 * per_step, steps)
+        tc = dataclasses.replace(tc, steps=steps)
     opt = make_optimizer(tc)
     opt_state = opt.init(params)
     rng = np.random.default_rng([tc.seed, 1])
@@ -197,7 +226,7 @@ def train(tc: TrainConfig, tokenizer: Any | None = None, pool: Pool | None = Non
                      av, row["lr"])
         if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
             checkpoint(step, jax.device_get(params), config)
-    return jax.device_get(params), config, history
+    return jax.device_get(params), config, history, tc
 
 
 def save_model(out_dir: str | Path, params: Params, config: BlipConfig,
@@ -230,6 +259,23 @@ def _parser() -> argparse.ArgumentParser:
                          "ViT from scratch)")
     ap.add_argument("--checkpoint-every", type=int, default=0,
                     help="save the weights to --out every N steps (0: only at the end)")
+    ap.add_argument("--stream-workers", type=int, default=0,
+                    help="generate the expression pool in N worker processes while training "
+                         "runs (`training.stream.StreamPool`; for an accelerator); 0: "
+                         "`--pool-scenes` scenes up front")
+    ap.add_argument("--stream-chunk", type=int, default=250, help="scenes per streamed chunk")
+    ap.add_argument("--stream-scenes", type=int, default=200_000,
+                    help="scenes the stream makes at most")
+    ap.add_argument("--draws-per-chunk", type=int, default=6400,
+                    help="(image, text) pairs drawn before the next streamed chunk joins")
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="seconds for the caption + expression stages: `--steps` is replaced "
+                         "by what fits, timed on this machine (recorded in the log)")
+    ap.add_argument("--no-diagnose", action="store_true",
+                    help="skip the diagnostics (run them later with --diagnose-only)")
+    ap.add_argument("--diagnose-only", action="store_true",
+                    help="only run the diagnostics of the model in --out and add them to its "
+                         "training_log.json (and method.json)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         ap.add_argument(flag, type=type(getattr(d, f.name)), default=getattr(d, f.name),
@@ -241,9 +287,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.diagnose_only:
+        return diagnose_saved(args.out, args.probe_images, args.probe_split, args.vocab)
     tc = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     t0 = time.perf_counter()
     tokenizer = make_tokenizer(args.vocab)
+    pool: PoolLike | None = None
+    if args.stream_workers:
+        from .stream import StreamPool
+
+        chunks = max(1, args.stream_scenes // args.stream_chunk)
+        pool = StreamPool(tc, args.vocab, tc.seed, args.stream_workers, args.stream_chunk,
+                          chunks, min(chunks, 8), args.draws_per_chunk)
     vision, pretraining = None, None
     if args.vision_init == "none" or (args.vision_init is None and not tc.pretrain_steps):
         pass
@@ -260,13 +315,56 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         (Path(args.out) / "checkpoint.json").write_text(json.dumps({"step": step}))
         log.info("checkpoint at step %d in %s", step, args.out)
 
-    params, config, history = train(tc, tokenizer, progress=not args.no_progress,
-                                    vision_init=vision, checkpoint=checkpoint,
-                                    checkpoint_every=args.checkpoint_every)
+    t1 = time.perf_counter()
+    try:
+        params, config, history, tc = train(
+            tc, tokenizer, pool, progress=not args.no_progress, vision_init=vision,
+            checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
+            time_budget=args.time_budget)
+    finally:
+        if args.stream_workers:
+            pool.close()  # type: ignore[union-attr]
     (Path(args.out) / "checkpoint.json").unlink(missing_ok=True)
-    train_s = time.perf_counter() - t0
     out = save_model(args.out, params, config, args.vocab)
-    diag = diagnose(params, config, tokenizer, tc, args.probe_images, args.probe_split)
+    record = {
+        "command": "python -m iterprime_jax.training " + " ".join(argv),
+        "wall_time_s": time.perf_counter() - t0,
+        "train_time_s": time.perf_counter() - t1,
+        "recipe": tc.to_dict(),
+        "model_config": config.to_dict(),
+        "devices": [str(d) for d in jax.devices()],
+        "jax_version": jax.__version__,
+        "stream": ({"workers": args.stream_workers, "chunk": args.stream_chunk,
+                    "scenes_joined": len(pool), "draws_per_chunk": args.draws_per_chunk,
+                    "waits": pool.waits}  # type: ignore[union-attr]
+                   if args.stream_workers else None),
+        "vision_pretraining": pretraining,
+        "history": history,
+    }
+    (out / LOG_NAME).write_text(json.dumps(record, indent=1))
+    log.info("wrote %s in %.0fs", out, record["wall_time_s"])
+    if args.no_diagnose:
+        return record
+    return diagnose_saved(out, args.probe_images, args.probe_split, args.vocab, params)
+
+
+def diagnose_saved(out_dir: str | Path, probe_images: int = 200, probe_split: str = "train",
+                   vocab: str | Path = DEFAULT_VOCAB, params: Params | None = None
+                   ) -> dict[str, Any]:
+    """Runs `diagnose` on the model saved in `out_dir` (its recipe from `training_log.json`),
+    adds held-out ITM accuracy, per negative type and the localisation probe to that log and
+    writes `method.json` (the probe's Grad-CAM layer). Returns the updated log."""
+    from ..models.convert import restore_params
+
+    out = Path(out_dir)
+    record = json.loads((out / LOG_NAME).read_text())
+    tc = TrainConfig(**{k: v for k, v in record["recipe"].items()
+                        if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    config = BlipConfig.from_dict(record["model_config"])
+    params = restore_params(out, config) if params is None else params
+    tokenizer = make_tokenizer(vocab)
+    t0 = time.perf_counter()
+    diag = diagnose(params, config, tokenizer, tc, probe_images, probe_split)
     itm, by_kind, probe = (diag["heldout_itm"], diag["heldout_itm_by_negative"],
                            diag["localisation_probe"])
     log.info("held-out ITM accuracy %.3f (match %.3f, mismatch %.3f)", itm["accuracy"],
@@ -278,26 +376,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         log.info("localisation probe (heat argmax in target mask): best %s = %.3f; %s",
                  probe["best"], probe["hit_rate"][probe["best"]],
                  ", ".join(f"{k} {v:.3f}" for k, v in probe["hit_rate"].items()))
-    record = {
-        "command": "python -m iterprime_jax.training " + " ".join(argv),
-        "wall_time_s": time.perf_counter() - t0,
-        "train_time_s": train_s,
-        "recipe": tc.to_dict(),
-        "model_config": config.to_dict(),
-        "devices": [str(d) for d in jax.devices()],
-        "jax_version": jax.__version__,
-        "vision_pretraining": pretraining,
-        "history": history,
-        "heldout_itm": itm,
-        "heldout_itm_by_negative": by_kind,
-        "localisation_probe": probe,
-    }
+    record.update(heldout_itm=itm, heldout_itm_by_negative=by_kind, localisation_probe=probe,
+                  diagnostics={"devices": [str(d) for d in jax.devices()],
+                               "wall_time_s": time.perf_counter() - t0})
     (out / LOG_NAME).write_text(json.dumps(record, indent=1))
     if probe is not None:
         method = recommended_method(probe)
         (out / METHOD_JSON).write_text(json.dumps(method, indent=2) + "\n")
         log.info("wrote %s: %s", out / METHOD_JSON, method)
-    log.info("wrote %s in %.0fs", out, record["wall_time_s"])
     return record
 
 
