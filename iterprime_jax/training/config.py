@@ -39,6 +39,8 @@ class TrainConfig:
         objects ("the red circle above the small square") and twice as many certified-false
         ones (other relation, roles swapped), `data.relation_pairs`: relation words with
         certified negatives in every scene, not only where a referring expression allows them.
+      small_scene_frac: share of training scenes with only 2-3 objects (fewer same-description
+        objects around a relation or a position: easier cases mixed into every batch).
       init_scale: multiplier on the default (lecun-normal) Dense init.
       pos_init: vision position embeddings' init: "normal" (std 1/sqrt(width)) or "sincos"
         (fixed-frequency 2D sine/cosine of the patch row and column, as in MAE/big_vision;
@@ -77,6 +79,7 @@ class TrainConfig:
     size_negatives: int = 2
     relation_negatives: int = 4
     relation_pairs: int = 0
+    small_scene_frac: float = 0.0
     init_scale: float = 1.0
     pos_init: str = "normal"
     caption_steps: int = 500

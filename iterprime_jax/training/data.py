@@ -80,12 +80,13 @@ def relation_pairs(scene: sr.Scene, n_pos: int, n_neg: int, rng: np.random.Gener
     return [phrase(e) for e in pos], [phrase(e) for e in neg]
 
 
-def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float, int, int, int, int]
-               ) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
+def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float, int, int, int, int,
+                            float]) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
     """Scenes `start..start+n` of the pool: images, positive texts and negative texts."""
     (seed, start, n, refs_per_scene, max_neg, other_frac, image_size, attr_frac, n_shape,
-     n_size, n_relation, n_pairs) = args
-    cfg = sr.ShapesRefConfig(image_size=image_size)
+     n_size, n_relation, n_pairs, small_frac) = args
+    full = sr.ShapesRefConfig(image_size=image_size)
+    small = dataclasses.replace(full, min_objects=2, max_objects=3)
     images = np.zeros((n, image_size, image_size, 3), np.uint8)
     pos_all: list[list[str]] = []
     neg_all: list[list[str]] = []
@@ -93,6 +94,7 @@ def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float, int, int,
     for i in range(n):
         rng = np.random.default_rng([seed, 7919, start + i])
         kind = "attribute" if rng.random() < attr_frac else sr.KINDS[1 + int(rng.integers(2))]
+        cfg = small if small_frac and rng.random() < small_frac else full
         scene = sr.generate_scene(rng, cfg, kind)
         images[i] = scene.image
         targets = [scene.targets[j] for j in rng.permutation(len(scene.targets))]
@@ -196,7 +198,7 @@ def build_pool(tc: TrainConfig, tokenizer: Any, n_scenes: int, seed: int,
     workers = tc.workers if workers is None else workers
     jobs = [(seed, s, min(chunk, n_scenes - s), tc.refs_per_scene, tc.max_negatives,
              tc.other_neg_frac, tc.image_size, tc.attribute_frac, tc.shape_negatives,
-             tc.size_negatives, tc.relation_negatives, tc.relation_pairs)
+             tc.size_negatives, tc.relation_negatives, tc.relation_pairs, tc.small_scene_frac)
             for s in range(0, n_scenes, chunk)]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as ex:
