@@ -284,3 +284,23 @@ def test_cli_stream_time_budget_and_diagnose_only(tmp_path):
     for key in ("best", "hit_rate"):
         assert logged["localisation_probe"][key] == again["localisation_probe"][key]
     assert json.loads((out / "method.json").read_text())["layer"] == 0
+
+
+def test_position_statements_are_certified_about_singled_out_objects():
+    from iterprime_jax import shapesref as sr
+    from iterprime_jax.shapesref.truth import _matching
+
+    rng = np.random.default_rng(12)
+    seen_pos = seen_neg = 0
+    for i in range(6):
+        scene = sr.generate_scene(rng, sr.ShapesRefConfig(), sr.KINDS[i % 3])
+        pos, neg = training.position_statements(scene, 4, 4, rng)
+        assert len(pos) <= 4 and len(neg) <= 4
+        for text, want in [(t, True) for t in pos] + [(t, False) for t in neg]:
+            e = sr.parse_expression(text)
+            assert e.position is not None and e.relation is None, text
+            assert len(_matching(scene, e.desc)) == 1, text  # one fitting object
+            assert sr.expression_truth(scene, e) is want, text
+        seen_pos += len(pos)
+        seen_neg += len(neg)
+    assert seen_pos > 0 and seen_neg > 0

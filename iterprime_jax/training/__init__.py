@@ -16,6 +16,7 @@ from .data import (
     expression_false,
     false_variants,
     normalise_images,
+    position_statements,
     relation_pairs,
     shape_swaps,
     swaps,
@@ -48,7 +49,7 @@ __all__ = [
     "calibrate_steps", "caption_pool", "diagnose", "diagnose_saved", "evaluate_itm",
     "expression_false", "false_variants", "init_model", "itm_by_negative_kind", "load_vision",
     "localisation_probe", "lr_schedule", "main", "make_optimizer", "make_tokenizer",
-    "model_config", "normalise_images", "posemb_sincos_2d", "predict_match", "pretrain_vision",
-    "recommended_method", "relation_pairs", "save_model", "save_vision", "shape_swaps", "swaps",
-    "tokenize_prompts", "train",
+    "model_config", "normalise_images", "position_statements", "posemb_sincos_2d",
+    "predict_match", "pretrain_vision", "recommended_method", "relation_pairs", "save_model",
+    "save_vision", "shape_swaps", "swaps", "tokenize_prompts", "train",
 ]

@@ -39,6 +39,9 @@ class TrainConfig:
         objects ("the red circle above the small square") and twice as many certified-false
         ones (other relation, roles swapped), `data.relation_pairs`: relation words with
         certified negatives in every scene, not only where a referring expression allows them.
+      position_statements: per scene, up to this many true and as many certified-false
+        absolute position statements about objects a description singles out ("the red circle
+        on the left" where it is the only red circle), `data.position_statements`.
       small_scene_frac: share of training scenes with only 2-3 objects (fewer same-description
         objects around a relation or a position: easier cases mixed into every batch).
       init_scale: multiplier on the default (lecun-normal) Dense init.
@@ -80,6 +83,7 @@ class TrainConfig:
     relation_negatives: int = 4
     relation_pairs: int = 0
     small_scene_frac: float = 0.0
+    position_statements: int = 0
     init_scale: float = 1.0
     pos_init: str = "normal"
     caption_steps: int = 500

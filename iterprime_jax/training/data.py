@@ -80,11 +80,41 @@ def relation_pairs(scene: sr.Scene, n_pos: int, n_neg: int, rng: np.random.Gener
     return [phrase(e) for e in pos], [phrase(e) for e in neg]
 
 
+def position_statements(scene: sr.Scene, n_pos: int, n_neg: int, rng: np.random.Generator
+                        ) -> tuple[list[str], list[str]]:
+    """Absolute position statements about the objects a description singles out ("the red
+    circle on the left" where it is the only red circle): true ones and certified-false ones
+    (`expression_truth`: the one fitting object lies clearly in another part of the image).
+    They teach the position words where they can be checked, as the referring expressions'
+    position words (the most extreme of several fitting objects) cannot be certified false.
+    Returns up to `n_pos` positive and `n_neg` negative phrasings."""
+    from ..shapesref.config import POSITIONS
+    from ..shapesref.truth import _descs, _matching
+
+    pos: list[sr.Expression] = []
+    neg: list[sr.Expression] = []
+    for i, obj in enumerate(scene.objects):
+        for d in [*_descs(obj), sr.Desc(None, obj.colour)]:
+            if _matching(scene, d) != [i]:
+                continue
+            for p in POSITIONS:
+                e = sr.Expression(d, position=p)
+                truth = sr.expression_truth(scene, e)
+                if truth is True:
+                    pos.append(e)
+                elif truth is False:
+                    neg.append(e)
+    pos = [pos[i] for i in rng.permutation(len(pos))[:n_pos]]
+    neg = [neg[i] for i in rng.permutation(len(neg))[:n_neg]]
+    phrase = lambda e: (lambda ph: ph[int(rng.integers(len(ph)))])(sr.phrasings(e))  # noqa: E731
+    return [phrase(e) for e in pos], [phrase(e) for e in neg]
+
+
 def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float, int, int, int, int,
-                            float]) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
+                            float, int]) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
     """Scenes `start..start+n` of the pool: images, positive texts and negative texts."""
     (seed, start, n, refs_per_scene, max_neg, other_frac, image_size, attr_frac, n_shape,
-     n_size, n_relation, n_pairs, small_frac) = args
+     n_size, n_relation, n_pairs, small_frac, n_positions) = args
     full = sr.ShapesRefConfig(image_size=image_size)
     small = dataclasses.replace(full, min_objects=2, max_objects=3)
     images = np.zeros((n, image_size, image_size, 3), np.uint8)
@@ -112,6 +142,10 @@ def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float, int, int,
             recent += list(zip(ref.expressions, ref.sentences, strict=True))
         if n_pairs:
             p, q = relation_pairs(scene, n_pairs, 2 * n_pairs, rng)
+            pos += p
+            neg += q
+        if n_positions:
+            p, q = position_statements(scene, n_positions, n_positions, rng)
             pos += p
             neg += q
         # negatives from other scenes: their expressions that are clearly false here
@@ -198,7 +232,8 @@ def build_pool(tc: TrainConfig, tokenizer: Any, n_scenes: int, seed: int,
     workers = tc.workers if workers is None else workers
     jobs = [(seed, s, min(chunk, n_scenes - s), tc.refs_per_scene, tc.max_negatives,
              tc.other_neg_frac, tc.image_size, tc.attribute_frac, tc.shape_negatives,
-             tc.size_negatives, tc.relation_negatives, tc.relation_pairs, tc.small_scene_frac)
+             tc.size_negatives, tc.relation_negatives, tc.relation_pairs, tc.small_scene_frac,
+             tc.position_statements)
             for s in range(0, n_scenes, chunk)]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as ex:
