@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--vision-init", default=None,
                     help="ViT from `python -m iterprime_jax.training.pretrain --out FILE` "
                          "(default: from scratch)")
+    ap.add_argument("--save-weights", default=None, metavar="DIR",
+                    help="also save the trained model there (loadable with iterprime_jax.load)")
     args = ap.parse_args()
     over = {"steps": args.steps, "workers": 1, **parse_overrides(args.set)}
     tc = dataclasses.replace(training.TrainConfig(), **over)
@@ -78,6 +80,10 @@ def main() -> None:
     print("ITM accuracy per negative type:")
     for kind, groups in by_neg.items():
         print(f"  {kind:<10}" + "  ".join(f"{g} {v['accuracy']:.2f}" for g, v in groups.items()))
+    print(f"patch position information: {diag['patch_position_information']}")
+    if args.save_weights:
+        training.save_model(args.save_weights, params, config)
+        print(f"weights in {args.save_weights}")
     print(f"wrote {path}")
 
 

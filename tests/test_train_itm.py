@@ -304,3 +304,20 @@ def test_position_statements_are_certified_about_singled_out_objects():
         seen_pos += len(pos)
         seen_neg += len(neg)
     assert seen_pos > 0 and seen_neg > 0
+
+
+def test_patch_position_information_sees_position_embeddings():
+    from iterprime_jax.training.diagnostics import patch_position_information
+
+    tc = dataclasses.replace(TINY, pos_init="sincos")
+    cfg = training.model_config(tc)
+    vision = training.init_model(tc, cfg, jax.random.PRNGKey(0))["vision_model"]
+    emb = vision["embeddings"]
+    strong = {**vision, "embeddings": {**emb,
+                                       "position_embedding": emb["position_embedding"] * 20}}
+    none = {**vision, "embeddings": {**emb,
+                                     "position_embedding": emb["position_embedding"] * 0}}
+    hi = patch_position_information(strong, cfg, num_images=30)
+    lo = patch_position_information(none, cfg, num_images=30)
+    assert hi["row"] > 0.95 and hi["column"] > 0.95, hi
+    assert lo["row"] < hi["row"] - 0.2 and lo["column"] < hi["column"] - 0.2, lo

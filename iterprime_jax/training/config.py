@@ -47,7 +47,8 @@ class TrainConfig:
       init_scale: multiplier on the default (lecun-normal) Dense init.
       pos_init: vision position embeddings' init: "normal" (std 1/sqrt(width)) or "sincos"
         (fixed-frequency 2D sine/cosine of the patch row and column, as in MAE/big_vision;
-        still trained).
+        still trained); pos_scale multiplies it (larger: the patch tokens keep more of where
+        they are through the layers and the pretraining).
       caption_steps, caption_scenes: curriculum: the first `caption_steps` steps match
         object captions ("red circle", "the small cross": any description of a present object
         vs. combinations absent from the scene) on a pool of `caption_scenes` scenes, before
@@ -86,6 +87,7 @@ class TrainConfig:
     position_statements: int = 0
     init_scale: float = 1.0
     pos_init: str = "normal"
+    pos_scale: float = 1.0
     caption_steps: int = 500
     caption_scenes: int = 2000
     pretrain_steps: int = 2000

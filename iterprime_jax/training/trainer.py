@@ -78,7 +78,8 @@ def posemb_sincos_2d(gh: int, gw: int, width: int, temperature: float = 10_000.0
 def init_model(tc: TrainConfig, config: BlipConfig, key: jax.Array) -> Params:
     """`init_params`, with Dense kernels scaled by `init_scale` and embeddings at std
     1/sqrt(width) (BERT's 0.02 leaves tiny models' cross-attention uniform); with
-    `pos_init="sincos"` the vision position embeddings start as `posemb_sincos_2d`."""
+    `pos_init="sincos"` the vision position embeddings start as `pos_scale` times
+    `posemb_sincos_2d`."""
     if tc.pos_init not in ("normal", "sincos"):
         raise ValueError(f"pos_init must be 'normal' or 'sincos', got {tc.pos_init!r}")
     params = init_params(config, key)
@@ -89,7 +90,7 @@ def init_model(tc: TrainConfig, config: BlipConfig, key: jax.Array) -> Params:
         names = [getattr(p, "key", str(p)) for p in path]
         if names[-1] == "position_embedding" and tc.pos_init == "sincos":
             gh, gw = config.vision.grid
-            return jnp.asarray(posemb_sincos_2d(gh, gw, x.shape[-1]), x.dtype)
+            return jnp.asarray(tc.pos_scale * posemb_sincos_2d(gh, gw, x.shape[-1]), x.dtype)
         if names[-1] == "kernel" and tc.init_scale != 1.0:
             return x * tc.init_scale
         if names[-1] == "embedding" or names[-1] in ("position_embedding", "class_embedding"):
@@ -376,7 +377,10 @@ def diagnose_saved(out_dir: str | Path, probe_images: int = 200, probe_split: st
         log.info("localisation probe (heat argmax in target mask): best %s = %.3f; %s",
                  probe["best"], probe["hit_rate"][probe["best"]],
                  ", ".join(f"{k} {v:.3f}" for k, v in probe["hit_rate"].items()))
+    log.info("patch position information (row, column read-out): %s",
+             diag["patch_position_information"])
     record.update(heldout_itm=itm, heldout_itm_by_negative=by_kind, localisation_probe=probe,
+                  patch_position_information=diag["patch_position_information"],
                   diagnostics={"devices": [str(d) for d in jax.devices()],
                                "wall_time_s": time.perf_counter() - t0})
     (out / LOG_NAME).write_text(json.dumps(record, indent=1))
