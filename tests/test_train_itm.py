@@ -18,7 +18,8 @@ TINY = training.TrainConfig(
     steps=30, batch_size=16, lr=2e-3, warmup=3, width=32, heads=2, vision_layers=1,
     text_layers=1, patch_size=16, max_text_length=20, max_position_embeddings=24,
     projection_dim=8, pool_scenes=60, workers=1, seed=0, log_every=1, caption_steps=0,
-    caption_scenes=20, pretrain_steps=12, pretrain_buffer=48, pretrain_fresh=4)
+    caption_scenes=20, pretrain_steps=12, pretrain_buffer=48, pretrain_fresh=4,
+    relation_pairs=0, position_statements=0, pos_init="normal", pos_scale=1.0)
 
 
 @pytest.fixture(scope="module")

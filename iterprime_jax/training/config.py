@@ -59,7 +59,7 @@ class TrainConfig:
       seed: seeds data, init and batch order.
     """
 
-    steps: int = 4500
+    steps: int = 16000
     batch_size: int = 64
     lr: float = 7e-4
     warmup: int = 300
@@ -74,7 +74,7 @@ class TrainConfig:
     max_text_length: int = 24
     max_position_embeddings: int = 64
     projection_dim: int = 32
-    pool_scenes: int = 8000
+    pool_scenes: int = 24000
     refs_per_scene: int = 2
     max_negatives: int = 8
     other_neg_frac: float = 0.25
@@ -82,15 +82,15 @@ class TrainConfig:
     shape_negatives: int = 0
     size_negatives: int = 2
     relation_negatives: int = 4
-    relation_pairs: int = 0
+    relation_pairs: int = 12
     small_scene_frac: float = 0.0
-    position_statements: int = 0
+    position_statements: int = 4
     init_scale: float = 1.0
-    pos_init: str = "normal"
-    pos_scale: float = 1.0
+    pos_init: str = "sincos"
+    pos_scale: float = 3.0
     caption_steps: int = 500
     caption_scenes: int = 2000
-    pretrain_steps: int = 2000
+    pretrain_steps: int = 1500
     pretrain_lr: float = 1e-3
     pretrain_fresh: int = 16
     pretrain_buffer: int = 2048

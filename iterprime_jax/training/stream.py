@@ -11,6 +11,7 @@ workers are behind. So a run is the same whatever the machine's speed (up to flo
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
@@ -89,7 +90,9 @@ class StreamPool:
                              pos_off=np.zeros(n + 1, np.int64),
                              neg=np.zeros(n * texts_per_scene, np.int64),
                              neg_off=np.zeros(n + 1, np.int64))
-        self._ex = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(vocab,))
+        # forkserver, not fork: the caller may already run JAX's threads (fork could deadlock)
+        self._ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(
+            "forkserver"), initializer=_init_worker, initargs=(vocab,))
         gen = (tc.refs_per_scene, tc.max_negatives, tc.other_neg_frac, tc.image_size,
                tc.attribute_frac, tc.shape_negatives, tc.size_negatives, tc.relation_negatives,
                tc.relation_pairs, tc.small_scene_frac, tc.position_statements)

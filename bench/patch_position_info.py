@@ -1,0 +1,66 @@
+"""Patch position information of trained / pretrained ViTs: held-out accuracy of a linear
+read-out of each output patch token's row and column (`training.diagnostics.
+patch_position_information`; chance 0.2 on the 5x5 grid).
+
+    python bench/patch_position_info.py NAME=PATH [NAME=PATH ...] [--out FILE]
+
+PATH: a saved model directory (`iterprime_jax.load`), a `vision.msgpack` from
+`python -m iterprime_jax.training.pretrain` (its `.json` gives the recipe), or `init:normal` /
+`init:sincos:SCALE` (the shipped recipe's ViT at initialisation, seed 0). Prints a table and
+writes JSON (the command, per model: source, width, layers, row and column accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import jax
+
+import iterprime_jax
+from iterprime_jax import training
+from iterprime_jax.training.diagnostics import patch_position_information
+
+
+def _vision(spec: str) -> tuple[dict, object]:
+    if spec.startswith("init:"):
+        kind, _, scale = spec.removeprefix("init:").partition(":")
+        tc = training.TrainConfig(pos_init=kind, pos_scale=float(scale or 1.0))
+        config = training.model_config(tc)
+        return training.init_model(tc, config, jax.random.PRNGKey(0))["vision_model"], config
+    path = Path(spec)
+    if path.is_dir():
+        model = iterprime_jax.load(path)
+        return model.params["vision_model"], model.config
+    meta = json.loads(Path(str(path) + ".json").read_text())["recipe"]
+    fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
+    tc = training.TrainConfig(**{k: v for k, v in meta.items() if k in fields})
+    return training.load_vision(path), training.model_config(tc)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("models", nargs="+", metavar="NAME=PATH")
+    ap.add_argument("--out", default=None, help="JSON record to write")
+    args = ap.parse_args()
+    rows = {}
+    for spec in args.models:
+        name, _, path = spec.partition("=")
+        vision, config = _vision(path)
+        info = patch_position_information(vision, config)
+        rows[name] = {"source": path, "width": config.vision.hidden_size,
+                      "layers": config.vision.num_hidden_layers, **info}
+    print(f"{'model':<28}{'width':>6}{'layers':>7}{'row':>7}{'column':>8}")
+    for name, r in rows.items():
+        print(f"{name:<28}{r['width']:>6}{r['layers']:>7}{r['row']:>7.3f}{r['column']:>8.3f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(
+            {"command": "python bench/patch_position_info.py " + " ".join(sys.argv[1:]),
+             "models": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
