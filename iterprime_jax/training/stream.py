@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .config import TrainConfig
-from .data import Pool, _gen_chunk, tokenize_prompts
+from .data import Pool, _gen_chunk, _make_pool
 
 _TOKENIZER: Any = None
 
@@ -35,21 +35,8 @@ def _chunk_job(args: tuple[tuple, int]) -> tuple[np.ndarray, np.ndarray, np.ndar
     """One chunk, tokenised: images (n, H, W, 3), ids (U, T) over the chunk's unique texts,
     pos / pos_off / neg / neg_off (chunk-local text indices and per-scene offsets)."""
     gen_args, max_len = args
-    images, pos_lists, neg_lists = _gen_chunk(gen_args)
-    index: dict[str, int] = {}
-    for lst in pos_lists + neg_lists:
-        for s in lst:
-            index.setdefault(s, len(index))
-    ids, _ = tokenize_prompts(_TOKENIZER, list(index), max_len)
-
-    def flat(lists: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-        off = np.zeros(len(lists) + 1, np.int64)
-        off[1:] = np.cumsum([len(x) for x in lists])
-        return np.asarray([index[s] for x in lists for s in x], np.int64), off
-
-    pos, pos_off = flat(pos_lists)
-    neg, neg_off = flat(neg_lists)
-    return images, ids, pos, pos_off, neg, neg_off
+    pool = _make_pool(*_gen_chunk(gen_args), _TOKENIZER, max_len)
+    return pool.images, pool.ids, pool.pos, pool.pos_off, pool.neg, pool.neg_off
 
 
 @dataclasses.dataclass
