@@ -13,7 +13,6 @@ writes JSON (the command, per model: source, width, layers, row and column accur
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -35,9 +34,8 @@ def _vision(spec: str) -> tuple[dict, object]:
     if path.is_dir():
         model = iterprime_jax.load(path)
         return model.params["vision_model"], model.config
-    meta = json.loads(Path(str(path) + ".json").read_text())["recipe"]
-    fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
-    tc = training.TrainConfig(**{k: v for k, v in meta.items() if k in fields})
+    tc = training.TrainConfig.from_dict(
+        json.loads(Path(str(path) + ".json").read_text())["recipe"])
     return training.load_vision(path), training.model_config(tc)
 
 

@@ -101,6 +101,13 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """From `to_dict`'s output (a training log's "recipe"); keys of fields this version
+        does not have are ignored, missing ones take their defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
 
 def model_config(tc: TrainConfig) -> BlipConfig:
     """The BLIP config of the small model (bert-base-uncased vocabulary, 30524 like BLIP)."""

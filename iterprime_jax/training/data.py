@@ -14,6 +14,7 @@ import numpy as np
 from .. import shapesref as sr
 from ..config import IteRPrimEConfig
 from ..models.blip.config import BlipConfig
+from ..shapesref.render import _choice
 from .config import TrainConfig
 
 
@@ -34,8 +35,12 @@ def swaps(scene: sr.Scene, exprs: Sequence[sr.Expression], kind: str, n: int,
     """Up to `n` phrasings of one-word variants of `exprs` of perturbation `kind` ("shape",
     "size", "relation", ...), each clearly false in `scene`."""
     out = [x for e in exprs for x in false_variants(scene, e, kind)]
-    phrased = [sr.phrasings(out[i]) for i in rng.permutation(len(out))[:n]]
-    return [ph[int(rng.integers(len(ph)))] for ph in phrased]
+    return [_phrase(out[i], rng) for i in rng.permutation(len(out))[:n]]
+
+
+def _phrase(expr: sr.Expression, rng: np.random.Generator) -> str:
+    """One of the expression's phrasings, at random."""
+    return _choice(rng, sr.phrasings(expr))
 
 
 def relation_pairs(scene: sr.Scene, n_pos: int, n_neg: int, rng: np.random.Generator
@@ -76,8 +81,7 @@ def relation_pairs(scene: sr.Scene, n_pos: int, n_neg: int, rng: np.random.Gener
         cands.append(sr.Expression(eb, relation=r, landmark=ea))
         neg += [e for e in cands if sr.expression_truth(scene, e) is False]
     neg = [neg[i] for i in rng.permutation(len(neg))[:n_neg]]
-    phrase = lambda e: (lambda ph: ph[int(rng.integers(len(ph)))])(sr.phrasings(e))  # noqa: E731
-    return [phrase(e) for e in pos], [phrase(e) for e in neg]
+    return [_phrase(e, rng) for e in pos], [_phrase(e, rng) for e in neg]
 
 
 def position_statements(scene: sr.Scene, n_pos: int, n_neg: int, rng: np.random.Generator
@@ -106,15 +110,15 @@ def position_statements(scene: sr.Scene, n_pos: int, n_neg: int, rng: np.random.
                     neg.append(e)
     pos = [pos[i] for i in rng.permutation(len(pos))[:n_pos]]
     neg = [neg[i] for i in rng.permutation(len(neg))[:n_neg]]
-    phrase = lambda e: (lambda ph: ph[int(rng.integers(len(ph)))])(sr.phrasings(e))  # noqa: E731
-    return [phrase(e) for e in pos], [phrase(e) for e in neg]
+    return [_phrase(e, rng) for e in pos], [_phrase(e, rng) for e in neg]
 
 
-def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float, int, int, int, int,
-                            float, int]) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
-    """Scenes `start..start+n` of the pool: images, positive texts and negative texts."""
-    (seed, start, n, refs_per_scene, max_neg, other_frac, image_size, attr_frac, n_shape,
-     n_size, n_relation, n_pairs, small_frac, n_positions) = args
+def _gen_chunk(args: tuple[TrainConfig, int, int, int]
+               ) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
+    """(recipe, seed, start, n) -> scenes `start..start+n` of the pool: images, positive texts
+    and negative texts."""
+    tc, seed, start, n = args
+    image_size, other_frac, small_frac = tc.image_size, tc.other_neg_frac, tc.small_scene_frac
     full = sr.ShapesRefConfig(image_size=image_size)
     small = dataclasses.replace(full, min_objects=2, max_objects=3)
     images = np.zeros((n, image_size, image_size, 3), np.uint8)
@@ -123,29 +127,31 @@ def _gen_chunk(args: tuple[int, int, int, int, int, float, int, float, int, int,
     recent: list[tuple[sr.Expression, str]] = []  # expressions of earlier scenes of the chunk
     for i in range(n):
         rng = np.random.default_rng([seed, 7919, start + i])
-        kind = "attribute" if rng.random() < attr_frac else sr.KINDS[1 + int(rng.integers(2))]
+        kind = ("attribute" if rng.random() < tc.attribute_frac
+                else sr.KINDS[1 + int(rng.integers(2))])
         cfg = small if small_frac and rng.random() < small_frac else full
         scene = sr.generate_scene(rng, cfg, kind)
         images[i] = scene.image
         targets = [scene.targets[j] for j in rng.permutation(len(scene.targets))]
         pos: list[str] = []
         neg: list[str] = []
-        for t in targets[:refs_per_scene]:
+        for t in targets[:tc.refs_per_scene]:
             ref = sr.make_ref(scene, t, rng)
-            p, q = sr.matching_pairs(ref, rng, max_negatives=max_neg)
+            p, q = sr.matching_pairs(ref, rng, max_negatives=tc.max_negatives)
             pos += p
             neg += q
-            for swap_kind, k in (("shape", n_shape), ("size", n_size),
-                                 ("relation", n_relation)):
+            for swap_kind, k in (("shape", tc.shape_negatives), ("size", tc.size_negatives),
+                                 ("relation", tc.relation_negatives)):
                 if k:
                     neg += swaps(scene, ref.expressions, swap_kind, k, rng)
             recent += list(zip(ref.expressions, ref.sentences, strict=True))
-        if n_pairs:
-            p, q = relation_pairs(scene, n_pairs, 2 * n_pairs, rng)
+        if tc.relation_pairs:
+            p, q = relation_pairs(scene, tc.relation_pairs, 2 * tc.relation_pairs, rng)
             pos += p
             neg += q
-        if n_positions:
-            p, q = position_statements(scene, n_positions, n_positions, rng)
+        if tc.position_statements:
+            p, q = position_statements(scene, tc.position_statements, tc.position_statements,
+                                       rng)
             pos += p
             neg += q
         # negatives from other scenes: their expressions that are clearly false here
@@ -230,10 +236,7 @@ def build_pool(tc: TrainConfig, tokenizer: Any, n_scenes: int, seed: int,
                workers: int | None = None, chunk: int = 500) -> Pool:
     """Generate `n_scenes` scenes (seeded by `seed`, independent of `workers`) and tokenise."""
     workers = tc.workers if workers is None else workers
-    jobs = [(seed, s, min(chunk, n_scenes - s), tc.refs_per_scene, tc.max_negatives,
-             tc.other_neg_frac, tc.image_size, tc.attribute_frac, tc.shape_negatives,
-             tc.size_negatives, tc.relation_negatives, tc.relation_pairs, tc.small_scene_frac,
-             tc.position_statements)
+    jobs = [(tc, seed, s, min(chunk, n_scenes - s))
             for s in range(0, n_scenes, chunk)]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as ex:

@@ -80,11 +80,8 @@ class StreamPool:
         # forkserver, not fork: the caller may already run JAX's threads (fork could deadlock)
         self._ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(
             "forkserver"), initializer=_init_worker, initargs=(vocab,))
-        gen = (tc.refs_per_scene, tc.max_negatives, tc.other_neg_frac, tc.image_size,
-               tc.attribute_frac, tc.shape_negatives, tc.size_negatives, tc.relation_negatives,
-               tc.relation_pairs, tc.small_scene_frac, tc.position_statements)
         self._futures: list[Future] = [
-            self._ex.submit(_chunk_job, ((seed, j * chunk, chunk, *gen), tc.max_text_length))
+            self._ex.submit(_chunk_job, ((tc, seed, j * chunk, chunk), tc.max_text_length))
             for j in range(total_chunks)]
         self._joined = 0
 

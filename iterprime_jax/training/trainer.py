@@ -140,9 +140,9 @@ def _train_step(params: Params, config: BlipConfig, opt: optax.GradientTransform
 
 def calibrate_steps(tc: TrainConfig, config: BlipConfig, params: Params, pool: PoolLike,
                     budget_s: float, repeats: int = 40) -> tuple[int, float]:
-    """Expression-stage steps that fit `budget_s` seconds of training after the caption stage:
-    (steps, measured seconds per step). Times `repeats` steps (after one compiling step) on
-    batches of `pool`, on a copy of `params` that is thrown away."""
+    """Expression-stage steps such that the caption and expression stages together fit
+    `budget_s` seconds: (steps, measured seconds per step). Times `repeats` steps (after one
+    compiling step) on batches of `pool`, on a copy of `params` that is thrown away."""
     opt = make_optimizer(tc)
     state = opt.init(params)
     rng = np.random.default_rng([tc.seed, 99])
@@ -359,8 +359,7 @@ def diagnose_saved(out_dir: str | Path, probe_images: int = 200, probe_split: st
 
     out = Path(out_dir)
     record = json.loads((out / LOG_NAME).read_text())
-    tc = TrainConfig(**{k: v for k, v in record["recipe"].items()
-                        if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    tc = TrainConfig.from_dict(record["recipe"])
     config = BlipConfig.from_dict(record["model_config"])
     params = restore_params(out, config) if params is None else params
     tokenizer = make_tokenizer(vocab)
