@@ -48,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench_common import mem_mib, reset_peak_rss  # noqa: E402  (bench/ is on sys.path)
+
 SWIN_L = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12)
 M2F = dict(num_queries=200, num_labels=133, decoder_layers=10, encoder_layers=6,
            hidden_dim=256, feature_size=256, mask_feature_size=256, dim_feedforward=2048,
@@ -61,26 +63,6 @@ CASES = {"512": ((512, 512), 512, 512), "800": ((480, 640), 800, 1333)}
 
 
 # --------------------------------------------------------------------------- utilities
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return -1
-
-
-def reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def peak_mib() -> float:
-    return _status_kib("VmHWM") / 1024
-
-
 def uptime() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -151,13 +133,13 @@ def worker_jax(args: argparse.Namespace) -> list[dict[str, Any]]:
         proposer = Proposer(model, ProposeConfig(short_edge=short, max_size=max_size),
                             max_batch=args.batch)
         pixels = np.stack([preprocess(im, proposer.config).pixels for im in images])
-        reset_peak()
+        reset_peak_rss()
         first, times = timed(lambda p=proposer, i=images: p(i), args.repeats)
         fwd = lambda px=pixels, pp=proposer.params: jax.block_until_ready(  # noqa: E731
             mask2former_forward_jit(pp, cfg, px))
         ffirst, ftimes = timed(fwd, args.repeats) if args.forward else (None, None)
         rec = case_record(case, args.batch, first, times, ffirst, ftimes,
-                          pixels.shape[1:3], peak_mib(), cfg.num_queries)
+                          pixels.shape[1:3], mem_mib()["hwm_mib"], cfg.num_queries)
         rec["compile_s"] = first - statistics.median(times)
         if ftimes:
             rec["forward_compile_s"] = ffirst - statistics.median(ftimes)
@@ -209,11 +191,11 @@ def worker_torch(args: argparse.Namespace) -> list[dict[str, Any]]:
             with torch.inference_mode():
                 return model(pixel_values=xb).masks_queries_logits
 
-        reset_peak()
+        reset_peak_rss()
         first, times = timed(run, args.repeats)
         ffirst, ftimes = timed(fwd, args.repeats) if args.forward else (None, None)
         rec = case_record(case, args.batch, first, times, ffirst, ftimes,
-                          tuple(x0.shape[2:]), peak_mib(), hc.num_queries)
+                          tuple(x0.shape[2:]), mem_mib()["hwm_mib"], hc.num_queries)
         rec["threads"] = torch.get_num_threads()
         out.append(rec)
         print(json.dumps({"progress": rec}), file=sys.stderr, flush=True)
