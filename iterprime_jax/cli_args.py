@@ -23,14 +23,20 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_method_args(parser: argparse.ArgumentParser) -> None:
-    """Adds one flag per `IteRPrimEConfig` field (in a group; defaults shown in the help)."""
+def add_method_args(parser: argparse.ArgumentParser,
+                    recommended: dict[str, Any] | None = None, source: str = "") -> None:
+    """Adds one flag per `IteRPrimEConfig` field (in a group; defaults shown in the help).
+    `recommended`: the fields a default checkpoint's ``method.json`` sets (shown as the
+    effective default, with `source` naming where they come from)."""
     g = parser.add_argument_group(GROUP_TITLE)
     default = IteRPrimEConfig()
+    recommended = recommended or {}
     for f in dataclasses.fields(IteRPrimEConfig):
         value = getattr(default, f.name)
         flags = [_flag(f.name), *f.metadata.get("aliases", ())]
-        help_text = f"{f.metadata.get('help', '')} (default: {value})"
+        shown = (f"{recommended[f.name]} from {source}, else {value}"
+                 if f.name in recommended else f"{value}")
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%")
         if isinstance(value, bool):
             g.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
                            default=argparse.SUPPRESS, help=help_text)
@@ -57,12 +63,14 @@ def add_proposer_args(parser: argparse.ArgumentParser, save_help: str | None = N
                    help="converted Mask2Former checkpoint dir or Hugging Face hub id (e.g. "
                         "facebook/mask2former-swin-large-coco-panoptic, converted once)")
     g.add_argument("--proposal-threshold", type=float, default=d.threshold,
-                   help="a pixel is in a proposal iff sigmoid(mask logit) > this")
+                   metavar="T", help="a pixel is in a proposal iff sigmoid(mask logit) > T "
+                                       "(default: %(default)s)")
     g.add_argument("--proposal-short-edge", type=int, default=d.short_edge,
-                   help="resize the short side to this (the authors: 800; smaller is faster "
-                        "and not the method)")
+                   metavar="PX", help="resize the short side to PX (default: %(default)s, the "
+                                        "authors'; smaller is faster and not the method)")
     g.add_argument("--proposal-max-size", type=int, default=d.max_size,
-                   help="cap of the long side after resizing (the authors: 1333)")
+                   metavar="PX", help="cap of the long side after resizing "
+                                        "(default: %(default)s, the authors')")
     g.add_argument("--save-proposals", default=None, metavar="FILE",
                    help=save_help or "also write the computed proposals to FILE (COCO-style "
                                      "RLE JSON, usable as --proposals FILE later)")

@@ -53,10 +53,6 @@ class ImageMeta:
         return [(r.ref_id, s) for r in self.refs for s in r.sent_ids]
 
 
-def _text(v: Any) -> str:
-    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
-
-
 def _image_hw(encoded: bytes) -> tuple[int, int]:
     from PIL import Image
 
@@ -84,7 +80,8 @@ def build_index(light_source: Sequence[dict[str, Any]], name: str = "") -> list[
         task = "task_id" in ex  # PhraseCut: one phrase per task
         image_id = int(ex["image_id"])
         ref_id = int(ex["task_index"] if task else ex["ref_id"])
-        sents = (_text(ex["phrase"]),) if task else tuple(_text(s) for s in ex["sentences"])
+        text = phrasecut.as_text
+        sents = (text(ex["phrase"]),) if task else tuple(text(s) for s in ex["sentences"])
         sent_ids = (0,) if task else tuple(int(s) for s in np.asarray(ex["sent_ids"]).reshape(-1))
         if len(sents) != len(sent_ids):
             raise EvalError(f"{name}: ref_id {ref_id} has {len(sents)} sentences but "
@@ -151,7 +148,13 @@ def prepare_split(config: EvalConfig) -> None:
     from tfds_refcoco import canonical_config_name, load_split, make_builder
     from tfds_refcoco.refer import LAYOUTS, ReferFormatError
 
+    config = config.with_defaults()
     name = canonical_config_name(config.dataset)
+    if config.manual_dir is None:
+        if not make_builder(name, config.data_dir).is_prepared():
+            raise EvalError(f"dataset {config.dataset} is not built in {config.data_dir}: give "
+                            "--manual-dir (its raw files, see tfds_refcoco/README.md)")
+        return
     if name == "shapesref" and config.build_shapesref:
         ensure_shapesref(config.manual_dir)  # also read for the per-kind results
     if name == PHRASECUT:
@@ -175,6 +178,7 @@ def open_split(config: EvalConfig) -> SplitSources:
 
     from tfds_refcoco import canonical_config_name, make_builder
 
+    config = config.with_defaults()
     name = canonical_config_name(config.dataset)
     builder = make_builder(name, config.data_dir)
     if config.split not in builder.info.splits:

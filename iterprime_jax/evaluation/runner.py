@@ -55,9 +55,16 @@ import numpy as np
 from ..config import IteRPrimEConfig
 from ..method.pipeline import bucket, canvas_side
 from ..metrics import CONVENTIONS
-from ..models.loading import Model, resolve_method, validate_method
+from ..models.loading import (
+    Model,
+    is_hub_id,
+    load,
+    resolve_hub_id,
+    resolve_method,
+    validate_method,
+)
 from . import phrasecut
-from .by_kind import chance_iou, ref_kinds, summarize_by_kind
+from .by_kind import annotate_kinds
 from .config import (
     COCO_CANVAS,
     COCO_DATASETS,
@@ -66,6 +73,7 @@ from .config import (
     MIN_PROPOSAL_BUCKET,
     PHRASECUT,
     SAMPLES,
+    SHIPPED_WEIGHTS,
     TINY_CANVAS,
     AblationRow,
     EvalConfig,
@@ -120,18 +128,18 @@ class Context:
 
 
 def resolve_weights(name: str) -> Path:
-    """`--weights` -> a converted directory: a directory; a Hugging Face hub id (fetched and
-    converted once, `models.loading.resolve_hub_id`); the default shipped model is also looked
-    up next to the package when the working directory is not the repository root."""
-    from ..models.loading import is_hub_id, resolve_hub_id
-
+    """`--weights` -> an absolute converted directory: the default (`SHIPPED_WEIGHTS`) is the
+    shipped model of the repository checkout the package lives in, wherever the working
+    directory is; otherwise a directory, or a Hugging Face hub id (fetched and converted once,
+    `models.loading.resolve_hub_id`). A name that is none of these comes back resolved (the
+    caller reports it missing)."""
     path = Path(name).expanduser()
-    if path.is_dir():
-        return path.resolve()
-    if name == EvalConfig.weights:
+    if name == SHIPPED_WEIGHTS:
         beside = Path(__file__).resolve().parents[2] / name  # a repository checkout
         if beside.is_dir():
             return beside
+    if path.is_dir():
+        return path.resolve()
     if is_hub_id(name):
         return resolve_hub_id(name)
     return path.resolve()
@@ -139,9 +147,7 @@ def resolve_weights(name: str) -> Path:
 
 def load_model(config: EvalConfig, model: Model | None) -> tuple[Model, Path]:
     """`model` (or, when None, the checkpoint at ``config.weights``) and the resolved weights
-    directory."""
-    from ..models.loading import load
-
+    directory (`resolve_weights`; with a `model` given, the directory it was loaded from)."""
     if model is None:
         weights = resolve_weights(config.weights)
         if not weights.is_dir():
@@ -150,7 +156,8 @@ def load_model(config: EvalConfig, model: Model | None) -> tuple[Model, Path]:
             raise EvalError(f"weights directory {config.weights} does not exist{hint}")
         model = load(weights)
     else:
-        weights = Path(config.weights).expanduser().resolve()
+        path = getattr(model, "path", None)
+        weights = Path(path).resolve() if path is not None else resolve_weights(config.weights)
     if not hasattr(getattr(model, "config", None), "text"):
         raise EvalError(f"weights {config.weights} hold a {type(model.config).__name__} "
                         "checkpoint; IteRPrimE needs an image-text matching (BLIP) model "
@@ -381,20 +388,16 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
             if progress:
                 progress(finished, total)
 
+        t_compute = time.perf_counter()
         run_batches(ctx, todo, [row], on_batch)
+        compute_s = time.perf_counter() - t_compute
     barrier("iterprime_eval_samples_written")
     result_metrics, no_cand, subsets, by_kind = None, None, None, None
     n_samples = sum(m.num_sentences for m in ctx.images)
     if pi == 0:
         recs = merge_samples(out)
-        kinds = ref_kinds(config.manual_dir, config.dataset)
-        if kinds:  # ShapesRef: each row carries its expression kind; results per kind
-            recs = [{**r, "kind": kinds.get(int(r["ref_id"]), "")} for r in recs]
-            atomic_write(out / SAMPLES, "".join(dumps_sample(r) + "\n" for r in recs))
-            wanted = {k for m in ctx.images for k in m.keys()}
-            chosen = [r for r in recs if sample_key(r) in wanted]
-            by_kind = summarize_by_kind(chosen, chance_iou(
-                config.manual_dir, config.dataset, {int(r["ref_id"]) for r in chosen}))
+        recs, by_kind = annotate_kinds(  # ShapesRef: expression kinds, results per kind
+            out, recs, config.manual_dir, config.dataset, [k for m in ctx.images for k in m.keys()])
         result_metrics, no_cand, subsets = write_metrics(config, ctx, method, proposals, recs,
                                                          by_kind)
         if saver is not None:
@@ -405,7 +408,8 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
             log.info("wrote %d proposals of %d images to %s", n, len(ctx.images),
                      config.save_proposals)
     elapsed = time.perf_counter() - t_start
-    log.info("process %d: %d samples computed in %.1fs", pi, computed, elapsed)
+    log.info("process %d: %d samples computed in %.1fs (compilation included); %.1fs for the "
+             "whole run with loading and dataset preparation", pi, computed, compute_s, elapsed)
     return EvalResult(metrics=result_metrics, num_images=len(ctx.images),
                       num_samples=n_samples, no_candidate=no_cand, computed=computed,
                       elapsed_s=elapsed, out=out, subsets=subsets, by_kind=by_kind)
