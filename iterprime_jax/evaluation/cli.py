@@ -214,9 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     bar = _Bar(not args.no_progress, f"eval p{pi}" if jax.process_count() > 1 else "eval")
     try:
         model, weights = load_model(config, None)
-        tc = model.config.text
-        method = resolve_method(weights, tc.num_hidden_layers, method_overrides(args),
-                                tc.max_position_embeddings)
+        text_config = model.config.text
+        method = resolve_method(weights, text_config.num_hidden_layers, method_overrides(args),
+                                text_config.max_position_embeddings)
         if args.ablation:
             table = run_ablation(config, method, model=model, progress=bar)
             bar.close()
