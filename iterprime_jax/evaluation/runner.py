@@ -63,6 +63,7 @@ from ..models.loading import (
     resolve_method,
     validate_method,
 )
+from ..shipped import SHAPESREF_MODEL
 from . import phrasecut
 from .by_kind import annotate_kinds
 from .config import (
@@ -129,15 +130,13 @@ class Context:
 
 def resolve_weights(name: str) -> Path:
     """`--weights` -> an absolute converted directory: the default (`SHIPPED_WEIGHTS`) is the
-    shipped model of the repository checkout the package lives in, wherever the working
-    directory is; otherwise a directory, or a Hugging Face hub id (fetched and converted once,
-    `models.loading.resolve_hub_id`). A name that is none of these comes back resolved (the
-    caller reports it missing)."""
+    shipped model inside the package (`iterprime_jax.shipped.SHAPESREF_MODEL`), wherever the
+    working directory is; otherwise a directory, or a Hugging Face hub id (fetched and
+    converted once, `models.loading.resolve_hub_id`). A name that is none of these comes back
+    resolved (the caller reports it missing)."""
     path = Path(name).expanduser()
-    if name == SHIPPED_WEIGHTS:
-        beside = Path(__file__).resolve().parents[2] / name  # a repository checkout
-        if beside.is_dir():
-            return beside
+    if name == SHIPPED_WEIGHTS and SHAPESREF_MODEL.is_dir():
+        return SHAPESREF_MODEL.resolve()  # package data (in a checkout: weights/shapesref-itm)
     if path.is_dir():
         return path.resolve()
     if is_hub_id(name):

@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 from pathlib import Path
 from typing import Any
 
 from ..models.blip.config import BlipConfig, TextConfig, VisionConfig
+from ..shipped import VOCAB
 
 #: bert-base-uncased WordPiece vocabulary, shipped inside the package (package data).
-DEFAULT_VOCAB = Path(str(importlib.resources.files("iterprime_jax") / "data"
-                         / "bert-base-uncased-vocab.txt"))
+DEFAULT_VOCAB = VOCAB
 LOG_NAME = "training_log.json"
 
 
