@@ -1,4 +1,5 @@
-"""Command-line flags of the method, derived from `IteRPrimEConfig`'s fields (shared by the CLIs).
+"""Command-line flags of the method, derived from `IteRPrimEConfig`'s fields, the proposal
+network's flags, and the quiet logging set-up (shared by the CLIs).
 
 Every field gets a flag ``--field-name`` (``layer`` -> ``--layer``, ``stretch_center`` ->
 ``--stretch-center``) typed like its default, with the help text of the field's metadata;
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
+import os
 from typing import Any
 
 from .config import IteRPrimEConfig
@@ -83,3 +86,17 @@ def propose_config_from_args(args: argparse.Namespace) -> Any:
     check_threshold(args.proposal_threshold, "--proposal-threshold")
     return ProposeConfig(threshold=args.proposal_threshold,
                          short_edge=args.proposal_short_edge, max_size=args.proposal_max_size)
+
+
+def quiet_third_party_logs() -> None:
+    """No third-party noise at start-up and while loading: JAX's INFO "Unable to initialize
+    backend 'tpu'", orbax's INFO lines on every checkpoint read, TFDS's "Downloading and
+    preparing dataset" and "Constructing tf.data.Dataset" INFO lines (also when nothing is
+    downloaded), transformers' "PyTorch was not found" advice (read when transformers is
+    imported, so this runs first), absl and TensorFlow C++ chatter. Warnings and errors
+    still show."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name in ("jax._src.xla_bridge", "orbax", "absl", "tensorflow_datasets"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.ERROR)

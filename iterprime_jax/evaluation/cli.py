@@ -25,7 +25,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -148,20 +147,6 @@ class _Bar:
             self.bar.close()
 
 
-def quiet_third_party_logs() -> None:
-    """No third-party noise at start-up and while loading: JAX's INFO "Unable to initialize
-    backend 'tpu'", orbax's INFO lines on every checkpoint read, TFDS's "Downloading and
-    preparing dataset" and "Constructing tf.data.Dataset" INFO lines (also when nothing is
-    downloaded), transformers' "PyTorch was not found" advice (read when transformers is
-    imported, so this runs first), absl and TensorFlow C++ chatter. Warnings and errors
-    still show."""
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for name in ("jax._src.xla_bridge", "orbax", "absl", "tensorflow_datasets"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("absl").setLevel(logging.ERROR)
-
-
 def write_record(path: str | Path, argv: list[str], config: Any, method: Any,
                  results: dict[str, Any]) -> None:
     """A committed-results record: the command that made it, both configs and the results."""
@@ -180,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.verbose:
+        from iterprime_jax.cli_args import quiet_third_party_logs
+
         quiet_third_party_logs()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
