@@ -116,3 +116,27 @@ def test_eval_config_defaults() -> None:
     assert config.manual_dir is None  # RefCOCO's raw files: only the user knows where
     shapes = ev.EvalConfig().with_defaults()
     assert Path(shapes.manual_dir).is_absolute() and shapes.out == "results/shapesref-val"
+
+
+def test_help_shows_each_effective_default_once() -> None:
+    from iterprime_jax.evaluation.cli import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "(default: None)" not in text
+    assert "default: 0 from weights/shapesref-itm/method.json, else 8" in text  # --layer
+    for chunk in text.split(" --")[1:]:  # one option's help each
+        assert chunk.count("(default:") <= 1, chunk
+
+
+def test_building_a_split_prints_nothing(tmp_path: Path, shapes: dict[str, Path],
+                                         capfd: pytest.CaptureFixture,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """TFDS's "Downloading and preparing dataset Unknown size" banner (nothing is downloaded)
+    is replaced by one log line with the build time."""
+    caplog.set_level("INFO", logger="iterprime_jax.evaluation.index")
+    ev.prepare_split(ev.EvalConfig(dataset="shapesref", split="val",
+                                   manual_dir=str(shapes["manual"]),
+                                   data_dir=str(tmp_path / "tfds")))
+    out, _ = capfd.readouterr()
+    assert "Downloading" not in out and "prepared" not in out, out
+    assert any(r.getMessage().startswith("built TFDS shapesref in ") for r in caplog.records)
