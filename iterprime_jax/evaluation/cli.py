@@ -53,15 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     from iterprime_jax.evaluation.config import default_data_dir, default_shapesref_dir
     from iterprime_jax.metrics import CONVENTIONS
 
-    d = EvalConfig()
+    defaults = EvalConfig()
     ap = argparse.ArgumentParser(
         prog="iterprime-eval" if Path(sys.argv[0]).name == "iterprime-eval" else "run_eval.py",
         description="Evaluate IteRPrimE (zero-shot referring image segmentation) on a split.")
-    ap.add_argument("--dataset", default=d.dataset, choices=DATASETS,
-                    help=f"dataset (default: {d.dataset})")
-    ap.add_argument("--split", default=d.split,
+    ap.add_argument("--dataset", default=defaults.dataset, choices=DATASETS,
+                    help=f"dataset (default: {defaults.dataset})")
+    ap.add_argument("--split", default=defaults.split,
                     help="split name: val, testA, testB, test; PhraseCut: val, test, miniv, "
-                         f"train (default: {d.split})")
+                         f"train (default: {defaults.split})")
     ap.add_argument("--manual-dir", default=None, metavar="DIR",
                     help="the raw files the split is built from (refer layout or VGPhraseCut_v0, "
                          "see tfds_refcoco/README.md); needed until the split is built "
@@ -69,14 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "if missing)")
     ap.add_argument("--data-dir", default=None, metavar="DIR",
                     help=f"TFDS data dir, the build cache (default: {default_data_dir()})")
-    ap.add_argument("--weights", default=d.weights,
+    ap.add_argument("--weights", default=defaults.weights,
                     help="converted weights dir or Hugging Face hub id, converted once "
-                         f"(default: {d.weights}, the shipped small model)")
-    ap.add_argument("--proposals", default=d.proposals,
+                         f"(default: {defaults.weights}, the shipped small model)")
+    ap.add_argument("--proposals", default=defaults.proposals,
                     help="gt (oracle instance masks; not for PhraseCut), heatmap (no proposals: "
                          "thresholded heat map), mask2former (computed on the fly with "
                          "--proposer-weights) or FILE: a COCO-style results JSON of "
-                         f"class-agnostic RLE masks (default: {d.proposals})")
+                         f"class-agnostic RLE masks (default: {defaults.proposals})")
     ap.add_argument("--out", default=None, metavar="DIR",
                     help="output dir; resumes if it holds the same run "
                          "(default: results/DATASET-SPLIT)")
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "up to 128 px)")
     ap.add_argument("--canvas", type=int, default=None, metavar="PX",
                     help="canvas side (default: 640 for COCO datasets, else from the images)")
-    ap.add_argument("--convention", default=d.convention, choices=CONVENTIONS,
+    ap.add_argument("--convention", default=defaults.convention, choices=CONVENTIONS,
                     help="metric convention (standard: IoU>=X, empty union -> 0; iterprime: "
                          "(I+1e-6)/(U+1e-6), IoU>X; phrasecut: the official PhraseCut "
                          "evaluator, IoU>X, IoU 0 when I=0; default: phrasecut for "
