@@ -5,6 +5,7 @@ checkout (the package's own copy of the shipped model)."""
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import nbformat
@@ -25,6 +26,8 @@ def parameters_of(nb: nbformat.NotebookNode) -> dict:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_committed_notebook_runs_as_stored(name: str) -> None:
+    ids = [c.get("id") for c in json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())["cells"]]
+    assert len(set(ids)) == len(ids), "cell ids must be unique"
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     tags = [t for c in nb.cells for t in c.metadata.get("tags", [])]
     assert "injected-parameters" not in tags
