@@ -31,7 +31,9 @@ def add_method_args(parser: argparse.ArgumentParser,
     """Adds one flag per `IteRPrimEConfig` field (in a group; defaults shown in the help).
     `recommended`: the fields a default checkpoint's ``method.json`` sets (shown as the
     effective default, with `source` naming where they come from)."""
-    g = parser.add_argument_group(GROUP_TITLE)
+    g = parser.add_argument_group(GROUP_TITLE, description=(
+        "Fields the weights' method.json sets (e.g. the Grad-CAM layer of the shipped model) "
+        "replace the defaults shown; a flag given replaces both."))
     default = IteRPrimEConfig()
     recommended = recommended or {}
     for f in dataclasses.fields(IteRPrimEConfig):
