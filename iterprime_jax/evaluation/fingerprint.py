@@ -8,7 +8,7 @@ computes: ``method.json`` (recommended method settings; the method itself is a s
 of the run config) and ``training_log*``. Hashing the bytes of a large checkpoint takes a few
 seconds, so the digest of each file is cached in ``$ITERPRIME_CACHE/fingerprints.json``, keyed
 by the file's absolute path, size and modification time (ns): a file rewritten in place gets a
-new mtime and is hashed again.
+new mtime and is hashed again; entries of deleted files are dropped when the cache is written.
 """
 
 from __future__ import annotations
@@ -79,6 +79,6 @@ def weights_fingerprint(path: str | Path, cache: Path | None = None) -> str:
             known[key] = [*stamp, digest]
             changed = True
         h.update(f"{rel}:{digest}\n".encode())
-    if changed:
-        _write_cache(cache, known)
+    if changed:  # entries of files that are gone are dropped, so the cache stays small
+        _write_cache(cache, {k: v for k, v in known.items() if Path(k).is_file()})
     return h.hexdigest()
