@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             props = None if args.proposals is None else read_proposals(args.proposals,
                                                                        image.shape[:2])
-        tc = model.config.text
-        cfg = resolve_method(args.weights, tc.num_hidden_layers, method_overrides(args),
-                             tc.max_position_embeddings)
+        text_config = model.config.text
+        cfg = resolve_method(args.weights, text_config.num_hidden_layers, method_overrides(args),
+                             text_config.max_position_embeddings)
         res = segment(model, image, args.text, props, cfg)
     except ValueError as e:
         log.error("%s", e)

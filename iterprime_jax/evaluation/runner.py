@@ -169,12 +169,12 @@ def model_and_method(config: EvalConfig, model: Model | None, method: IteRPrimEC
     """The model (loaded unless given), its directory and the validated method config (None:
     `resolve_method` without overrides: the weights' method.json over the defaults)."""
     model, weights = load_model(config, model)
-    tc = model.config.text
+    text_config = model.config.text
     try:
         if method is None:
-            method = resolve_method(weights, tc.num_hidden_layers,
-                                    max_positions=tc.max_position_embeddings)
-        validate_method(method, tc.num_hidden_layers, tc.max_position_embeddings)
+            method = resolve_method(weights, text_config.num_hidden_layers,
+                                    max_positions=text_config.max_position_embeddings)
+        validate_method(method, text_config.num_hidden_layers, text_config.max_position_embeddings)
     except ValueError as e:
         raise EvalError(str(e)) from None
     return model, weights, method
