@@ -22,7 +22,8 @@ for _p in (str(BENCH), str(ROOT)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-VOCAB = ROOT / "tests" / "data" / "bert-base-uncased-vocab.txt"
+from iterprime_jax.shipped import VOCAB  # noqa: E402  (bert-base-uncased; after the path set-up)
+
 HEAT_TOL = 1e-3        # max |d| on the patch-grid IGRS maps
 FLIP_TOL_P = 1e-4      # |P_i - P_prev| below this: an accept/reject decision is a float-noise tie
 FLIP_TOL_STRETCH = 1e-3  # |stretch(h) - threshold| below this: a keep-mask bit is a tie

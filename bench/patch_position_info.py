@@ -1,6 +1,7 @@
 """Patch position information of trained / pretrained ViTs: held-out accuracy of a linear
-read-out of each output patch token's row and column (`training.diagnostics.
-patch_position_information`; chance 0.2 on the 5x5 grid).
+read-out of each output patch token's row and column (`patch_position_information`; chance 0.2
+on the 5x5 grid). A research diagnostic of the ShapesRef training rounds (docs/shapesref.md),
+kept here, outside the library.
 
     python bench/patch_position_info.py NAME=PATH [NAME=PATH ...] [--out FILE]
 
@@ -18,10 +19,44 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 import iterprime_jax
+from iterprime_jax import shapesref as sr
 from iterprime_jax import training
-from iterprime_jax.training.diagnostics import patch_position_information
+from iterprime_jax.models.blip.config import BlipConfig
+from iterprime_jax.models.blip.modeling import encode_image
+from iterprime_jax.training.data import normalise_images
+from iterprime_jax.types import Params
+
+
+def patch_position_information(vision: Params, config: BlipConfig, num_images: int = 300,
+                               seed: int = 0) -> dict[str, float]:
+    """How well the ViT's output patch tokens encode *which patch* they are: held-out accuracy
+    of a least-squares linear read-out of the patch row and of the column from the token
+    (fresh ShapesRef scenes, the first two thirds fit, the rest scored; chance 1/grid).
+
+    A diagnostic, not a training signal: it is about the grid, not about where any object is.
+    A tower that keeps little of it cannot tell "left" from "right" or "above" from "below"
+    (image-level presence pretraining, which pools over patches, washes it out)."""
+    cfg = sr.ShapesRefConfig(image_size=config.vision.image_hw[0])
+    rng = np.random.default_rng([seed, 31])
+    images = np.stack([sr.generate_scene(rng, cfg, sr.KINDS[i % 3]).image
+                       for i in range(num_images)])
+    tokens = np.asarray(encode_image({"vision_model": vision}, config,
+                                     jnp.asarray(normalise_images(images, config))))[:, 1:]
+    n, p, w = tokens.shape
+    gh, gw = config.vision.grid
+    x = np.concatenate([tokens.reshape(-1, w), np.ones((n * p, 1), np.float32)], 1)
+    fit = (2 * n // 3) * p
+    out = {}
+    for name, y, k in (("row", np.tile(np.arange(p) // gw, n), gh),
+                       ("column", np.tile(np.arange(p) % gw, n), gw)):
+        coef, *_ = np.linalg.lstsq(x[:fit], np.eye(k)[y[:fit]], rcond=None)
+        out[name] = float(((x[fit:] @ coef).argmax(1) == y[fit:]).mean())
+    return out
+
 
 
 def _vision(spec: str) -> tuple[dict, object]:

@@ -5,8 +5,9 @@ IteRPrimE needs from it.
                                       [--vision-init FILE]
 
 Trains `training.TrainConfig` with the given overrides (`--set pos_init=sincos`,
-`--set shape_negatives=4`, ...) for `--steps` steps, then reports what `training.diagnose`
-measures (as the training CLI's own run does):
+`--set relation_pairs=6`, ...) for `--steps` steps, then reports what `training.diagnose`
+measures (as the training CLI's own run does) and the patch position information
+(`patch_position_info.py`):
 - held-out ITM accuracy (`training.evaluate_itm`) and per hard-negative type
   (`training.itm_by_negative_kind`): which words the matching score checks;
 - the localisation probe on the ShapesRef *train* split (`training.localisation_probe`): per text
@@ -26,6 +27,11 @@ import time
 from pathlib import Path
 
 from iterprime_jax import training
+
+try:  # run as `python bench/recipe_probe.py` or imported as bench.recipe_probe
+    from patch_position_info import patch_position_information
+except ImportError:
+    from bench.patch_position_info import patch_position_information
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, object]:
@@ -60,6 +66,8 @@ def main() -> None:
     params, config, history, tc = training.train(tc, tok, progress=True, vision_init=vision)
     train_s = time.perf_counter() - t0
     diag = training.diagnose(params, config, tok, tc)
+    diag["patch_position_information"] = patch_position_information(params["vision_model"],
+                                                                     config)
     itm, by_neg, probe = (diag["heldout_itm"], diag["heldout_itm_by_negative"],
                           diag["localisation_probe"])
     record = {"name": args.name, "overrides": over, "vision_init": args.vision_init,

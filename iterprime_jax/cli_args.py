@@ -1,4 +1,5 @@
-"""Command-line flags of the method, derived from `IteRPrimEConfig`'s fields (shared by the CLIs).
+"""Command-line flags of the method, derived from `IteRPrimEConfig`'s fields, the proposal
+network's flags, and the quiet logging set-up (shared by the CLIs).
 
 Every field gets a flag ``--field-name`` (``layer`` -> ``--layer``, ``stretch_center`` ->
 ``--stretch-center``) typed like its default, with the help text of the field's metadata;
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
+import os
 from typing import Any
 
 from .config import IteRPrimEConfig
@@ -23,14 +26,22 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_method_args(parser: argparse.ArgumentParser) -> None:
-    """Adds one flag per `IteRPrimEConfig` field (in a group; defaults shown in the help)."""
-    g = parser.add_argument_group(GROUP_TITLE)
+def add_method_args(parser: argparse.ArgumentParser,
+                    recommended: dict[str, Any] | None = None, source: str = "") -> None:
+    """Adds one flag per `IteRPrimEConfig` field (in a group; defaults shown in the help).
+    `recommended`: the fields a default checkpoint's ``method.json`` sets (shown as the
+    effective default, with `source` naming where they come from)."""
+    g = parser.add_argument_group(GROUP_TITLE, description=(
+        "Fields the weights' method.json sets (e.g. the Grad-CAM layer of the shipped model) "
+        "replace the defaults shown; a flag given replaces both."))
     default = IteRPrimEConfig()
+    recommended = recommended or {}
     for f in dataclasses.fields(IteRPrimEConfig):
         value = getattr(default, f.name)
         flags = [_flag(f.name), *f.metadata.get("aliases", ())]
-        help_text = f"{f.metadata.get('help', '')} (default: {value})"
+        shown = (f"{recommended[f.name]} from {source}, else {value}"
+                 if f.name in recommended else f"{value}")
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%")
         if isinstance(value, bool):
             g.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
                            default=argparse.SUPPRESS, help=help_text)
@@ -57,12 +68,14 @@ def add_proposer_args(parser: argparse.ArgumentParser, save_help: str | None = N
                    help="converted Mask2Former checkpoint dir or Hugging Face hub id (e.g. "
                         "facebook/mask2former-swin-large-coco-panoptic, converted once)")
     g.add_argument("--proposal-threshold", type=float, default=d.threshold,
-                   help="a pixel is in a proposal iff sigmoid(mask logit) > this")
+                   metavar="T", help="a pixel is in a proposal iff sigmoid(mask logit) > T "
+                                       "(default: %(default)s)")
     g.add_argument("--proposal-short-edge", type=int, default=d.short_edge,
-                   help="resize the short side to this (the authors: 800; smaller is faster "
-                        "and not the method)")
+                   metavar="PX", help="resize the short side to PX (default: %(default)s, the "
+                                        "authors'; smaller is faster and not the method)")
     g.add_argument("--proposal-max-size", type=int, default=d.max_size,
-                   help="cap of the long side after resizing (the authors: 1333)")
+                   metavar="PX", help="cap of the long side after resizing "
+                                        "(default: %(default)s, the authors')")
     g.add_argument("--save-proposals", default=None, metavar="FILE",
                    help=save_help or "also write the computed proposals to FILE (COCO-style "
                                      "RLE JSON, usable as --proposals FILE later)")
@@ -75,3 +88,17 @@ def propose_config_from_args(args: argparse.Namespace) -> Any:
     check_threshold(args.proposal_threshold, "--proposal-threshold")
     return ProposeConfig(threshold=args.proposal_threshold,
                          short_edge=args.proposal_short_edge, max_size=args.proposal_max_size)
+
+
+def quiet_third_party_logs() -> None:
+    """No third-party noise at start-up and while loading: JAX's INFO "Unable to initialize
+    backend 'tpu'", orbax's INFO lines on every checkpoint read, TFDS's "Downloading and
+    preparing dataset" and "Constructing tf.data.Dataset" INFO lines (also when nothing is
+    downloaded), transformers' "PyTorch was not found" advice (read when transformers is
+    imported, so this runs first), absl and TensorFlow C++ chatter. Warnings and errors
+    still show."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name in ("jax._src.xla_bridge", "orbax", "absl", "tensorflow_datasets"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.ERROR)

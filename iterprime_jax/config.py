@@ -41,7 +41,7 @@ class IteRPrimEConfig:
     mask_threshold: float = _field(0.5, "patches with stretch(heat) >= this are hidden in the "
                                         "next IGRS pass")
     keep_rejected: bool = _field(False, "authors' behaviour: blend a rejected IGRS pass into "
-                                        "the returned map anyway (default: the map from "
+                                        "the returned map anyway (off: the map from "
                                         "before the rejected pass)")
     max_components: int = _field(12, "proposals with more connected components are not "
                                      "candidates")

@@ -90,11 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         add_proposer_args,
         method_overrides,
         propose_config_from_args,
+        quiet_third_party_logs,
     )
 
-    ap = argparse.ArgumentParser(description="IteRPrimE: segment one object in one image.")
+    ap = argparse.ArgumentParser(prog="python -m iterprime_jax.segment",
+                                 description="IteRPrimE: segment one object in one image.")
     ap.add_argument("--weights", required=True, help="converted weights dir")
-    ap.add_argument("--image", required=True)
+    ap.add_argument("--image", required=True, help="image file (converted to RGB)")
     ap.add_argument("--text", required=True, help="referring expression")
     ap.add_argument("--proposals", default=None, help=".npy/.npz (N,H,W) or RLE .json")
     ap.add_argument("--out", required=True, help="mask PNG path (overlay beside it)")
@@ -102,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     add_proposer_args(ap, "also write the computed proposals to FILE (COCO-style RLE JSON, "
                           "image_id 0)")
     args = ap.parse_args(argv)
+    quiet_third_party_logs()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from .method.pipeline import segment
     from .models.loading import load, resolve_method
@@ -123,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             props = None if args.proposals is None else read_proposals(args.proposals,
                                                                        image.shape[:2])
-        tc = model.config.text
-        cfg = resolve_method(args.weights, tc.num_hidden_layers, method_overrides(args),
-                             tc.max_position_embeddings)
+        text_config = model.config.text
+        cfg = resolve_method(args.weights, text_config.num_hidden_layers, method_overrides(args),
+                             text_config.max_position_embeddings)
         res = segment(model, image, args.text, props, cfg)
     except ValueError as e:
         log.error("%s", e)

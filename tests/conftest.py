@@ -10,9 +10,10 @@ import pytest
 
 import iterprime_jax as ij
 from iterprime_jax.models.convert import save_params
+from iterprime_jax.shipped import VOCAB as SHIPPED_VOCAB
 
 DATA = Path(__file__).parent / "data"
-VOCAB = DATA / "bert-base-uncased-vocab.txt"
+VOCAB = SHIPPED_VOCAB  # bert-base-uncased, the package's own copy
 
 
 def tiny_blip_config(image_size: int = 32, patch: int = 8) -> ij.BlipConfig:

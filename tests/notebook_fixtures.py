@@ -126,6 +126,8 @@ def store_outputs(names: list[str] | None = None) -> None:
         nb = nbformat.read(path, as_version=4)
         nb.metadata["papermill"]["input_path"] = nb.metadata["papermill"]["output_path"] = \
             path.name  # no machine paths in the committed file
+        nb.cells = [c for c in nb.cells  # the fixture values stay out of the committed file
+                    if "injected-parameters" not in c.metadata.get("tags", [])]
         nbformat.write(nb, path)
 
 

@@ -1,6 +1,6 @@
 """A non-editable install: the `iterprime-eval` console command works from any directory, the
-package carries its own data (nothing read from tests/), and the first command prints no
-backend-probe noise."""
+package carries its own data (the vocabulary and the shipped model; nothing read from tests/ or
+weights/), and the first command prints no backend-probe noise."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def test_installed_console_command_from_any_directory(tmp_path):
     assert script.exists()
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(target), JAX_PLATFORMS="")
+    env = dict(os.environ, PYTHONPATH=str(target), JAX_PLATFORMS="",
+               ITERPRIME_CACHE=str(tmp_path / "cache"))
     help_ = subprocess.run([str(script), "--help"], cwd=cwd, env=env, capture_output=True,
                            text=True, check=True).stdout
     assert "--dataset" in help_ and "--record" in help_ and "--iterations" in help_
@@ -41,12 +42,11 @@ def test_installed_console_command_from_any_directory(tmp_path):
     assert where[0].startswith(str(target)) and where[1].startswith(str(target))
     assert where[2] == "True"
     # a real run of the installed command (torch hidden: the library never needs it), from
-    # another directory, with the shipped weights given by path
+    # another directory, without --weights: the shipped model inside the installed package
     run = ("import sys; sys.modules['torch'] = None; sys.argv[0] = 'iterprime-eval'; "
            "from iterprime_jax.evaluation.cli import entry; entry()")
     proc = subprocess.run(
-        [sys.executable, "-c", run, "--limit", "1", "--no-progress",
-         "--weights", str(ROOT / "weights" / "shapesref-itm"), "--manual-dir", "raw",
+        [sys.executable, "-c", run, "--limit", "1", "--no-progress", "--manual-dir", "raw",
          "--data-dir", "tfds", "--out", "out", "--record", "rec.json"],
         cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -57,3 +57,5 @@ def test_installed_console_command_from_any_directory(tmp_path):
     assert rec["command"].startswith("iterprime-eval --limit 1")
     assert rec["metrics"]["val"]["n"] == rec["sentences"] > 0
     assert (cwd / "out" / "metrics.json").is_file()
+    weights = json.loads((cwd / "out" / "run_config.json").read_text())["weights"]
+    assert weights == str(target / "iterprime_jax" / "data" / "shapesref-itm"), weights

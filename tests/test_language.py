@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,9 @@ from iterprime_jax.method.language import (
     load_spacy,
     parse_expression,
 )
+from iterprime_jax.shipped import VOCAB as SHIPPED_VOCAB
 
-VOCAB = Path(__file__).parent / "data" / "bert-base-uncased-vocab.txt"
+VOCAB = SHIPPED_VOCAB  # bert-base-uncased
 
 
 @pytest.fixture(scope="module")

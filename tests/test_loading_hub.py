@@ -14,11 +14,12 @@ import numpy as np
 from transformers import BertTokenizer
 
 import iterprime_jax as ij
+from iterprime_jax.shipped import VOCAB as SHIPPED_VOCAB
 
 from .torch_ref import build_model, hf_config
 
 DATA = Path(__file__).parent / "data"
-VOCAB = DATA / "bert-base-uncased-vocab.txt"
+VOCAB = SHIPPED_VOCAB  # bert-base-uncased
 ROOT = Path(__file__).resolve().parents[1]
 EXPRESSIONS = ["the man in a red shirt left of the dog", "giraffe on the right",
                "left-most umbrella", "2 zebras"]

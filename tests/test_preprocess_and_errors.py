@@ -12,6 +12,7 @@ from PIL import Image
 
 import iterprime_jax as ij
 from iterprime_jax.models.convert import CheckpointError
+from iterprime_jax.shipped import VOCAB as SHIPPED_VOCAB
 
 DATA = Path(__file__).parent / "data"
 
@@ -65,7 +66,7 @@ def test_bad_images_rejected(bad, msg):
 def test_tokenize_real_ids_and_empty_list():
     from transformers import BertTokenizer
 
-    tok = BertTokenizer(str(DATA / "bert-base-uncased-vocab.txt"))
+    tok = BertTokenizer(str(SHIPPED_VOCAB))
     ids, am = ij.tokenize(tok, ["there is a giraffe on the right"], max_length=12)
     n = len(tok.tokenize("there is a giraffe on the right")) + 2
     assert ids.shape == (1, 12) and am.sum() == n
@@ -137,7 +138,7 @@ def test_cli_converts_and_load_roundtrips(tmp_path):
 
     model = build_model(hf_config(), seed=0)
     model.save_pretrained(str(tmp_path / "hf"))
-    shutil.copy(DATA / "bert-base-uncased-vocab.txt", tmp_path / "hf" / "vocab.txt")
+    shutil.copy(SHIPPED_VOCAB, tmp_path / "hf" / "vocab.txt")
     main([str(tmp_path / "hf"), str(tmp_path / "out")])
     m = ij.load(tmp_path / "out")
     assert m.tokenizer.convert_tokens_to_ids("dog") != m.tokenizer.unk_token_id

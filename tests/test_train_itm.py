@@ -101,22 +101,23 @@ def test_itm_by_negative_kind_reports_each_perturbation(tokenizer, pool):
     assert training.itm_by_negative_kind(params, config, tokenizer, num_scenes=9, seed=3) == got
 
 
-def test_shape_swaps_are_false_and_differ_only_in_shape(tokenizer):
+def test_swaps_are_false_and_differ_only_in_the_swapped_word(tokenizer):
     from iterprime_jax import shapesref as sr
 
     rng = np.random.default_rng(5)
     scene = sr.generate_scene(rng, sr.ShapesRefConfig(), "attribute")
     ref = sr.make_ref(scene, scene.targets[0], rng)
-    swaps = training.shape_swaps(scene, ref.expressions, 3, rng)
+    swaps = training.swaps(scene, ref.expressions, "shape", 3, rng)
     assert 1 <= len(swaps) <= 3
     for text in swaps:
         e = sr.parse_expression(text)
         assert sr.expression_truth(scene, e) is False
         assert any(dataclasses.replace(e.desc, shape=x.desc.shape) == x.desc
                    and e.desc.shape != x.desc.shape for x in ref.expressions), text
-    tc = dataclasses.replace(TINY, shape_negatives=2)
+    tc = dataclasses.replace(TINY, size_negatives=4, relation_negatives=6)
     more = training.build_pool(tc, tokenizer, 6, 0, workers=1)
-    base = training.build_pool(TINY, tokenizer, 6, 0, workers=1)
+    base = training.build_pool(dataclasses.replace(TINY, size_negatives=0, relation_negatives=0),
+                               tokenizer, 6, 0, workers=1)
     assert len(more.neg) > len(base.neg)
 
 
@@ -308,7 +309,7 @@ def test_position_statements_are_certified_about_singled_out_objects():
 
 
 def test_patch_position_information_sees_position_embeddings():
-    from iterprime_jax.training.diagnostics import patch_position_information
+    from bench.patch_position_info import patch_position_information
 
     tc = dataclasses.replace(TINY, pos_init="sincos")
     cfg = training.model_config(tc)

@@ -1,12 +1,15 @@
 """Evaluation: IteRPrimE over a referring-segmentation split -> per-sentence I/U and metrics.
 
-Modules: `config` (EvalConfig, EvalError, file names), `index` (build / open a tfds_refcoco
-split, group its refs by image), `proposals` (gt / heatmap / RLE-JSON proposals file),
-`loader` (host batches, prefetch thread), `device` (mesh, jitted encode and eval step),
-`records` (samples.jsonl, run_config.json, resume, metrics from records), `distributed`
-(jax.distributed start-up, barriers, each process's images), `runner` (`evaluate`: the
-resumable driver; its docstring lists the files written) and `ablation` (`run_ablation`).
-`run_eval.py` is their CLI.
+Modules: `config` (EvalConfig and its defaults, EvalError, file names), `index` (build / open a
+tfds_refcoco split, group its refs by image), `phrasecut` (PhraseCut tasks, subsets),
+`proposals` (gt / heatmap / mask2former / RLE-JSON proposals file), `proposer` (Mask2Former
+proposals on the fly, --save-proposals), `loader` (host batches, prefetch thread), `device`
+(mesh, jitted encode and eval step), `fingerprint` (content hashes of weights and files),
+`records` (samples.jsonl, run_config.json, resume, metrics from records), `by_kind` (ShapesRef
+results per expression kind with chance), `distributed` (jax.distributed start-up, barriers,
+each process's images), `runner` (`evaluate`: the resumable driver; its docstring lists the
+files written), `ablation` (`run_ablation`) with `bootstrap` (paired intervals), `gallery` (a
+run's worst samples re-rendered) and `cli` (`iterprime-eval` / `run_eval.py`).
 """
 
 from .ablation import ablation_rows, run_ablation

@@ -16,10 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from .config import SAMPLES
+from .records import atomic_write, dumps_sample, sample_key
 
-def ref_kinds(manual_dir: str | Path, dataset: str) -> dict[int, str]:
+
+def ref_kinds(manual_dir: str | Path | None, dataset: str) -> dict[int, str]:
     """{ref_id: kind} from the dataset's refs file; empty if the refs carry no kind (or the
-    dataset has no refer layout, e.g. PhraseCut)."""
+    dataset has no refer layout, e.g. PhraseCut, or there is no `manual_dir`)."""
+    if manual_dir is None:
+        return {}
     from tfds_refcoco import canonical_config_name
     from tfds_refcoco.refer import LAYOUTS, load_refs
 
@@ -85,3 +90,20 @@ def format_by_kind(table: Mapping[str, Mapping[str, float | int]]) -> str:
                     f"{100 * r['oIoU']:>6.2f} {100 * r['prec@0.5']:>8.2f} "
                     f"{r['no_candidate']:>8} {100 * r['chance_mIoU']:>11.2f}")
     return "\n".join(rows)
+
+
+def annotate_kinds(out: Path, recs: list[dict[str, Any]], manual_dir: str | Path | None,
+                   dataset: str, wanted: Iterable[tuple[int, int]]
+                   ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float | int]] | None]:
+    """For a dataset whose refs carry a kind (ShapesRef): every record gets its ``kind``,
+    ``out/samples.jsonl`` is rewritten with it, and the per-kind table of the samples whose
+    (ref_id, sent_id) is in `wanted` is returned. Other datasets: `recs` unchanged and None."""
+    kinds = ref_kinds(manual_dir, dataset)
+    if not kinds:
+        return recs, None
+    recs = [{**r, "kind": kinds.get(int(r["ref_id"]), "")} for r in recs]
+    atomic_write(Path(out) / SAMPLES, "".join(dumps_sample(r) + "\n" for r in recs))
+    keys = set(wanted)
+    chosen = [r for r in recs if sample_key(r) in keys]
+    chance = chance_iou(manual_dir, dataset, {int(r["ref_id"]) for r in chosen})
+    return recs, summarize_by_kind(chosen, chance)

@@ -25,7 +25,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,51 +33,77 @@ from typing import Any
 log = logging.getLogger("iterprime_jax.evaluation.cli")
 
 
+def _shipped_method() -> tuple[dict[str, Any], str]:
+    """The fields the default weights' method.json sets, and where they come from (for the
+    --help texts); nothing when the shipped model is not there."""
+    from iterprime_jax.evaluation.config import SHIPPED_WEIGHTS
+    from iterprime_jax.evaluation.runner import resolve_weights
+    from iterprime_jax.models.loading import METHOD_JSON, read_method_json
+
+    try:
+        recommended = read_method_json(resolve_weights(SHIPPED_WEIGHTS))
+    except (OSError, ValueError):
+        return {}, ""
+    return recommended, f"{SHIPPED_WEIGHTS}/{METHOD_JSON}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from iterprime_jax.cli_args import add_method_args, add_proposer_args
     from iterprime_jax.evaluation import DATASETS, EvalConfig
+    from iterprime_jax.evaluation.config import default_data_dir, default_shapesref_dir
     from iterprime_jax.metrics import CONVENTIONS
 
-    d = EvalConfig()
+    defaults = EvalConfig()
     ap = argparse.ArgumentParser(
-        description="Evaluate IteRPrimE (zero-shot referring image segmentation) on a split.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--dataset", default=d.dataset, choices=DATASETS)
-    ap.add_argument("--split", default=d.split,
-                    help="split name (val, testA, testB, test; PhraseCut: val, test, miniv, "
-                         "train)")
-    ap.add_argument("--manual-dir", default=d.manual_dir,
-                    help="refer-layout root (ShapesRef is generated there if missing)")
-    ap.add_argument("--data-dir", default=d.data_dir, help="TFDS data dir (build cache)")
-    ap.add_argument("--weights", default=d.weights,
-                    help="converted weights dir or Hugging Face hub id (converted once)")
-    ap.add_argument("--proposals", default=d.proposals,
+        prog="iterprime-eval" if Path(sys.argv[0]).name == "iterprime-eval" else "run_eval.py",
+        description="Evaluate IteRPrimE (zero-shot referring image segmentation) on a split.")
+    ap.add_argument("--dataset", default=defaults.dataset, choices=DATASETS,
+                    help=f"dataset (default: {defaults.dataset})")
+    ap.add_argument("--split", default=defaults.split,
+                    help="split name: val, testA, testB, test; PhraseCut: val, test, miniv, "
+                         f"train (default: {defaults.split})")
+    ap.add_argument("--manual-dir", default=None, metavar="DIR",
+                    help="the raw files the split is built from (refer layout or VGPhraseCut_v0, "
+                         "see tfds_refcoco/README.md); needed until the split is built "
+                         f"(default for ShapesRef: {default_shapesref_dir()}, generated there "
+                         "if missing)")
+    ap.add_argument("--data-dir", default=None, metavar="DIR",
+                    help=f"TFDS data dir, the build cache (default: {default_data_dir()})")
+    ap.add_argument("--weights", default=defaults.weights,
+                    help="converted weights dir or Hugging Face hub id, converted once "
+                         f"(default: {defaults.weights}, the shipped small model)")
+    ap.add_argument("--proposals", default=defaults.proposals,
                     help="gt (oracle instance masks; not for PhraseCut), heatmap (no proposals: "
                          "thresholded heat map), mask2former (computed on the fly with "
                          "--proposer-weights) or FILE: a COCO-style results JSON of "
-                         "class-agnostic RLE masks")
-    ap.add_argument("--out", default=d.out, help="output dir (resumes if it holds a run)")
-    ap.add_argument("--limit", type=int, default=None,
+                         f"class-agnostic RLE masks (default: {defaults.proposals})")
+    ap.add_argument("--out", default=None, metavar="DIR",
+                    help="output dir; resumes if it holds the same run "
+                         "(default: results/DATASET-SPLIT)")
+    ap.add_argument("--limit", type=int, default=None, metavar="N",
                     help="evaluate only the first N images of the split (all their sentences)")
-    ap.add_argument("--batch-size", type=int, default=None,
-                    help="images per step (default: local devices, or 8 for tiny images)")
-    ap.add_argument("--canvas", type=int, default=None,
-                    help="canvas side (default 640 for COCO datasets, else from the images)")
-    ap.add_argument("--convention", default=d.convention, choices=CONVENTIONS,
+    ap.add_argument("--batch-size", type=int, default=None, metavar="N",
+                    help="images per step (default: the local device count, or 8 for images "
+                         "up to 128 px)")
+    ap.add_argument("--canvas", type=int, default=None, metavar="PX",
+                    help="canvas side (default: 640 for COCO datasets, else from the images)")
+    ap.add_argument("--convention", default=defaults.convention, choices=CONVENTIONS,
                     help="metric convention (standard: IoU>=X, empty union -> 0; iterprime: "
                          "(I+1e-6)/(U+1e-6), IoU>X; phrasecut: the official PhraseCut "
-                         "evaluator, IoU>X, IoU 0 when I=0); default: phrasecut for "
-                         "PhraseCut, standard otherwise")
+                         "evaluator, IoU>X, IoU 0 when I=0; default: phrasecut for "
+                         "PhraseCut, standard otherwise)")
     ap.add_argument("--unseen", action="store_true",
                     help="PhraseCut: drop the tasks whose category is one of COCO's 80 classes "
                          "(Global-Local CLIP's 'unseen' evaluation)")
     ap.add_argument("--ablation", action="store_true",
                     help="run the paper's ablation (threshold, +proposals, +PWE, +IGRS 2/3/4, "
                          "full) and write OUT/ablation.json")
-    ap.add_argument("--record", default=None,
+    ap.add_argument("--record", default=None, metavar="FILE",
                     help="also write a JSON record (this command, the configs, the metrics or "
-                         "the ablation table) to this path, e.g. bench/results/NAME.json")
+                         "the ablation table) to FILE, e.g. bench/results/NAME.json")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--verbose", action="store_true",
+                    help="also show third-party INFO logs (orbax, JAX backends, TFDS)")
     add_proposer_args(ap)
     g = ap.add_argument_group("multi-process (jax.distributed)")
     g.add_argument("--distributed", action="store_true",
@@ -87,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--coordinator", default=None, help="coordinator address HOST:PORT")
     g.add_argument("--num-processes", type=int, default=None)
     g.add_argument("--process-id", type=int, default=None)
-    add_method_args(ap)
+    add_method_args(ap, *_shipped_method())
     return ap
 
 
@@ -122,16 +147,6 @@ class _Bar:
             self.bar.close()
 
 
-def quiet_third_party_logs() -> None:
-    """No backend-probe noise at start-up: JAX's INFO "Unable to initialize backend 'tpu'",
-    transformers' "PyTorch was not found" advice (read when transformers is imported, so this
-    runs first), absl and TensorFlow C++ chatter. Warnings and errors still show."""
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-    logging.getLogger("absl").setLevel(logging.ERROR)
-
-
 def write_record(path: str | Path, argv: list[str], config: Any, method: Any,
                  results: dict[str, Any]) -> None:
     """A committed-results record: the command that made it, both configs and the results."""
@@ -149,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    quiet_third_party_logs()
+    if not args.verbose:
+        from iterprime_jax.cli_args import quiet_third_party_logs
+
+        quiet_third_party_logs()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
     if args.distributed:
@@ -183,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     bar = _Bar(not args.no_progress, f"eval p{pi}" if jax.process_count() > 1 else "eval")
     try:
         model, weights = load_model(config, None)
-        tc = model.config.text
-        method = resolve_method(weights, tc.num_hidden_layers, method_overrides(args),
-                                tc.max_position_embeddings)
+        text_config = model.config.text
+        method = resolve_method(weights, text_config.num_hidden_layers, method_overrides(args),
+                                text_config.max_position_embeddings)
         if args.ablation:
             table = run_ablation(config, method, model=model, progress=bar)
             bar.close()

@@ -5,6 +5,7 @@ sentence (see `iterprime_jax.evaluation.phrasecut`)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -53,10 +54,6 @@ class ImageMeta:
         return [(r.ref_id, s) for r in self.refs for s in r.sent_ids]
 
 
-def _text(v: Any) -> str:
-    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
-
-
 def _image_hw(encoded: bytes) -> tuple[int, int]:
     from PIL import Image
 
@@ -84,7 +81,8 @@ def build_index(light_source: Sequence[dict[str, Any]], name: str = "") -> list[
         task = "task_id" in ex  # PhraseCut: one phrase per task
         image_id = int(ex["image_id"])
         ref_id = int(ex["task_index"] if task else ex["ref_id"])
-        sents = (_text(ex["phrase"]),) if task else tuple(_text(s) for s in ex["sentences"])
+        text = phrasecut.as_text
+        sents = (text(ex["phrase"]),) if task else tuple(text(s) for s in ex["sentences"])
         sent_ids = (0,) if task else tuple(int(s) for s in np.asarray(ex["sent_ids"]).reshape(-1))
         if len(sents) != len(sent_ids):
             raise EvalError(f"{name}: ref_id {ref_id} has {len(sents)} sentences but "
@@ -148,25 +146,46 @@ def ensure_shapesref(manual_dir: str | Path) -> None:
 
 def prepare_split(config: EvalConfig) -> None:
     """Build the TFDS split if needed (and the ShapesRef sources if missing)."""
-    from tfds_refcoco import canonical_config_name, load_split, make_builder
+    from tfds_refcoco import canonical_config_name, make_builder
     from tfds_refcoco.refer import LAYOUTS, ReferFormatError
 
+    config = config.with_defaults()
     name = canonical_config_name(config.dataset)
+    built = make_builder(name, config.data_dir).is_prepared()
+    if config.manual_dir is None:
+        if not built:
+            raise EvalError(f"dataset {config.dataset} is not built in {config.data_dir}: give "
+                            "--manual-dir (its raw files, see tfds_refcoco/README.md)")
+        return
     if name == "shapesref" and config.build_shapesref:
         ensure_shapesref(config.manual_dir)  # also read for the per-kind results
-    if name == PHRASECUT:
-        if not make_builder(name, config.data_dir).is_prepared():
-            phrasecut.check_files(config.manual_dir)
-        load_split(name, config.split, config.manual_dir, config.data_dir)
-        return
-    if not make_builder(name, config.data_dir).is_prepared():
+    if name == PHRASECUT and not built:
+        phrasecut.check_files(config.manual_dir)
+    elif name != PHRASECUT and not built:
         layout = LAYOUTS[name]  # fail with the file's name before TFDS's manual-dir check
         for path, what in ((layout.refs_path(config.manual_dir), "refs pickle"),
                            (layout.instances_path(config.manual_dir), "instances file")):
             if not Path(path).expanduser().is_file():
                 raise ReferFormatError(f"{what} not found: {path} (dataset {config.dataset} "
                                        f"is not built in {config.data_dir} either)")
-    load_split(name, config.split, config.manual_dir, config.data_dir)
+    _load_split(name, config, built)
+
+
+def _load_split(name: str, config: EvalConfig, built: bool) -> None:
+    """`tfds_refcoco.load_split` (which builds the dataset if it is not built) with TFDS's
+    stdout banners ("Downloading and preparing dataset Unknown size ...": nothing is
+    downloaded) replaced by one log line with the build time."""
+    from tfds_refcoco import load_split
+
+    if built:
+        load_split(name, config.split, config.manual_dir, config.data_dir)
+        return
+    log.info("building TFDS %s from %s into %s (once)", name, config.manual_dir,
+             config.data_dir)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        load_split(name, config.split, config.manual_dir, config.data_dir)
+    log.info("built TFDS %s in %.1fs", name, time.perf_counter() - t0)
 
 
 def open_split(config: EvalConfig) -> SplitSources:
@@ -175,6 +194,7 @@ def open_split(config: EvalConfig) -> SplitSources:
 
     from tfds_refcoco import canonical_config_name, make_builder
 
+    config = config.with_defaults()
     name = canonical_config_name(config.dataset)
     builder = make_builder(name, config.data_dir)
     if config.split not in builder.info.splits:

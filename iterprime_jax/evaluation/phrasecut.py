@@ -23,19 +23,19 @@ import numpy as np
 
 from ..metrics import is_coco_category, phrasecut_subsets, summarize_subsets
 
-PHRASECUT = "phrasecut"
 TASK_FIELDS: tuple[str, ...] = ("task_id", "category", "instances", "gt_pixels", "image_pixels")
 
 
-def _text(v: Any) -> str:
+def as_text(v: Any) -> str:
+    """A TFDS text feature (bytes from a data source, or str) as str."""
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
 def task_fields(example: Mapping[str, Any], hw: tuple[int, int]) -> tuple[tuple[str, Any], ...]:
     """The extra sample-record fields of a PhraseCut example (see the module docstring)."""
     return (
-        ("task_id", _text(example["task_id"])),
-        ("category", _text(example["name"])),
+        ("task_id", as_text(example["task_id"])),
+        ("category", as_text(example["name"])),
         ("instances", int(np.asarray(example["instance_boxes"]).reshape(-1, 4).shape[0])),
         ("gt_pixels", int(example["mask_area"])),
         ("image_pixels", int(hw[0]) * int(hw[1])),

@@ -6,7 +6,6 @@ proposals reader, also used by the one-image CLI)."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .config import EvalConfig, EvalError
+from .fingerprint import file_sha256, weights_fingerprint
 from .index import ImageMeta
 
 
@@ -45,23 +45,13 @@ class ProposalSource:
     def describe(self) -> Any:
         if self.kind == "file":
             assert self.path is not None
-            return {"file": str(self.path), "sha256": _sha256(self.path)}
+            return {"file": str(self.path), "sha256": file_sha256(self.path)}
         if self.kind == "mask2former":
-            from .records import weights_fingerprint
-
             assert self.path is not None
             rule = json.loads(json.dumps(dataclasses.asdict(self.proposer.config)))
             return {"mask2former": str(self.path),
                     "weights_fingerprint": weights_fingerprint(self.path), "rule": rule}
         return self.kind
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_json_list(path: Path) -> list[Any]:

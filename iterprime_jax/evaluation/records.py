@@ -5,7 +5,6 @@ half-written last line after a kill, merging the per-process files), the run ide
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -16,8 +15,8 @@ import numpy as np
 
 from ..config import IteRPrimEConfig
 from ..metrics import summarize
-from ..models.loading import METHOD_JSON
 from .config import PHRASECUT, RUN_CONFIG, RUN_CONFIG_VERSION, SAMPLES, EvalConfig, EvalError
+from .fingerprint import weights_fingerprint
 from .proposals import ProposalSource
 
 
@@ -107,19 +106,6 @@ def merge_samples(out: Path) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- run config
-def weights_fingerprint(path: Path) -> str:
-    """sha256 over the checkpoint's config file and the names and sizes of its files."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = f.relative_to(path).as_posix()
-        if rel in (METHOD_JSON,) or rel.startswith("training_log"):
-            continue
-        h.update(f"{rel}:{f.stat().st_size}\n".encode())
-        if f.suffix == ".json" and f.stat().st_size < (1 << 20):
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def run_identity(config: EvalConfig, method: IteRPrimEConfig, proposals: ProposalSource,
                  weights: Path) -> dict[str, Any]:
     from tfds_refcoco import canonical_config_name

@@ -55,9 +55,17 @@ import numpy as np
 from ..config import IteRPrimEConfig
 from ..method.pipeline import bucket, canvas_side
 from ..metrics import CONVENTIONS
-from ..models.loading import Model, resolve_method, validate_method
+from ..models.loading import (
+    Model,
+    is_hub_id,
+    load,
+    resolve_hub_id,
+    resolve_method,
+    validate_method,
+)
+from ..shipped import SHAPESREF_MODEL
 from . import phrasecut
-from .by_kind import chance_iou, ref_kinds, summarize_by_kind
+from .by_kind import annotate_kinds
 from .config import (
     COCO_CANVAS,
     COCO_DATASETS,
@@ -66,6 +74,7 @@ from .config import (
     MIN_PROPOSAL_BUCKET,
     PHRASECUT,
     SAMPLES,
+    SHIPPED_WEIGHTS,
     TINY_CANVAS,
     AblationRow,
     EvalConfig,
@@ -120,18 +129,16 @@ class Context:
 
 
 def resolve_weights(name: str) -> Path:
-    """`--weights` -> a converted directory: a directory; a Hugging Face hub id (fetched and
-    converted once, `models.loading.resolve_hub_id`); the default shipped model is also looked
-    up next to the package when the working directory is not the repository root."""
-    from ..models.loading import is_hub_id, resolve_hub_id
-
+    """`--weights` -> an absolute converted directory: the default (`SHIPPED_WEIGHTS`) is the
+    shipped model inside the package (`iterprime_jax.shipped.SHAPESREF_MODEL`), wherever the
+    working directory is; otherwise a directory, or a Hugging Face hub id (fetched and
+    converted once, `models.loading.resolve_hub_id`). A name that is none of these comes back
+    resolved (the caller reports it missing)."""
     path = Path(name).expanduser()
+    if name == SHIPPED_WEIGHTS and SHAPESREF_MODEL.is_dir():
+        return SHAPESREF_MODEL.resolve()  # package data (in a checkout: weights/shapesref-itm)
     if path.is_dir():
         return path.resolve()
-    if name == EvalConfig.weights:
-        beside = Path(__file__).resolve().parents[2] / name  # a repository checkout
-        if beside.is_dir():
-            return beside
     if is_hub_id(name):
         return resolve_hub_id(name)
     return path.resolve()
@@ -139,9 +146,7 @@ def resolve_weights(name: str) -> Path:
 
 def load_model(config: EvalConfig, model: Model | None) -> tuple[Model, Path]:
     """`model` (or, when None, the checkpoint at ``config.weights``) and the resolved weights
-    directory."""
-    from ..models.loading import load
-
+    directory (`resolve_weights`; with a `model` given, the directory it was loaded from)."""
     if model is None:
         weights = resolve_weights(config.weights)
         if not weights.is_dir():
@@ -150,7 +155,8 @@ def load_model(config: EvalConfig, model: Model | None) -> tuple[Model, Path]:
             raise EvalError(f"weights directory {config.weights} does not exist{hint}")
         model = load(weights)
     else:
-        weights = Path(config.weights).expanduser().resolve()
+        path = getattr(model, "path", None)
+        weights = Path(path).resolve() if path is not None else resolve_weights(config.weights)
     if not hasattr(getattr(model, "config", None), "text"):
         raise EvalError(f"weights {config.weights} hold a {type(model.config).__name__} "
                         "checkpoint; IteRPrimE needs an image-text matching (BLIP) model "
@@ -163,12 +169,12 @@ def model_and_method(config: EvalConfig, model: Model | None, method: IteRPrimEC
     """The model (loaded unless given), its directory and the validated method config (None:
     `resolve_method` without overrides: the weights' method.json over the defaults)."""
     model, weights = load_model(config, model)
-    tc = model.config.text
+    text_config = model.config.text
     try:
         if method is None:
-            method = resolve_method(weights, tc.num_hidden_layers,
-                                    max_positions=tc.max_position_embeddings)
-        validate_method(method, tc.num_hidden_layers, tc.max_position_embeddings)
+            method = resolve_method(weights, text_config.num_hidden_layers,
+                                    max_positions=text_config.max_position_embeddings)
+        validate_method(method, text_config.num_hidden_layers, text_config.max_position_embeddings)
     except ValueError as e:
         raise EvalError(str(e)) from None
     return model, weights, method
@@ -381,20 +387,16 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
             if progress:
                 progress(finished, total)
 
+        t_compute = time.perf_counter()
         run_batches(ctx, todo, [row], on_batch)
+        compute_s = time.perf_counter() - t_compute
     barrier("iterprime_eval_samples_written")
     result_metrics, no_cand, subsets, by_kind = None, None, None, None
     n_samples = sum(m.num_sentences for m in ctx.images)
     if pi == 0:
         recs = merge_samples(out)
-        kinds = ref_kinds(config.manual_dir, config.dataset)
-        if kinds:  # ShapesRef: each row carries its expression kind; results per kind
-            recs = [{**r, "kind": kinds.get(int(r["ref_id"]), "")} for r in recs]
-            atomic_write(out / SAMPLES, "".join(dumps_sample(r) + "\n" for r in recs))
-            wanted = {k for m in ctx.images for k in m.keys()}
-            chosen = [r for r in recs if sample_key(r) in wanted]
-            by_kind = summarize_by_kind(chosen, chance_iou(
-                config.manual_dir, config.dataset, {int(r["ref_id"]) for r in chosen}))
+        recs, by_kind = annotate_kinds(  # ShapesRef: expression kinds, results per kind
+            out, recs, config.manual_dir, config.dataset, [k for m in ctx.images for k in m.keys()])
         result_metrics, no_cand, subsets = write_metrics(config, ctx, method, proposals, recs,
                                                          by_kind)
         if saver is not None:
@@ -405,7 +407,8 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
             log.info("wrote %d proposals of %d images to %s", n, len(ctx.images),
                      config.save_proposals)
     elapsed = time.perf_counter() - t_start
-    log.info("process %d: %d samples computed in %.1fs", pi, computed, elapsed)
+    log.info("process %d: %d samples computed in %.1fs (compilation included); %.1fs for the "
+             "whole run with loading and dataset preparation", pi, computed, compute_s, elapsed)
     return EvalResult(metrics=result_metrics, num_images=len(ctx.images),
                       num_samples=n_samples, no_candidate=no_cand, computed=computed,
                       elapsed_s=elapsed, out=out, subsets=subsets, by_kind=by_kind)

@@ -15,9 +15,7 @@ import jax.numpy as jnp
 
 from ..models.blip.config import BlipConfig
 from ..models.blip.modeling import encode_image, match_from_embeds
-from ..types import Params
-
-Array = jax.Array
+from ..types import Array, Params
 
 
 class GradCAM(NamedTuple):

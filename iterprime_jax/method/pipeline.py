@@ -25,14 +25,13 @@ from ..models.blip.config import BlipConfig
 from ..models.blip.modeling import encode_image
 from ..models.blip.preprocess import as_rgb_uint8, preprocess_image
 from ..models.loading import Model
-from ..types import Params
+from ..types import Array, Params
 from .gradcam import gradcam_from_embeds
 from .heat import heat_map, resize_heatmap
 from .language import TextBatch, encode_batch, load_spacy
 from .refine import IGRSResult, igrs
 from .select import check_proposals, count_components, select_proposal
 
-Array = jax.Array
 CANVAS_MULTIPLE = 64
 TEXT_MULTIPLE = 8  # text lengths are bucketed to multiples of this (see text_length_bucket)
 

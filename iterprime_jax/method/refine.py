@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from ..config import IteRPrimEConfig
+from ..types import Array
 
-Array = jax.Array
 # keep (B, gh*gw) int32, 1 = visible  ->  heat (B, gh, gw) in [0, 1], P(match) (B,)
 StepFn = Callable[[Array], tuple[Array, Array]]
 

@@ -1,10 +1,11 @@
 """Training the small ShapesRef ITM model (BLIP architecture, tiny config) and its diagnostics.
 
-`config` (the recipe, `TrainConfig`), `data` (the scene pool, relation statements, batches),
-`stream` (a pool that grows in worker processes while training runs, for an accelerator),
-`pretrain` (image-level presence pretraining of the ViT), `trainer` (init, optimiser, the
-training loop, saving, the CLI `python -m iterprime_jax.training --out DIR`) and `diagnostics`
-(held-out ITM accuracy, per hard-negative type, the localisation probe).
+`config` (the recipe, `TrainConfig`), `data` (the scene pool, relation and position statements,
+batches), `stream` (a pool that grows in worker processes while training runs, the training
+CLI's ``--stream-workers`` for an accelerator), `model_init` (initial parameters), `pretrain`
+(image-level presence pretraining of the ViT), `trainer` (optimiser, the training loop, saving,
+the CLI `python -m iterprime_jax.training --out DIR`) and `diagnostics` (held-out ITM accuracy,
+per hard-negative type, the localisation probe that picks the Grad-CAM layer).
 """
 
 from .config import DEFAULT_VOCAB, LOG_NAME, TrainConfig, make_tokenizer, model_config
@@ -18,7 +19,6 @@ from .data import (
     normalise_images,
     position_statements,
     relation_pairs,
-    shape_swaps,
     swaps,
     tokenize_prompts,
 )
@@ -30,16 +30,15 @@ from .diagnostics import (
     predict_match,
     recommended_method,
 )
+from .model_init import init_model, posemb_sincos_2d
 from .pretrain import load_vision, pretrain_vision, save_vision
 from .stream import StreamPool
 from .trainer import (
     calibrate_steps,
     diagnose_saved,
-    init_model,
     lr_schedule,
     main,
     make_optimizer,
-    posemb_sincos_2d,
     save_model,
     train,
 )
@@ -51,5 +50,5 @@ __all__ = [
     "localisation_probe", "lr_schedule", "main", "make_optimizer", "make_tokenizer",
     "model_config", "normalise_images", "position_statements", "posemb_sincos_2d",
     "predict_match", "pretrain_vision", "recommended_method", "relation_pairs", "save_model",
-    "save_vision", "shape_swaps", "swaps", "tokenize_prompts", "train",
+    "save_vision", "swaps", "tokenize_prompts", "train",
 ]

@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 from pathlib import Path
 from typing import Any
 
 from ..models.blip.config import BlipConfig, TextConfig, VisionConfig
+from ..shipped import VOCAB
 
 #: bert-base-uncased WordPiece vocabulary, shipped inside the package (package data).
-DEFAULT_VOCAB = Path(str(importlib.resources.files("iterprime_jax") / "data"
-                         / "bert-base-uncased-vocab.txt"))
+DEFAULT_VOCAB = VOCAB
 LOG_NAME = "training_log.json"
 
 
@@ -31,10 +30,9 @@ class TrainConfig:
       pool_scenes: scenes generated for training; refs_per_scene: targets described per scene.
       other_neg_frac: share of negatives that are expressions of other scenes.
       attribute_frac: share of attribute scenes (the rest: position and relation, equally).
-      shape_negatives: extra negatives per described target that swap only the shape word
-        (certified false), on top of `max_negatives` (shape is the slowest attribute to learn);
-        size_negatives, relation_negatives: the same for the size word and the relation
-        (the words a model trained without them ignores).
+      size_negatives, relation_negatives: extra negatives per described target that swap only
+        the size word / the relation (certified false), on top of `max_negatives` (the words a
+        model trained without them ignores).
       relation_pairs: per scene, up to this many true relation statements about any two of its
         objects ("the red circle above the small square") and twice as many certified-false
         ones (other relation, roles swapped), `data.relation_pairs`: relation words with
@@ -42,8 +40,6 @@ class TrainConfig:
       position_statements: per scene, up to this many true and as many certified-false
         absolute position statements about objects a description singles out ("the red circle
         on the left" where it is the only red circle), `data.position_statements`.
-      small_scene_frac: share of training scenes with only 2-3 objects (fewer same-description
-        objects around a relation or a position: easier cases mixed into every batch).
       init_scale: multiplier on the default (lecun-normal) Dense init.
       pos_init: vision position embeddings' init: "normal" (std 1/sqrt(width)) or "sincos"
         (fixed-frequency 2D sine/cosine of the patch row and column, as in MAE/big_vision;
@@ -79,11 +75,9 @@ class TrainConfig:
     max_negatives: int = 8
     other_neg_frac: float = 0.25
     attribute_frac: float = 0.34
-    shape_negatives: int = 0
     size_negatives: int = 2
     relation_negatives: int = 4
     relation_pairs: int = 12
-    small_scene_frac: float = 0.0
     position_statements: int = 4
     init_scale: float = 1.0
     pos_init: str = "sincos"
@@ -109,17 +103,17 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def model_config(tc: TrainConfig) -> BlipConfig:
+def model_config(recipe: TrainConfig) -> BlipConfig:
     """The BLIP config of the small model (bert-base-uncased vocabulary, 30524 like BLIP)."""
-    w = tc.width
-    vision = VisionConfig(image_size=tc.image_size, patch_size=tc.patch_size, hidden_size=w,
-                          intermediate_size=4 * w, num_hidden_layers=tc.vision_layers,
-                          num_attention_heads=tc.heads)
+    w = recipe.width
+    vision = VisionConfig(image_size=recipe.image_size, patch_size=recipe.patch_size, hidden_size=w,
+                          intermediate_size=4 * w, num_hidden_layers=recipe.vision_layers,
+                          num_attention_heads=recipe.heads)
     text = TextConfig(vocab_size=30524, hidden_size=w, intermediate_size=4 * w,
-                      num_hidden_layers=tc.text_layers, num_attention_heads=tc.heads,
-                      max_position_embeddings=tc.max_position_embeddings,
+                      num_hidden_layers=recipe.text_layers, num_attention_heads=recipe.heads,
+                      max_position_embeddings=recipe.max_position_embeddings,
                       encoder_hidden_size=w)
-    return BlipConfig(vision=vision, text=text, projection_dim=tc.projection_dim)
+    return BlipConfig(vision=vision, text=text, projection_dim=recipe.projection_dim)
 
 
 def make_tokenizer(vocab: str | Path = DEFAULT_VOCAB) -> Any:

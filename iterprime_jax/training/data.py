@@ -24,12 +24,6 @@ def false_variants(scene: sr.Scene, expr: sr.Expression, kind: str) -> list[sr.E
     return [x for x in sr.perturbations(expr, scene.config)[kind] if expression_false(scene, x)]
 
 
-def shape_swaps(scene: sr.Scene, exprs: Sequence[sr.Expression], n: int,
-                rng: np.random.Generator) -> list[str]:
-    """Up to `n` phrasings of `exprs` with only the shape word swapped, each clearly false."""
-    return swaps(scene, exprs, "shape", n, rng)
-
-
 def swaps(scene: sr.Scene, exprs: Sequence[sr.Expression], kind: str, n: int,
           rng: np.random.Generator) -> list[str]:
     """Up to `n` phrasings of one-word variants of `exprs` of perturbation `kind` ("shape",
@@ -117,41 +111,39 @@ def _gen_chunk(args: tuple[TrainConfig, int, int, int]
                ) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
     """(recipe, seed, start, n) -> scenes `start..start+n` of the pool: images, positive texts
     and negative texts."""
-    tc, seed, start, n = args
-    image_size, other_frac, small_frac = tc.image_size, tc.other_neg_frac, tc.small_scene_frac
-    full = sr.ShapesRefConfig(image_size=image_size)
-    small = dataclasses.replace(full, min_objects=2, max_objects=3)
+    recipe, seed, start, n = args
+    image_size, other_frac = recipe.image_size, recipe.other_neg_frac
+    scene_config = sr.ShapesRefConfig(image_size=image_size)
     images = np.zeros((n, image_size, image_size, 3), np.uint8)
     pos_all: list[list[str]] = []
     neg_all: list[list[str]] = []
     recent: list[tuple[sr.Expression, str]] = []  # expressions of earlier scenes of the chunk
     for i in range(n):
         rng = np.random.default_rng([seed, 7919, start + i])
-        kind = ("attribute" if rng.random() < tc.attribute_frac
+        kind = ("attribute" if rng.random() < recipe.attribute_frac
                 else sr.KINDS[1 + int(rng.integers(2))])
-        cfg = small if small_frac and rng.random() < small_frac else full
-        scene = sr.generate_scene(rng, cfg, kind)
+        scene = sr.generate_scene(rng, scene_config, kind)
         images[i] = scene.image
         targets = [scene.targets[j] for j in rng.permutation(len(scene.targets))]
         pos: list[str] = []
         neg: list[str] = []
-        for t in targets[:tc.refs_per_scene]:
+        for t in targets[:recipe.refs_per_scene]:
             ref = sr.make_ref(scene, t, rng)
-            p, q = sr.matching_pairs(ref, rng, max_negatives=tc.max_negatives)
+            p, q = sr.matching_pairs(ref, rng, max_negatives=recipe.max_negatives)
             pos += p
             neg += q
-            for swap_kind, k in (("shape", tc.shape_negatives), ("size", tc.size_negatives),
-                                 ("relation", tc.relation_negatives)):
+            for swap_kind, k in (("size", recipe.size_negatives),
+                                 ("relation", recipe.relation_negatives)):
                 if k:
                     neg += swaps(scene, ref.expressions, swap_kind, k, rng)
             recent += list(zip(ref.expressions, ref.sentences, strict=True))
-        if tc.relation_pairs:
-            p, q = relation_pairs(scene, tc.relation_pairs, 2 * tc.relation_pairs, rng)
+        if recipe.relation_pairs:
+            p, q = relation_pairs(scene, recipe.relation_pairs, 2 * recipe.relation_pairs, rng)
             pos += p
             neg += q
-        if tc.position_statements:
-            p, q = position_statements(scene, tc.position_statements, tc.position_statements,
-                                       rng)
+        if recipe.position_statements:
+            per_scene = recipe.position_statements
+            p, q = position_statements(scene, per_scene, per_scene, rng)
             pos += p
             neg += q
         # negatives from other scenes: their expressions that are clearly false here
@@ -232,11 +224,11 @@ def tokenize_prompts(tokenizer: Any, texts: Sequence[str], max_len: int,
     return ids, mask
 
 
-def build_pool(tc: TrainConfig, tokenizer: Any, n_scenes: int, seed: int,
+def build_pool(recipe: TrainConfig, tokenizer: Any, n_scenes: int, seed: int,
                workers: int | None = None, chunk: int = 500) -> Pool:
     """Generate `n_scenes` scenes (seeded by `seed`, independent of `workers`) and tokenise."""
-    workers = tc.workers if workers is None else workers
-    jobs = [(tc, seed, s, min(chunk, n_scenes - s))
+    workers = recipe.workers if workers is None else workers
+    jobs = [(recipe, seed, s, min(chunk, n_scenes - s))
             for s in range(0, n_scenes, chunk)]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as ex:
@@ -246,10 +238,10 @@ def build_pool(tc: TrainConfig, tokenizer: Any, n_scenes: int, seed: int,
     images = np.concatenate([p[0] for p in parts])
     pos_lists = [x for p in parts for x in p[1]]
     neg_lists = [x for p in parts for x in p[2]]
-    return _make_pool(images, pos_lists, neg_lists, tokenizer, tc.max_text_length)
+    return _make_pool(images, pos_lists, neg_lists, tokenizer, recipe.max_text_length)
 
 
-def caption_pool(tc: TrainConfig, tokenizer: Any, n_scenes: int, seed: int) -> Pool:
+def caption_pool(recipe: TrainConfig, tokenizer: Any, n_scenes: int, seed: int) -> Pool:
     """Object captions for the curriculum's first stage: per scene (kinds at random), the
     positives are every description of a present object that names its shape ("circle",
     "red circle", "small circle", "small red circle"), the negatives every shape / colour /
@@ -257,7 +249,7 @@ def caption_pool(tc: TrainConfig, tokenizer: Any, n_scenes: int, seed: int) -> P
     from ..shapesref.grammar import _noun_phrase
     from ..shapesref.truth import _descs, _matching
 
-    cfg = sr.ShapesRefConfig(image_size=tc.image_size)
+    cfg = sr.ShapesRefConfig(image_size=recipe.image_size)
     rng = np.random.default_rng([seed, 55])
     images, pos_lists, neg_lists = [], [], []
     for _ in range(n_scenes):
@@ -269,7 +261,7 @@ def caption_pool(tc: TrainConfig, tokenizer: Any, n_scenes: int, seed: int) -> P
                if not _matching(scene, d := sr.Desc(s, c, z))}
         pos_lists.append([("the " if rng.random() < 0.5 else "") + x for x in sorted(pos)])
         neg_lists.append([("the " if rng.random() < 0.5 else "") + x for x in sorted(neg)])
-    return _make_pool(np.stack(images), pos_lists, neg_lists, tokenizer, tc.max_text_length)
+    return _make_pool(np.stack(images), pos_lists, neg_lists, tokenizer, recipe.max_text_length)
 
 
 def _make_pool(images: np.ndarray, pos_lists: list[list[str]], neg_lists: list[list[str]],

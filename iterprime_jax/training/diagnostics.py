@@ -18,6 +18,7 @@ from .. import shapesref as sr
 from ..config import IteRPrimEConfig
 from ..method.gradcam import gradcam_from_embeds
 from ..method.heat import heat_map, resize_heatmap
+from ..method.language import encode_batch, load_spacy
 from ..models.blip.config import BlipConfig
 from ..models.blip.modeling import encode_image, itm_logits
 from ..types import Params
@@ -128,8 +129,6 @@ def localisation_probe(params: Params, config: BlipConfig, tokenizer: Any, num_i
     with `split="val"` the benchmark's val images; the default ("train") is the ShapesRef
     train split, used for model selection only (never evaluated on, never trained on).
     """
-    from ..method.language import encode_batch, load_spacy
-
     method = IteRPrimEConfig() if method is None else method
     layers = list(range(config.text.num_hidden_layers)) if layers is None else list(layers)
     cfg = sr.ShapesRefConfig(image_size=config.vision.image_hw[0])
@@ -188,33 +187,6 @@ def localisation_probe(params: Params, config: BlipConfig, tokenizer: Any, num_i
     return result
 
 
-def patch_position_information(vision: Params, config: BlipConfig, num_images: int = 300,
-                               seed: int = 0) -> dict[str, float]:
-    """How well the ViT's output patch tokens encode *which patch* they are: held-out accuracy
-    of a least-squares linear read-out of the patch row and of the column from the token
-    (fresh ShapesRef scenes, the first two thirds fit, the rest scored; chance 1/grid).
-
-    A diagnostic, not a training signal: it is about the grid, not about where any object is.
-    A tower that keeps little of it cannot tell "left" from "right" or "above" from "below"
-    (image-level presence pretraining, which pools over patches, washes it out)."""
-    cfg = sr.ShapesRefConfig(image_size=config.vision.image_hw[0])
-    rng = np.random.default_rng([seed, 31])
-    images = np.stack([sr.generate_scene(rng, cfg, sr.KINDS[i % 3]).image
-                       for i in range(num_images)])
-    tokens = np.asarray(encode_image({"vision_model": vision}, config,
-                                     jnp.asarray(normalise_images(images, config))))[:, 1:]
-    n, p, w = tokens.shape
-    gh, gw = config.vision.grid
-    x = np.concatenate([tokens.reshape(-1, w), np.ones((n * p, 1), np.float32)], 1)
-    fit = (2 * n // 3) * p
-    out = {}
-    for name, y, k in (("row", np.tile(np.arange(p) // gw, n), gh),
-                       ("column", np.tile(np.arange(p) % gw, n), gw)):
-        coef, *_ = np.linalg.lstsq(x[:fit], np.eye(k)[y[:fit]], rcond=None)
-        out[name] = float(((x[fit:] @ coef).argmax(1) == y[fit:]).mean())
-    return out
-
-
 def recommended_method(probe: dict[str, Any]) -> dict[str, Any]:
     """`IteRPrimEConfig` fields recommended for the trained model (`method.json`): the Grad-CAM
     layer whose PWE heat peaks inside the referred object most often in the probe."""
@@ -223,19 +195,16 @@ def recommended_method(probe: dict[str, Any]) -> dict[str, Any]:
     return {"layer": int(best.removeprefix("layer").split("_")[0])}
 
 
-def diagnose(params: Params, config: BlipConfig, tokenizer: Any, tc: TrainConfig,
+def diagnose(params: Params, config: BlipConfig, tokenizer: Any, recipe: TrainConfig,
              probe_images: int = 200, probe_split: str = "train") -> dict[str, Any]:
     """What a trained model offers IteRPrimE: held-out ITM accuracy (`evaluate_itm` on 1000
     fresh scenes), per hard-negative type (`itm_by_negative_kind`) and the localisation probe
-    (`localisation_probe`; None when `probe_images` is 0) and the patch position information
-    of the ViT's output (`patch_position_information`)."""
-    held = build_pool(dataclasses.replace(tc, refs_per_scene=1), tokenizer, 1000,
-                      seed=tc.seed + 10_000, workers=1)
+    (`localisation_probe`; None when `probe_images` is 0)."""
+    held = build_pool(dataclasses.replace(recipe, refs_per_scene=1), tokenizer, 1000,
+                      seed=recipe.seed + 10_000, workers=1)
     probe = (localisation_probe(params, config, tokenizer, probe_images, probe_split)
              if probe_images > 0 else None)
     return {"heldout_itm": evaluate_itm(params, config, held),
             "heldout_itm_by_negative": itm_by_negative_kind(params, config, tokenizer,
-                                                            seed=tc.seed),
-            "localisation_probe": probe,
-            "patch_position_information": patch_position_information(params["vision_model"],
-                                                                     config)}
+                                                            seed=recipe.seed),
+            "localisation_probe": probe}

@@ -36,6 +36,7 @@ from ..models.blip.config import BlipConfig
 from ..models.blip.modeling import encode_image
 from .config import TrainConfig, model_config
 from .data import normalise_images
+from .model_init import init_model
 
 log = logging.getLogger(__name__)
 
@@ -94,27 +95,26 @@ def label_accuracy(params: dict, config: BlipConfig, images: np.ndarray, y: np.n
             for g in LABEL_GROUPS}
 
 
-def pretrain_vision(tc: TrainConfig, eval_every: int = 250
+def pretrain_vision(recipe: TrainConfig, eval_every: int = 250
                     ) -> tuple[dict, list[dict[str, float]]]:
-    """Trains the ViT of `model_config(tc)` (initialised as `init_model` does) on scene-level
-    presence labels for `tc.pretrain_steps` steps; returns (the `vision_model` params, history
+    """Trains the ViT of `model_config(recipe)` (initialised as `init_model` does) on scene-level
+    presence labels for `recipe.pretrain_steps` steps; returns (the `vision_model` params, history
     of held-out per-group label accuracy)."""
-    from .trainer import init_model
-
-    config = model_config(tc)
-    cfg = sr.ShapesRefConfig(image_size=tc.image_size)
+    config = model_config(recipe)
+    cfg = sr.ShapesRefConfig(image_size=recipe.image_size)
     labels = presence_labels(cfg)
-    full = init_model(tc, config, jax.random.PRNGKey(tc.seed))
+    full = init_model(recipe, config, jax.random.PRNGKey(recipe.seed))
     w = config.vision.hidden_size
     params = {"vision_model": full["vision_model"],
-              "head": {"kernel": jax.random.normal(jax.random.PRNGKey(tc.seed + 1),
+              "head": {"kernel": jax.random.normal(jax.random.PRNGKey(recipe.seed + 1),
                                                    (w, len(labels))) / np.sqrt(w),
                        "bias": jnp.zeros(len(labels))}}
-    sched = optax.warmup_cosine_decay_schedule(0.0, tc.pretrain_lr, min(200, tc.pretrain_steps
-                                                                        // 10 + 1),
-                                               max(tc.pretrain_steps, 2), tc.pretrain_lr * 0.05)
-    opt = optax.chain(optax.clip_by_global_norm(tc.clip),
-                      optax.adamw(sched, weight_decay=tc.weight_decay))
+    warmup = min(200, recipe.pretrain_steps // 10 + 1)
+    sched = optax.warmup_cosine_decay_schedule(0.0, recipe.pretrain_lr, warmup,
+                                               max(recipe.pretrain_steps, 2),
+                                               recipe.pretrain_lr * 0.05)
+    opt = optax.chain(optax.clip_by_global_norm(recipe.clip),
+                      optax.adamw(sched, weight_decay=recipe.weight_decay))
     opt_state = opt.init(params)
 
     @jax.jit
@@ -123,18 +123,19 @@ def pretrain_vision(tc: TrainConfig, eval_every: int = 250
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    held_images, held_y = presence_batch(np.random.default_rng([tc.seed, 999]), cfg, labels, 1000)
-    rng = np.random.default_rng([tc.seed, 123])
-    buf_images, buf_y = presence_batch(rng, cfg, labels, tc.pretrain_buffer)
+    held_images, held_y = presence_batch(np.random.default_rng([recipe.seed, 999]), cfg, labels,
+                                         1000)
+    rng = np.random.default_rng([recipe.seed, 123])
+    buf_images, buf_y = presence_batch(rng, cfg, labels, recipe.pretrain_buffer)
     history: list[dict[str, float]] = []
-    for s in range(1, tc.pretrain_steps + 1):
-        new_images, new_y = presence_batch(rng, cfg, labels, tc.pretrain_fresh)
-        slot = rng.integers(0, len(buf_images), tc.pretrain_fresh)
+    for s in range(1, recipe.pretrain_steps + 1):
+        new_images, new_y = presence_batch(rng, cfg, labels, recipe.pretrain_fresh)
+        slot = rng.integers(0, len(buf_images), recipe.pretrain_fresh)
         buf_images[slot], buf_y[slot] = new_images, new_y
-        pick = rng.integers(0, len(buf_images), tc.batch_size)
+        pick = rng.integers(0, len(buf_images), recipe.batch_size)
         params, opt_state, loss = step(params, opt_state,
                                        normalise_images(buf_images[pick], config), buf_y[pick])
-        if s % eval_every == 0 or s == tc.pretrain_steps:
+        if s % eval_every == 0 or s == recipe.pretrain_steps:
             acc = label_accuracy(params, config, held_images, held_y, labels)
             history.append({"step": s, "loss": float(loss), **acc})
             log.info("pretrain step %d: loss %.4f, held-out label accuracy %s", s, float(loss),
@@ -162,13 +163,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         default=getattr(d, f.name), help=f"(default {getattr(d, f.name)})")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    tc = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    recipe = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     t0 = time.perf_counter()
-    vision, history = pretrain_vision(tc)
+    vision, history = pretrain_vision(recipe)
     save_vision(args.out, vision)
     record = {"command": "python -m iterprime_jax.training.pretrain " + " ".join(argv),
-              "wall_time_s": time.perf_counter() - t0, "recipe": tc.to_dict(),
-              "labels": presence_labels(sr.ShapesRefConfig(image_size=tc.image_size)),
+              "wall_time_s": time.perf_counter() - t0, "recipe": recipe.to_dict(),
+              "labels": presence_labels(sr.ShapesRefConfig(image_size=recipe.image_size)),
               "history": history}
     Path(str(args.out) + ".json").write_text(json.dumps(record, indent=1))
     log.info("wrote %s in %.0fs", args.out, record["wall_time_s"])

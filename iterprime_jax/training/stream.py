@@ -56,10 +56,10 @@ class _Buffers:
 class StreamPool:
     """`Pool.sample`-compatible source whose scenes are generated in `workers` processes while
     training runs; `total_chunks` chunks of `chunk` scenes (seeded like `build_pool`, so the
-    scenes equal `build_pool(tc, tok, total_chunks * chunk, seed)`'s), `initial_chunks` before
+    scenes equal `build_pool(recipe, tok, total_chunks * chunk, seed)`'s), `initial_chunks` before
     the first draw, one more per `draws_per_chunk` pairs drawn. Call `close()` when done."""
 
-    def __init__(self, tc: TrainConfig, vocab: str, seed: int, workers: int, chunk: int,
+    def __init__(self, recipe: TrainConfig, vocab: str, seed: int, workers: int, chunk: int,
                  total_chunks: int, initial_chunks: int, draws_per_chunk: int,
                  texts_per_scene: int = 96) -> None:
         if not 1 <= initial_chunks <= total_chunks:
@@ -70,9 +70,9 @@ class StreamPool:
         self.draws = 0
         self.waits = 0
         n = chunk * total_chunks
-        s = tc.image_size
+        s = recipe.image_size
         self._buf = _Buffers(images=np.zeros((n, s, s, 3), np.uint8),
-                             ids=np.zeros((n * texts_per_scene, tc.max_text_length), np.int32),
+                             ids=np.zeros((n * texts_per_scene, recipe.max_text_length), np.int32),
                              pos=np.zeros(n * texts_per_scene, np.int64),
                              pos_off=np.zeros(n + 1, np.int64),
                              neg=np.zeros(n * texts_per_scene, np.int64),
@@ -81,7 +81,7 @@ class StreamPool:
         self._ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(
             "forkserver"), initializer=_init_worker, initargs=(vocab,))
         self._futures: list[Future] = [
-            self._ex.submit(_chunk_job, ((tc, seed, j * chunk, chunk), tc.max_text_length))
+            self._ex.submit(_chunk_job, ((recipe, seed, j * chunk, chunk), recipe.max_text_length))
             for j in range(total_chunks)]
         self._joined = 0
 

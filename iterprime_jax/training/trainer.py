@@ -34,7 +34,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import shutil
 import sys
 import time
@@ -48,76 +47,38 @@ import numpy as np
 import optax
 
 from ..models.blip.config import BlipConfig
-from ..models.blip.modeling import init_params, itm_logits
-from ..models.convert import save_params
+from ..models.blip.modeling import itm_logits
+from ..models.convert import restore_params, save_params
 from ..models.loading import METHOD_JSON
 from ..types import Params
 from .config import DEFAULT_VOCAB, LOG_NAME, TrainConfig, make_tokenizer, model_config
 from .data import Pool, PoolLike, build_pool, caption_pool, normalise_images
 from .diagnostics import diagnose, recommended_method
+from .model_init import init_model
 from .pretrain import load_vision, pretrain_vision
+from .stream import StreamPool
 
 log = logging.getLogger(__name__)
 
 
-def posemb_sincos_2d(gh: int, gw: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
-    """(1, 1 + gh*gw, width) float32: row 0 (the CLS position) zeros, then per patch (row-major)
-    [sin(y w), cos(y w), sin(x w), cos(x w)] over the width/4 frequencies
-    w_k = temperature^(-k / (width/4))."""
-    if width % 4:
-        raise ValueError(f"sincos position embeddings need width % 4 == 0, got {width}")
-    q = width // 4
-    omega = 1.0 / temperature ** (np.arange(q) / q)
-    y, x = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
-    ya = y.reshape(-1, 1) * omega
-    xa = x.reshape(-1, 1) * omega
-    pe = np.concatenate([np.sin(ya), np.cos(ya), np.sin(xa), np.cos(xa)], axis=1)
-    return np.concatenate([np.zeros((1, width)), pe])[None].astype(np.float32)
-
-
-def init_model(tc: TrainConfig, config: BlipConfig, key: jax.Array) -> Params:
-    """`init_params`, with Dense kernels scaled by `init_scale` and embeddings at std
-    1/sqrt(width) (BERT's 0.02 leaves tiny models' cross-attention uniform); with
-    `pos_init="sincos"` the vision position embeddings start as `pos_scale` times
-    `posemb_sincos_2d`."""
-    if tc.pos_init not in ("normal", "sincos"):
-        raise ValueError(f"pos_init must be 'normal' or 'sincos', got {tc.pos_init!r}")
-    params = init_params(config, key)
-    emb_std = 1.0 / math.sqrt(tc.width)
-    keys = iter(jax.random.split(jax.random.fold_in(key, 1), 64))
-
-    def fix(path: tuple, x: jax.Array) -> jax.Array:
-        names = [getattr(p, "key", str(p)) for p in path]
-        if names[-1] == "position_embedding" and tc.pos_init == "sincos":
-            gh, gw = config.vision.grid
-            return jnp.asarray(tc.pos_scale * posemb_sincos_2d(gh, gw, x.shape[-1]), x.dtype)
-        if names[-1] == "kernel" and tc.init_scale != 1.0:
-            return x * tc.init_scale
-        if names[-1] == "embedding" or names[-1] in ("position_embedding", "class_embedding"):
-            return emb_std * jax.random.normal(next(keys), x.shape, x.dtype)
-        return x
-
-    return jax.tree_util.tree_map_with_path(fix, params)
-
-
-def lr_schedule(tc: TrainConfig) -> optax.Schedule:
+def lr_schedule(recipe: TrainConfig) -> optax.Schedule:
     """Linear warmup (at most a tenth of the steps), then cosine decay to 2% of `lr`, over the
     caption stage and the ITM stage together."""
-    total = tc.caption_steps + tc.steps
-    warmup = min(tc.warmup, max(1, total // 10))
-    return optax.warmup_cosine_decay_schedule(0.0, tc.lr, warmup, max(total, warmup + 1),
-                                              end_value=tc.lr * 0.02)
+    total = recipe.caption_steps + recipe.steps
+    warmup = min(recipe.warmup, max(1, total // 10))
+    return optax.warmup_cosine_decay_schedule(0.0, recipe.lr, warmup, max(total, warmup + 1),
+                                              end_value=recipe.lr * 0.02)
 
 
-def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
-    sched = lr_schedule(tc)
+def make_optimizer(recipe: TrainConfig) -> optax.GradientTransformation:
+    sched = lr_schedule(recipe)
 
     def decay_mask(params: Any) -> Any:
         return jax.tree_util.tree_map_with_path(
             lambda p, x: getattr(p[-1], "key", "") in ("kernel",), params)
 
-    return optax.chain(optax.clip_by_global_norm(tc.clip),
-                       optax.adamw(sched, weight_decay=tc.weight_decay, mask=decay_mask))
+    return optax.chain(optax.clip_by_global_norm(recipe.clip),
+                       optax.adamw(sched, weight_decay=recipe.weight_decay, mask=decay_mask))
 
 
 def _loss_fn(params: Params, config: BlipConfig, pixels: jax.Array, ids: jax.Array,
@@ -138,28 +99,28 @@ def _train_step(params: Params, config: BlipConfig, opt: optax.GradientTransform
     return optax.apply_updates(params, updates), opt_state, loss, acc
 
 
-def calibrate_steps(tc: TrainConfig, config: BlipConfig, params: Params, pool: PoolLike,
+def calibrate_steps(recipe: TrainConfig, config: BlipConfig, params: Params, pool: PoolLike,
                     budget_s: float, repeats: int = 40) -> tuple[int, float]:
     """Expression-stage steps such that the caption and expression stages together fit
     `budget_s` seconds: (steps, measured seconds per step). Times `repeats` steps (after one
     compiling step) on batches of `pool`, on a copy of `params` that is thrown away."""
-    opt = make_optimizer(tc)
+    opt = make_optimizer(recipe)
     state = opt.init(params)
-    rng = np.random.default_rng([tc.seed, 99])
+    rng = np.random.default_rng([recipe.seed, 99])
     p = params
     for i in range(repeats + 1):
         if i == 1:
             jax.block_until_ready(p)
             t0 = time.perf_counter()
-        images, ids, mask, labels = pool.sample(rng, tc.batch_size)
+        images, ids, mask, labels = pool.sample(rng, recipe.batch_size)
         p, state, loss, _ = _train_step(p, config, opt, state, normalise_images(images, config),
                                         ids, mask, labels)
     jax.block_until_ready(p)
     per_step = (time.perf_counter() - t0) / repeats
-    return max(1, int(budget_s / per_step) - tc.caption_steps), per_step
+    return max(1, int(budget_s / per_step) - recipe.caption_steps), per_step
 
 
-def train(tc: TrainConfig, tokenizer: Any | None = None, pool: PoolLike | None = None,
+def train(recipe: TrainConfig, tokenizer: Any | None = None, pool: PoolLike | None = None,
           progress: bool = True, vision_init: Params | None = None,
           captions: Pool | None = None,
           checkpoint: Callable[[int, Params, BlipConfig], None] | None = None,
@@ -167,55 +128,56 @@ def train(tc: TrainConfig, tokenizer: Any | None = None, pool: PoolLike | None =
           ) -> tuple[Params, BlipConfig, list[dict[str, float]], TrainConfig]:
     """Train; returns (params, model config, history of logged steps).
 
-    The first `tc.caption_steps` steps draw from `captions` (default: `caption_pool` of
-    `tc.caption_scenes` scenes), the remaining `tc.steps` from `pool` (default: `build_pool`).
+    The first `recipe.caption_steps` steps draw from `captions` (default: `caption_pool` of
+    `recipe.caption_scenes` scenes), the remaining `recipe.steps` from `pool` (default:
+    `build_pool`).
     `vision_init`: `vision_model` params to start the ViT from (`pretrain.pretrain_vision`);
     None: from scratch. `checkpoint(step, params, config)` is called every `checkpoint_every`
     steps. history rows: step, stage, loss and accuracy (means over the last `log_every`
-    steps), lr. `time_budget`: seconds for the caption and expression stages together; `tc.steps`
-    is then replaced by what fits (`calibrate_steps`). Returns (params, model config, history,
-    the recipe actually run).
+    steps), lr. `time_budget`: seconds for the caption and expression stages together;
+    `recipe.steps` is then replaced by what fits (`calibrate_steps`). Returns (params, model
+    config, history, the recipe actually run).
     """
     from tqdm.auto import tqdm
 
     tokenizer = make_tokenizer() if tokenizer is None else tokenizer
-    config = model_config(tc)
+    config = model_config(recipe)
     if pool is None:
         t0 = time.perf_counter()
-        pool = build_pool(tc, tokenizer, tc.pool_scenes, tc.seed)
+        pool = build_pool(recipe, tokenizer, recipe.pool_scenes, recipe.seed)
         log.info("generated %d training scenes, %d texts (%d positives, %d negatives) in %.1fs",
                  len(pool), len(pool.texts), len(pool.pos), len(pool.neg),
                  time.perf_counter() - t0)
-    if captions is None and tc.caption_steps:
-        captions = caption_pool(tc, tokenizer, tc.caption_scenes, tc.seed + 1)
-    key = jax.random.PRNGKey(tc.seed)
-    params = init_model(tc, config, key)
+    if captions is None and recipe.caption_steps:
+        captions = caption_pool(recipe, tokenizer, recipe.caption_scenes, recipe.seed + 1)
+    key = jax.random.PRNGKey(recipe.seed)
+    params = init_model(recipe, config, key)
     if vision_init is not None:
         params = {**params, "vision_model": jax.tree_util.tree_map(jnp.asarray, vision_init)}
     if time_budget is not None:
-        steps, per_step = calibrate_steps(tc, config, params, pool, time_budget)
+        steps, per_step = calibrate_steps(recipe, config, params, pool, time_budget)
         log.info("time budget %.0fs at %.2f ms/step: %d expression steps", time_budget,
                  1e3 * per_step, steps)
-        tc = dataclasses.replace(tc, steps=steps)
-    opt = make_optimizer(tc)
+        recipe = dataclasses.replace(recipe, steps=steps)
+    opt = make_optimizer(recipe)
     opt_state = opt.init(params)
-    rng = np.random.default_rng([tc.seed, 1])
+    rng = np.random.default_rng([recipe.seed, 1])
     history: list[dict[str, float]] = []
     losses: list[jax.Array] = []
     accs: list[jax.Array] = []
-    sched = lr_schedule(tc)
-    total = tc.caption_steps + tc.steps
+    sched = lr_schedule(recipe)
+    total = recipe.caption_steps + recipe.steps
     bar = tqdm(range(1, total + 1), desc="train ITM", disable=not progress, unit="step")
     for step in bar:
-        stage = "captions" if step <= tc.caption_steps else "expressions"
+        stage = "captions" if step <= recipe.caption_steps else "expressions"
         src = captions if stage == "captions" else pool
         assert src is not None
-        images, ids, mask, labels = src.sample(rng, tc.batch_size)
+        images, ids, mask, labels = src.sample(rng, recipe.batch_size)
         params, opt_state, loss, acc = _train_step(
             params, config, opt, opt_state, normalise_images(images, config), ids, mask, labels)
         losses.append(loss)
         accs.append(acc)
-        if step % tc.log_every == 0 or step == total or step == tc.caption_steps:
+        if step % recipe.log_every == 0 or step == total or step == recipe.caption_steps:
             lv = float(np.mean(jax.device_get(losses)))
             av = float(np.mean(jax.device_get(accs)))
             row = {"step": step, "stage": stage, "loss": lv, "accuracy": av,
@@ -227,7 +189,7 @@ def train(tc: TrainConfig, tokenizer: Any | None = None, pool: PoolLike | None =
                      av, row["lr"])
         if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
             checkpoint(step, jax.device_get(params), config)
-    return jax.device_get(params), config, history, tc
+    return jax.device_get(params), config, history, recipe
 
 
 def save_model(out_dir: str | Path, params: Params, config: BlipConfig,
@@ -290,26 +252,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.diagnose_only:
         return diagnose_saved(args.out, args.probe_images, args.probe_split, args.vocab)
-    tc = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    recipe = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     t0 = time.perf_counter()
     tokenizer = make_tokenizer(args.vocab)
     pool: PoolLike | None = None
     if args.stream_workers:
-        from .stream import StreamPool
-
         chunks = max(1, args.stream_scenes // args.stream_chunk)
-        pool = StreamPool(tc, args.vocab, tc.seed, args.stream_workers, args.stream_chunk,
+        pool = StreamPool(recipe, args.vocab, recipe.seed, args.stream_workers, args.stream_chunk,
                           chunks, min(chunks, 8), args.draws_per_chunk)
     vision, pretraining = None, None
-    if args.vision_init == "none" or (args.vision_init is None and not tc.pretrain_steps):
+    if args.vision_init == "none" or (args.vision_init is None and not recipe.pretrain_steps):
         pass
     elif args.vision_init is not None:
         vision = load_vision(args.vision_init)
         meta = Path(str(args.vision_init) + ".json")
         pretraining = json.loads(meta.read_text()) if meta.is_file() else None
     else:
-        vision, hist = pretrain_vision(tc)
-        pretraining = {"recipe": tc.to_dict(), "history": hist}
+        vision, hist = pretrain_vision(recipe)
+        pretraining = {"recipe": recipe.to_dict(), "history": hist}
 
     def checkpoint(step: int, params: dict, config: BlipConfig) -> None:
         save_model(args.out, params, config, args.vocab)
@@ -318,8 +278,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     t1 = time.perf_counter()
     try:
-        params, config, history, tc = train(
-            tc, tokenizer, pool, progress=not args.no_progress, vision_init=vision,
+        params, config, history, recipe = train(
+            recipe, tokenizer, pool, progress=not args.no_progress, vision_init=vision,
             checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
             time_budget=args.time_budget)
     finally:
@@ -331,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "command": "python -m iterprime_jax.training " + " ".join(argv),
         "wall_time_s": time.perf_counter() - t0,
         "train_time_s": time.perf_counter() - t1,
-        "recipe": tc.to_dict(),
+        "recipe": recipe.to_dict(),
         "model_config": config.to_dict(),
         "devices": [str(d) for d in jax.devices()],
         "jax_version": jax.__version__,
@@ -355,16 +315,14 @@ def diagnose_saved(out_dir: str | Path, probe_images: int = 200, probe_split: st
     """Runs `diagnose` on the model saved in `out_dir` (its recipe from `training_log.json`),
     adds held-out ITM accuracy, per negative type and the localisation probe to that log and
     writes `method.json` (the probe's Grad-CAM layer). Returns the updated log."""
-    from ..models.convert import restore_params
-
     out = Path(out_dir)
     record = json.loads((out / LOG_NAME).read_text())
-    tc = TrainConfig.from_dict(record["recipe"])
+    recipe = TrainConfig.from_dict(record["recipe"])
     config = BlipConfig.from_dict(record["model_config"])
     params = restore_params(out, config) if params is None else params
     tokenizer = make_tokenizer(vocab)
     t0 = time.perf_counter()
-    diag = diagnose(params, config, tokenizer, tc, probe_images, probe_split)
+    diag = diagnose(params, config, tokenizer, recipe, probe_images, probe_split)
     itm, by_kind, probe = (diag["heldout_itm"], diag["heldout_itm_by_negative"],
                            diag["localisation_probe"])
     log.info("held-out ITM accuracy %.3f (match %.3f, mismatch %.3f)", itm["accuracy"],
@@ -376,10 +334,7 @@ def diagnose_saved(out_dir: str | Path, probe_images: int = 200, probe_split: st
         log.info("localisation probe (heat argmax in target mask): best %s = %.3f; %s",
                  probe["best"], probe["hit_rate"][probe["best"]],
                  ", ".join(f"{k} {v:.3f}" for k, v in probe["hit_rate"].items()))
-    log.info("patch position information (row, column read-out): %s",
-             diag["patch_position_information"])
     record.update(heldout_itm=itm, heldout_itm_by_negative=by_kind, localisation_probe=probe,
-                  patch_position_information=diag["patch_position_information"],
                   diagnostics={"devices": [str(d) for d in jax.devices()],
                                "wall_time_s": time.perf_counter() - t0})
     (out / LOG_NAME).write_text(json.dumps(record, indent=1))

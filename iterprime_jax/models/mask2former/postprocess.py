@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-Array = jax.Array
+from ...types import Array
 
 
 def linear_taps(out_size: int, in_real: Array | int, out_real: Array | int, in_size: int
