@@ -202,9 +202,11 @@ class TorchAlbef(nn.Module):
 
     def match(self, image_embeds: torch.Tensor, input_ids: np.ndarray,
               attention_mask: np.ndarray, image_mask: np.ndarray | None = None,
-              grad_layer: int | None = None) -> dict[str, np.ndarray]:
+              grad_layer: int | None = None, detach_image: bool = True
+              ) -> dict[str, np.ndarray]:
         """Logits (B, 2), cross-attention probs per fusion layer {i: (B, heads, T, S)} and,
-        with `grad_layer`, d(sum of match logits)/d(probs of that layer)."""
+        with `grad_layer`, d(sum of match logits)/d(probs of that layer); `detach_image` False
+        lets the backward pass run on into the image tower (the authors' way)."""
         ids = torch.tensor(np.asarray(input_ids), dtype=torch.long)
         am = torch.tensor(np.asarray(attention_mask), dtype=torch.float32)
         neg = torch.finfo(torch.float32).min
@@ -228,7 +230,7 @@ class TorchAlbef(nn.Module):
                    for i, layer in enumerate(self.layers) if i >= self.s.fusion]
         try:
             with torch.set_grad_enabled(grad_layer is not None):
-                enc = image_embeds.detach()
+                enc = image_embeds.detach() if detach_image else image_embeds
                 x = self.embeddings(input_ids=ids)
                 for i, layer in enumerate(self.layers):
                     if i >= self.s.fusion:
