@@ -218,6 +218,13 @@ def test_bad_inputs_refused(tmp_path):
     bad_fusion = bert_config_json(s, tmp_path / "bad_fusion.json", fusion_layer=0)
     _refused(tmp_path, cli_args(s, pth, dst, bad_fusion), "bad_fusion.json", "fusion_layer=0",
              f"fusion_layer={s.fusion}")
+    not_albef = tmp_path / "bert_base.json"
+    not_albef.write_text(json.dumps({"hidden_size": s.t_width, "num_hidden_layers": 5}))
+    _refused(tmp_path, cli_args(s, pth, dst, not_albef), "bert_base.json", "fusion_layer")
+    big_vocab = tmp_path / "big_vocab.txt"
+    big_vocab.write_text("".join(f"w{i}\n" for i in range(s.vocab + 1)))
+    _refused(tmp_path, cli_args(s, pth, dst, bert) + ["--vocab", str(big_vocab)],
+             "big_vocab.txt", str(s.vocab + 1), str(s.vocab))
     args = cli_args(s, pth, dst, bert)
     args[args.index("--vision-width") + 1] = "32"
     _refused(tmp_path, args, "--vision-width 32", str(s.v_width))
