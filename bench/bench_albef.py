@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_common import HEAT_TOL, ROOT, VOCAB, clean_json, loadavg, log, make_sentence, stats
+from bench_common import HEAT_TOL, ROOT, clean_json, loadavg, log, make_sentence, stats
 
 sys.path.insert(0, str(ROOT))
 
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from iterprime_jax.models.albef.config import AlbefTextConfig
     from iterprime_jax.models.albef.convert import AUTHORS_METHOD, convert_albef_state_dict
     from iterprime_jax.models.blip.modeling import encode_image
+    from iterprime_jax.models.convert import SHIPPED_VOCAB
     from tests.albef_ref import TorchAlbef, random_albef_state_dict
 
     s = albef_base_sizes()
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     mcfg = IteRPrimEConfig(**{**AUTHORS_METHOD, "iterations": 3})
     rng = np.random.default_rng(args.seed)
     sentences = [make_sentence(rng) for _ in range(args.sentences)]
-    tok = BertTokenizer(str(VOCAB), do_lower_case=True)
+    tok = BertTokenizer(str(SHIPPED_VOCAB), do_lower_case=True)
     batch = encode_batch(tok, load_spacy(mcfg.spacy_model), sentences, mcfg)
     length = int(-(-batch.attention_mask.sum(1).max() // 8) * 8)
     ids, am, focus, primary = (jnp.asarray(a[:, :length]) for a in (

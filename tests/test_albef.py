@@ -34,10 +34,9 @@ from iterprime_jax.models.blip.modeling import encode_image, match_from_embeds
 from iterprime_jax.models.convert import convert_albef_checkpoint, main
 from iterprime_jax.models.keytable import flatten
 from tests.albef_ref import Sizes, TorchAlbef, random_albef_state_dict, save_pth
+from tests.conftest import VOCAB  # bert-base-uncased (the real vocabulary)
 
 TOL = 1e-4
-DATA = Path(__file__).parent / "data"
-VOCAB = DATA / "bert-base-uncased-vocab.txt"
 # odd configs: fusion layer not in the middle, grids 5x5 and 3x3, widths not 768
 SIZES = (Sizes(), Sizes(image=48, patch=16, v_width=16, v_depth=1, v_heads=2, t_width=12,
                         t_layers=4, t_heads=3, t_inter=20, fusion=3))

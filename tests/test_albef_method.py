@@ -22,13 +22,13 @@ from iterprime_jax.method.refine import igrs
 from iterprime_jax.models.albef.convert import convert_albef_state_dict
 from iterprime_jax.models.blip.modeling import encode_image
 from tests.albef_ref import Sizes, TorchAlbef, random_albef_state_dict
+from tests.conftest import VOCAB  # bert-base-uncased (the real vocabulary)
 from tests.test_albef import text_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from albef_reference import AlbefAuthors, igrs_authors, pwe_heat_authors  # noqa: E402
 from torch_reference import pwe_heat as pwe_heat_method  # noqa: E402
 
-VOCAB = Path(__file__).parent / "data" / "bert-base-uncased-vocab.txt"
 GRID = (4, 5)
 H, T = 3, 9
 
