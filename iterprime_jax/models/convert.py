@@ -268,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
+        if not Path(args.src).exists():
+            raise CheckpointError(f"{args.src} does not exist (expected a Hugging Face "
+                                  "checkpoint directory or an ALBEF .pth file)")
         if Path(args.src).is_dir():
             given = [f"--{k.replace('_', '-')}" for k in _ALBEF_FLAGS
                      if getattr(args, k) is not None]
