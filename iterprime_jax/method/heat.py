@@ -69,7 +69,8 @@ def _no_primary_tokens(v, f, mode: str):
     return jnp.maximum(f, cls)
 
 
-def pwe_heat(attn, grad, valid, focus, primary, no_primary: str = "authors") -> jnp.ndarray:
+def pwe_heat(attn, grad, valid, focus, primary, no_primary: str = "authors",
+             authors_code: bool = False) -> jnp.ndarray:
     """PWE heat map (gh, gw) float32 in [0, 1].
 
     With a primary word (M = primary positions, O = focus minus M, |F| = number of focus
@@ -78,7 +79,9 @@ def pwe_heat(attn, grad, valid, focus, primary, no_primary: str = "authors") -> 
       D_o = mc - cam_o, divided by its L2 norm over o in O (zero norm -> 1e-8)
       heat_h = ( grad_cls*cam_cls + sum_o D_o*mg*mm + sum_t w_t grad_t*cam_t ) / (1 + |O| + sum w),
       w_t = focus_t + primary_t * |F|   (F = focus with M's positions appended |F| more times),
-    then the mean over heads.
+    then the mean over heads. With `authors_code` (a static bool) and O empty, the authors'
+    code compares mc with one all-zero map: one more map mg * mm (where mc > 0) in the
+    numerator and 1 in the denominator.
     Without a primary word: for each token t of a set S, (mean over heads of relu(grad_t)) *
     (mean over heads of cam_t), averaged over S; S is chosen by `no_primary` (a static string,
     see NO_PRIMARY_TOKENS; default: the authors' code). Finally min-max normalisation.
@@ -100,11 +103,16 @@ def pwe_heat(attn, grad, valid, focus, primary, no_primary: str = "authors") -> 
     norm = jnp.sqrt(jnp.sum(d * d, axis=1))  # (h, gh, gw)
     norm = jnp.where(norm == 0, _NORM_EPS, norm)
     enhanced = jnp.sum(d, axis=1) / norm * mg * mm  # sum over O of the enhanced maps
+    n_extra = jnp.float32(0.0)
+    if authors_code:  # O empty: D = mc - 0, D / |D| = 1 where mc > 0 -> the map mg * mm
+        n_extra = jnp.where(n_o == 0, 1.0, 0.0)
+        enhanced = enhanced + n_extra * jnp.where(mc > 0, mg * mm, 0.0)
     w = f + p * n_f
     gc = g * cam
     cls_term = gc[:, 0]
     weighted = _tok_sum(w, gc)
-    pwe = jnp.mean((cls_term + enhanced + weighted) / (1.0 + n_o + jnp.sum(w)), axis=0)
+    pwe = jnp.mean((cls_term + enhanced + weighted) / (1.0 + n_o + n_extra + jnp.sum(w)),
+                   axis=0)
 
     # --- no primary word: per token (head-mean grad) * (head-mean cam), mean over S -------
     s = _no_primary_tokens(v, f, no_primary)
@@ -123,10 +131,10 @@ def plain_heat(attn, grad, valid) -> jnp.ndarray:
 
 
 def heat_map(attn, grad, valid, focus, primary, use_pwe: bool = True,
-             no_primary: str = "authors") -> jnp.ndarray:
+             no_primary: str = "authors", authors_code: bool = False) -> jnp.ndarray:
     """`pwe_heat` if `use_pwe` (a static Python bool) else `plain_heat`."""
     if use_pwe:
-        return pwe_heat(attn, grad, valid, focus, primary, no_primary)
+        return pwe_heat(attn, grad, valid, focus, primary, no_primary, authors_code)
     return plain_heat(attn, grad, valid)
 
 

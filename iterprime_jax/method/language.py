@@ -192,7 +192,8 @@ def encode_expression(
 
     WordPieces are built per spaCy word (`tokenizer.tokenize(word)`), so the word -> piece map is
     exact; for ordinary expressions the ids equal `tokenizer(prompt)`. A prompt longer than T is
-    truncated (the last position stays [SEP]) with a warning.
+    truncated (the last position stays [SEP]) with a warning. With `config.append_sep` off
+    (ALBEF as the authors run it) the prompt is `[CLS]` + pieces, no trailing [SEP].
     """
     T = int(config.max_text_length)
     if T < 2:
@@ -212,26 +213,29 @@ def encode_expression(
     if suffix:
         pieces.extend((p, -1) for p in tokenizer.tokenize(suffix))
 
-    truncated = len(pieces) + 2 > T
+    special = 1 + int(config.append_sep)  # [CLS] (+ [SEP])
+    truncated = len(pieces) + special > T
     if truncated:
         warnings.warn(
-            f"prompt {prompt!r} has {len(pieces) + 2} tokens, more than max_text_length={T}; "
-            "truncated",
+            f"prompt {prompt!r} has {len(pieces) + special} tokens, more than "
+            f"max_text_length={T}; truncated",
             stacklevel=2,
         )
-        pieces = pieces[: T - 2]
+        pieces = pieces[: T - special]
 
     ids = tokenizer.convert_tokens_to_ids([p for p, _ in pieces])
-    n = len(pieces) + 2
+    n = len(pieces) + special
+    end = 1 + len(pieces)  # one past the last word piece
     input_ids = np.full((T,), int(tokenizer.pad_token_id), np.int32)
     input_ids[0] = int(tokenizer.cls_token_id)
-    input_ids[1 : n - 1] = np.asarray(ids, np.int64).astype(np.int32) if ids else []
-    input_ids[n - 1] = int(tokenizer.sep_token_id)
+    input_ids[1:end] = np.asarray(ids, np.int64).astype(np.int32) if ids else []
+    if config.append_sep:
+        input_ids[n - 1] = int(tokenizer.sep_token_id)
     attention_mask = np.zeros((T,), np.int32)
     attention_mask[:n] = 1
 
     word_of = np.full((T,), -1, np.int64)
-    word_of[1 : n - 1] = [w for _, w in pieces]
+    word_of[1:end] = [w for _, w in pieces]
     focus_word = np.asarray(parse.focus + (False,), bool)  # index -1 -> False
     focus = focus_word[word_of] & (word_of >= 0)
     if parse.primary is None:

@@ -54,7 +54,8 @@ def text_heatmaps(params: Params, bconfig: BlipConfig, mconfig: IteRPrimEConfig,
     """IGRS over B sentences of one image. image_embeds: (1, S, D); text arrays (B, T)."""
     b = input_ids.shape[0]
     per_sample_heat = jax.vmap(functools.partial(heat_map, use_pwe=mconfig.use_pwe,
-                                                 no_primary=mconfig.no_primary_tokens))
+                                                 no_primary=mconfig.no_primary_tokens,
+                                                 authors_code=mconfig.authors_code))
 
     def step(keep: Array) -> tuple[Array, Array]:
         cam = gradcam_from_embeds(params, bconfig, image_embeds, input_ids, attention_mask,

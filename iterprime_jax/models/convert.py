@@ -1,5 +1,5 @@
-"""HF checkpoint directory -> converted checkpoint (orbax params + config + tokenizer files),
-and reading converted params back.
+"""HF checkpoint directory or ALBEF `.pth` -> converted checkpoint (orbax params + config +
+tokenizer files), and reading converted params back.
 
 `convert_hf_checkpoint` dispatches on the `model_type` of the HF `config.json` to the model's key
 table (`blip`: `iterprime_jax.models.blip.convert`, `mask2former`:
@@ -8,7 +8,15 @@ table (`blip`: `iterprime_jax.models.blip.convert`, `mask2former`:
 model's config file (`blip_config.json` or `mask2former_config.json`), which tells `load` the
 architecture.
 
-CLI: `python -m iterprime_jax.models.convert SRC_HF_DIR DST_DIR`.
+`convert_albef_checkpoint` converts the IteRPrimE authors' `ALBEF.pth` (a file; PyTorch needed,
+the `convert` extra; `iterprime_jax.models.albef.convert`): `albef_config.json`, params, the
+bert-base-uncased `vocab.txt` (shipped with the package unless `vocab` is given) and a
+`method.json` holding the authors' settings.
+
+CLI: `python -m iterprime_jax.models.convert SRC_HF_DIR DST_DIR` or
+`python -m iterprime_jax.models.convert ALBEF.pth DST_DIR [--bert-config config_bert.json]
+[--vocab vocab.txt] [--image-res 256] [--patch-size 16] [--vision-width 768]
+[--vision-depth 12] [--vision-heads 12]`.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..shipped import VOCAB as SHIPPED_VOCAB
 from ..types import Params
+from .albef import convert as albef_convert
+from .albef.config import ALBEF_CONFIG_NAME, AlbefConfig
 from .blip.config import BlipConfig
 from .blip.convert import convert_state_dict, read_hf_config
 from .blip.modeling import abstract_params
@@ -45,14 +57,18 @@ TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.jso
 #: HF `config.json` model_type values this package converts.
 MODEL_TYPES = ("blip", "mask2former")
 
-__all__ = ["CONFIG_NAME", "M2F_CONFIG_NAME", "CheckpointError", "convert_hf_checkpoint",
-           "read_hf_state_dict", "restore_params", "save_params"]
+__all__ = ["ALBEF_CONFIG_NAME", "CONFIG_NAME", "M2F_CONFIG_NAME", "CheckpointError",
+           "convert_albef_checkpoint", "convert_hf_checkpoint", "read_hf_state_dict",
+           "restore_params", "save_params"]
+#: The bert-base-uncased vocabulary shipped with the package (ALBEF's tokenizer).
 
 AnyConfig = BlipConfig | Mask2FormerConfig
 
 
 def config_file_name(config: AnyConfig) -> str:
     """The config file of a converted checkpoint of this architecture."""
+    if isinstance(config, AlbefConfig):
+        return ALBEF_CONFIG_NAME
     return M2F_CONFIG_NAME if isinstance(config, Mask2FormerConfig) else CONFIG_NAME
 
 
@@ -125,6 +141,9 @@ def convert_hf_checkpoint(src_dir: str | Path, dst_dir: str | Path,
     ``blip``). `config_overrides` replace fields of the vision config (e.g. a non-square
     `image_size`).
     """
+    if Path(src_dir).is_file():
+        raise CheckpointError(f"{src_dir} is a file, not a Hugging Face checkpoint directory; "
+                              "an ALBEF .pth is converted by convert_albef_checkpoint")
     kind = hf_model_type(src_dir)
     if kind not in MODEL_TYPES:
         raise CheckpointError(f"{Path(src_dir) / 'config.json'}: model_type {kind!r} is not "
@@ -157,14 +176,113 @@ def _convert_mask2former(src_dir: str | Path, dst_dir: str | Path,
     return dst
 
 
+def _count_vocab(path: Path) -> int:
+    try:
+        with path.open(encoding="utf-8") as f:
+            return sum(1 for _ in f)
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read --vocab {path}: {e}") from None
+
+
+def convert_albef_checkpoint(src: str | Path, dst_dir: str | Path,
+                             bert_config: str | Path | None = None,
+                             vocab: str | Path | None = None, image_res: int | None = None,
+                             patch_size: int = 16, vision_width: int = 768,
+                             vision_depth: int = 12, vision_heads: int = 12,
+                             allow_pickle: bool = False) -> Path:
+    """Convert the IteRPrimE authors' `ALBEF.pth` into `dst_dir`: orbax params,
+    `albef_config.json`, `vocab.txt` (`vocab` or the shipped bert-base-uncased) and
+    `method.json` (the authors' settings: layer 8, template on, no trailing [SEP],
+    `authors_code`). Defaults are ALBEF-base at 256 px; `bert_config` is ALBEF's
+    `config_bert.json` (defaults: its values). `image_res` other than the checkpoint's grid
+    resizes `pos_embed`; None requires the checkpoint to be at 256 px.
+
+    Every check runs before anything is written; the result appears in `dst_dir` at once (a
+    temporary sibling is renamed), so a failed conversion leaves nothing there.
+    """
+    src = Path(src)
+    if src.is_dir():
+        what = " (it holds config.json: a Hugging Face checkpoint)" \
+            if (src / "config.json").exists() else ""
+        raise CheckpointError(f"{src} is a directory{what}; an ALBEF checkpoint is a .pth file "
+                              "(convert a Hugging Face directory without the ALBEF options)")
+    if not src.exists():
+        raise CheckpointError(f"ALBEF checkpoint {src} does not exist")
+    vocab_path = Path(vocab) if vocab is not None else SHIPPED_VOCAB
+    if not vocab_path.is_file():
+        raise CheckpointError(f"--vocab {vocab_path} does not exist")
+    dst = Path(dst_dir)
+    if dst.exists() and (not dst.is_dir() or (any(dst.iterdir()) and not any(
+            (dst / n).exists() for n in (ALBEF_CONFIG_NAME, CONFIG_NAME, M2F_CONFIG_NAME)))):
+        raise CheckpointError(f"destination {dst} exists and is not an empty directory or a "
+                              "converted checkpoint")
+    state = albef_convert.model_state_dict(albef_convert.read_pth(src, allow_pickle), str(src))
+    config, params = albef_convert.convert_albef_state_dict(
+        state, str(src), bert_config, image_res, patch_size, vision_width, vision_depth,
+        vision_heads)
+    n_vocab = _count_vocab(vocab_path)
+    if n_vocab > config.text.vocab_size:
+        raise CheckpointError(f"--vocab {vocab_path} has {n_vocab} entries but {src} has "
+                              f"{config.text.vocab_size} word embeddings")
+    tmp = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_params(tmp, params, config)
+        shutil.copy2(vocab_path, tmp / "vocab.txt")
+        (tmp / "method.json").write_text(
+            json.dumps(albef_convert.authors_method(config), indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+    log.info("converted ALBEF %s to %s (%d tensors kept of %d; %d px, %dx%d grid, fusion "
+             "layer %d)", src, dst, sum(1 for k in state if not albef_convert.is_skipped(k)),
+             len(state), config.vision.image_hw[0], *config.vision.grid,
+             config.text.fusion_layer)
+    return dst.absolute()
+
+
+#: The ALBEF-only options of the CLI (their argparse dests), refused for a directory.
+_ALBEF_FLAGS = ("bert_config", "vocab", "image_res", "patch_size", "vision_width",
+                "vision_depth", "vision_heads")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("src", help="HF checkpoint dir (config.json + model.safetensors)")
+    ap.add_argument("src", help="HF checkpoint dir (config.json + model.safetensors), or an "
+                                "ALBEF .pth file")
     ap.add_argument("dst", help="output dir (orbax params + model config [+ tokenizer])")
+    g = ap.add_argument_group("ALBEF .pth only")
+    g.add_argument("--bert-config", help="ALBEF's config_bert.json (default: its values)")
+    g.add_argument("--vocab", help="WordPiece vocab.txt (default: the shipped "
+                                   "bert-base-uncased vocabulary)")
+    g.add_argument("--image-res", type=int, help="input size in px (default: 256, the "
+                   "authors'); differing from the checkpoint's grid resizes pos_embed")
+    g.add_argument("--patch-size", type=int, help="ViT patch size (default 16)")
+    g.add_argument("--vision-width", type=int, help="ViT width (default 768)")
+    g.add_argument("--vision-depth", type=int, help="ViT blocks (default 12)")
+    g.add_argument("--vision-heads", type=int, help="ViT heads (default 12)")
+    g.add_argument("--allow-pickle", action="store_true",
+                   help="let torch.load unpickle non-tensor objects (trusted files only)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        convert_hf_checkpoint(args.src, args.dst)
+        if not Path(args.src).exists():
+            raise CheckpointError(f"{args.src} does not exist (expected a Hugging Face "
+                                  "checkpoint directory or an ALBEF .pth file)")
+        if Path(args.src).is_dir():
+            given = [f"--{k.replace('_', '-')}" for k in _ALBEF_FLAGS
+                     if getattr(args, k) is not None]
+            if given:
+                raise CheckpointError(f"{args.src} is a directory (a Hugging Face checkpoint); "
+                                      f"{', '.join(given)} apply to an ALBEF .pth file only")
+            convert_hf_checkpoint(args.src, args.dst)
+            return
+        vision = {k: getattr(args, k) for k in ("patch_size", "vision_width", "vision_depth",
+                                                  "vision_heads") if getattr(args, k) is not None}
+        convert_albef_checkpoint(args.src, args.dst, args.bert_config, args.vocab,
+                                 args.image_res, allow_pickle=args.allow_pickle, **vision)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -3,7 +3,8 @@ method settings a checkpoint recommends (`method.json`, `METHOD_JSON`): `method_
 library and `resolve_method`, the one resolver of every CLI (flags > method.json > defaults).
 
 The directory's config file names the architecture: `blip_config.json` (BLIP ITM, with its
-tokenizer) or `mask2former_config.json` (the Mask2Former proposal network, no tokenizer).
+tokenizer), `albef_config.json` (ALBEF ITM, converted from `ALBEF.pth`, with `vocab.txt`) or
+`mask2former_config.json` (the Mask2Former proposal network, no tokenizer).
 
 A Hugging Face hub id ("Salesforce/blip-itm-base-coco") is fetched with
 `huggingface_hub.snapshot_download` (online: downloaded into the HF cache; with
@@ -24,6 +25,7 @@ from typing import Any
 
 from ..config import IteRPrimEConfig
 from ..types import DType, Params
+from .albef.config import ALBEF_CONFIG_NAME, AlbefConfig
 from .blip.config import BlipConfig
 from .checkpoint import CheckpointError
 from .convert import CONFIG_NAME, M2F_CONFIG_NAME, convert_hf_checkpoint, restore_params
@@ -93,7 +95,7 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
 
 
 def _is_converted(path: Path) -> bool:
-    return (path / CONFIG_NAME).exists() or (path / M2F_CONFIG_NAME).exists()
+    return any((path / n).exists() for n in (CONFIG_NAME, M2F_CONFIG_NAME, ALBEF_CONFIG_NAME))
 
 
 def resolve_hub_id(repo_id: str, revision: str | None = None) -> Path:
@@ -125,6 +127,10 @@ def load(path: str | Path, dtype: DType | str | None = None,
     if is_hub_id(path):
         path = resolve_hub_id(str(path), revision)
     path = Path(path)
+    if path.is_file():
+        raise CheckpointError(f"{path} is a file; load takes a converted directory (convert an "
+                              "ALBEF .pth first: python -m iterprime_jax.models.convert "
+                              f"{path} DST)")
     if not path.is_dir():
         raise CheckpointError(f"weights directory {path} does not exist")
     if (path / M2F_CONFIG_NAME).exists():
@@ -132,11 +138,14 @@ def load(path: str | Path, dtype: DType | str | None = None,
         if dtype is not None:
             m2f = m2f.replace(dtype=dtype)
         return Model(config=m2f, params=restore_params(path, m2f), tokenizer=None, path=path)
-    cfg_path = path / CONFIG_NAME
+    arch = AlbefConfig if (path / ALBEF_CONFIG_NAME).exists() else BlipConfig
+    cfg_path = path / (ALBEF_CONFIG_NAME if arch is AlbefConfig else CONFIG_NAME)
     if not cfg_path.exists():
-        raise CheckpointError(f"{cfg_path} (or {M2F_CONFIG_NAME}) missing: not a converted "
-                              "iterprime-jax checkpoint")
-    config = BlipConfig.load(cfg_path)
+        hint = " (an ALBEF .pth is converted with python -m iterprime_jax.models.convert)" \
+            if any(path.glob("*.pth")) else ""
+        raise CheckpointError(f"{cfg_path} (or {ALBEF_CONFIG_NAME}, {M2F_CONFIG_NAME}) missing: "
+                              f"not a converted iterprime-jax checkpoint{hint}")
+    config = arch.load(cfg_path)
     if dtype is not None:
         config = config.replace(dtype=dtype)
     params = restore_params(path, config)

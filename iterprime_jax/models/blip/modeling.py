@@ -1,12 +1,16 @@
-"""Pure functions over the Flax BLIP ITM model: `fn(params, config, inputs) -> outputs`.
+"""Pure functions over the Flax ITM model: `fn(params, config, inputs) -> outputs`.
 
 `config` (a frozen `BlipConfig`) is hashable, so it can be a static argument of `jax.jit`.
+The config's class picks the architecture: `BlipConfig` -> BLIP (`BlipForImageTextRetrieval`),
+`AlbefConfig` -> ALBEF (`iterprime_jax.models.albef.AlbefForITM`); both modules have the same
+methods, so every function here (and Grad-CAM, `segment`) serves both.
 """
 
 from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -15,7 +19,13 @@ from .config import BlipConfig
 from .itm import BlipForImageTextRetrieval
 
 
-def _module(config: BlipConfig, delta_layer: int = -1) -> BlipForImageTextRetrieval:
+def _module(config: BlipConfig, delta_layer: int = -1) -> nn.Module:
+    """The ITM module of `config`'s architecture (ALBEF for an `AlbefConfig`, else BLIP)."""
+    from ..albef.config import AlbefConfig
+    from ..albef.model import AlbefForITM
+
+    if isinstance(config, AlbefConfig):
+        return AlbefForITM(config, delta_layer=delta_layer)
     return BlipForImageTextRetrieval(config, delta_layer=delta_layer)
 
 
@@ -57,14 +67,15 @@ def encode_image(params: Params, config: BlipConfig, pixel_values: Array) -> Arr
     """(B, H, W, 3) float pixels -> (B, 1 + gh*gw, Dv) image embeddings."""
     _check_pixels(config, pixel_values)
     return _module(config).apply({"params": params}, pixel_values,
-                                 method=BlipForImageTextRetrieval.encode_image)
+                                 method="encode_image")
 
 
 def match_from_embeds(params: Params, config: BlipConfig, image_embeds: Array, input_ids: Array,
                       attention_mask: Array, image_mask: Array | None = None,
                       delta: Array | None = None, delta_layer: int = -1
                       ) -> tuple[Array, tuple[Array, ...]]:
-    """ITM logits (B, 2) and per-layer cross-attention probs (B, heads, T, 1 + gh*gw).
+    """ITM logits (B, 2) and per-layer cross-attention probs (B, heads, T, 1 + gh*gw) (for
+    ALBEF, None for the text-only layers below `fusion_layer`).
 
     image_mask: (B, gh*gw), 1 = visible (CLS always visible). `delta` (B, heads, T, 1+gh*gw) is
     added to layer `delta_layer`'s cross-attention probabilities (Grad-CAM hook).
@@ -72,7 +83,7 @@ def match_from_embeds(params: Params, config: BlipConfig, image_embeds: Array, i
     _check_text(input_ids, attention_mask)
     return _module(config, delta_layer).apply(
         {"params": params}, image_embeds, input_ids, attention_mask, image_mask, delta,
-        method=BlipForImageTextRetrieval.match)
+        method="match")
 
 
 def itm_logits(params: Params, config: BlipConfig, pixel_values: Array, input_ids: Array,

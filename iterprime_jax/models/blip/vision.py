@@ -2,9 +2,13 @@
 
 Parameter names follow the PyTorch state dict (`vision_model.embeddings.patch_embedding`,
 `vision_model.encoder.layers.{i}.self_attn.qkv`, ...), Flax lists naming layer i `layers_{i}`.
+The block (`BlipEncoderLayer`) is the same maths as a timm ViT block; `BlockNames` gives it
+timm's names (`norm1`, `attn.qkv`, `attn.proj`, ...) for ALBEF (`iterprime_jax.models.albef`).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -14,9 +18,27 @@ from .common import Array, activation, compute_dtype, masked_softmax
 from .config import VisionConfig
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockNames:
+    """Submodule names of one pre-LN ViT block (BLIP's by default; `TIMM_NAMES` for timm)."""
+
+    norm1: str = "layer_norm1"
+    attn: str = "self_attn"
+    proj: str = "projection"
+    norm2: str = "layer_norm2"
+    mlp: str = "mlp"
+
+
+BLIP_NAMES = BlockNames()
+TIMM_NAMES = BlockNames(norm1="norm1", attn="attn", proj="proj", norm2="norm2", mlp="mlp")
+
+
 class BlipAttention(nn.Module):
+    """Multi-head self-attention with a fused `qkv` Dense and an output Dense (`proj_name`)."""
+
     config: VisionConfig
     dtype: DType = jnp.float32
+    proj_name: str = "projection"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -30,7 +52,7 @@ class BlipAttention(nn.Module):
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (d // h) ** -0.5
         probs = masked_softmax(scores, None).astype(dt)
         ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, d)
-        return nn.Dense(d, dtype=dt, name="projection")(ctx)
+        return nn.Dense(d, dtype=dt, name=self.proj_name)(ctx)
 
 
 class BlipMLP(nn.Module):
@@ -46,17 +68,21 @@ class BlipMLP(nn.Module):
 
 
 class BlipEncoderLayer(nn.Module):
+    """Pre-LN block: x + attn(norm1(x)), then x + mlp(norm2(x)); submodules named by `names`."""
+
     config: VisionConfig
     dtype: DType = jnp.float32
+    names: BlockNames = BLIP_NAMES
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         eps = self.config.layer_norm_eps
         dt = compute_dtype(self.dtype)
-        y = nn.LayerNorm(epsilon=eps, dtype=dt, name="layer_norm1")(x)
-        x = x + BlipAttention(self.config, self.dtype, name="self_attn")(y)
-        y = nn.LayerNorm(epsilon=eps, dtype=dt, name="layer_norm2")(x)
-        return x + BlipMLP(self.config, self.dtype, name="mlp")(y)
+        n = self.names
+        y = nn.LayerNorm(epsilon=eps, dtype=dt, name=n.norm1)(x)
+        x = x + BlipAttention(self.config, self.dtype, n.proj, name=n.attn)(y)
+        y = nn.LayerNorm(epsilon=eps, dtype=dt, name=n.norm2)(x)
+        return x + BlipMLP(self.config, self.dtype, name=n.mlp)(y)
 
 
 class BlipEncoder(nn.Module):
