@@ -60,7 +60,6 @@ MODEL_TYPES = ("blip", "mask2former")
 __all__ = ["ALBEF_CONFIG_NAME", "CONFIG_NAME", "M2F_CONFIG_NAME", "CheckpointError",
            "convert_albef_checkpoint", "convert_hf_checkpoint", "read_hf_state_dict",
            "restore_params", "save_params"]
-#: The bert-base-uncased vocabulary shipped with the package (ALBEF's tokenizer).
 
 AnyConfig = BlipConfig | Mask2FormerConfig
 
