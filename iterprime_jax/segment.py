@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,19 @@ def main(argv: list[str] | None = None) -> int:
              res.primary_word, res.iterations, res.proposal_index, int(res.mask.sum()), out, ov)
     return 0
 
+
+class _CallableModule(types.ModuleType):
+    """Importing this module binds it to the package's name `segment`, which would hide the
+    library function `iterprime_jax.segment` for the rest of the process; calling the module
+    calls that function, so `iterprime_jax.segment(...)` works either way."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from .method.pipeline import segment
+
+        return segment(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())
