@@ -168,3 +168,50 @@ def test_safetensors_bf16_and_sharded(tmp_path):
     (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"{junk")
     with pytest.raises(CheckpointError, match="cannot read safetensors file .*00002"):
         read_hf_state_dict(tmp_path)
+
+
+DAMAGED_SCRIPT = """
+import sys
+import iterprime_jax as ij
+try:
+    ij.load(sys.argv[1])
+except ij.CheckpointError as e:
+    print('ERR', e)
+"""
+
+
+def test_damaged_params_are_called_damaged_without_event_loop_noise(tmp_path):
+    """A truncated array file is damage (not a config mismatch), reported once: no
+    'Event loop is closed' tracebacks from the reads still in flight."""
+    import shutil
+    import subprocess
+    import sys
+
+    from .conftest import tiny_blip_config, write_tiny_model
+
+    good = write_tiny_model(tmp_path / "good")
+    # the largest data file (it holds the arrays' bytes) cut to 100 bytes
+    files = sorted((good / "params").rglob("ocdbt.process_0/d/*"),
+                   key=lambda f: f.stat().st_size)[-1:]
+    assert files[0].stat().st_size > 100_000
+    for k, f in enumerate(files):
+        bad = tmp_path / f"bad{k}"
+        shutil.copytree(good, bad)
+        target = bad / f.relative_to(good)
+        target.write_bytes(f.read_bytes()[:100])
+        done = subprocess.run([sys.executable, "-c", DAMAGED_SCRIPT, str(bad)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert f"ERR params at {bad / 'params'} are damaged" in done.stdout, done.stdout
+        assert "do not match" not in done.stdout
+        assert "Event loop is closed" not in done.stderr and "Traceback" not in done.stderr
+    # a checkpoint of another size is a mismatch, named by its first differing array
+    other = tmp_path / "other"
+    shutil.copytree(good, other)
+    cfg = tiny_blip_config()
+    (other / "blip_config.json").write_text(
+        (good / "blip_config.json").read_text().replace(
+            f'"intermediate_size": {cfg.vision.intermediate_size}', '"intermediate_size": 48',
+            1))
+    with pytest.raises(CheckpointError, match=r"do not match blip_config.json: .* has shape"):
+        ij.load(other)
