@@ -59,6 +59,33 @@ def read_proposals(path: str | Path, hw: tuple[int, int]) -> np.ndarray:
     return arr
 
 
+def check_out_path(out: str | Path) -> Path:
+    """The mask path of `--out`, checked before any compute: a known image extension, a folder
+    that is (or can be made) a writable directory. ValueError naming --out otherwise."""
+    import os
+    import tempfile
+
+    out = Path(out)
+    known = Image.registered_extensions()
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give the mask's file name")
+    if out.suffix.lower() not in known:
+        raise ValueError(f"--out {out}: needs an image file extension such as .png "
+                         f"(got {out.suffix or 'none'})")
+    parent = out.parent
+    for p in (parent, *parent.parents):
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"--out {out}: {p} is a file, not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create or write to the folder {parent} "
+                         f"({e.strerror or os.strerror(e.errno or 0)})") from None
+    return out
+
+
 def check_itm_model(model: Any, path: str | Path) -> None:
     """ValueError unless `model` is an ITM (BLIP) model, naming the weights dir."""
     from .models.blip.config import BlipConfig
@@ -93,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         propose_config_from_args,
     )
 
-    ap = argparse.ArgumentParser(description="IteRPrimE: segment one object in one image.")
+    ap = argparse.ArgumentParser(prog="python -m iterprime_jax.segment",
+                                 description="IteRPrimE: segment one object in one image.")
     ap.add_argument("--weights", required=True, help="converted weights dir")
-    ap.add_argument("--image", required=True)
+    ap.add_argument("--image", required=True,
+                    help="the photo (any format PIL reads: PNG, JPEG, ...)")
     ap.add_argument("--text", required=True, help="referring expression")
     ap.add_argument("--proposals", default=None, help=".npy/.npz (N,H,W) or RLE .json")
     ap.add_argument("--out", required=True, help="mask PNG path (overlay beside it)")
@@ -104,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:
                           "image_id 0)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-restore INFO lines
     from .method.pipeline import segment
     from .models.loading import load, resolve_method
     from .visualize import overlay
 
     try:
+        out = check_out_path(args.out)
         pconfig = propose_config_from_args(args)
         if args.proposals is not None and args.proposer_weights is not None:
             raise ValueError("give either --proposals FILE or --proposer-weights DIR, not both")
@@ -131,8 +162,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         log.error("%s", e)
         return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((res.mask * 255).astype(np.uint8)).save(out)
     ov = out.with_name(out.stem + ".overlay.png")
     Image.fromarray(overlay(image, res.heatmap, res.mask)).save(ov)

@@ -330,3 +330,68 @@ def test_cli_reads_method_json(tiny_model_dir, tmp_path, caplog):
     caplog.clear()
     assert main([*args, "--layer", "0"]) == 2
     assert "'iterations' must be int" in caplog.text
+
+
+def test_cli_bad_out_paths_fail_before_loading(tmp_path, caplog):
+    """--out is checked first: with weights that do not exist, the error is about --out."""
+    from iterprime_jax.segment import main
+
+    (tmp_path / "afile").write_text("x")
+    args = ["--weights", str(tmp_path / "no-weights"), "--image", str(tmp_path / "no.png"),
+            "--text", "the dog"]
+    for out, msg in [(tmp_path / "afile" / "m.png", f"{tmp_path / 'afile'} is a file"),
+                     (tmp_path / "afile" / "sub" / "m.png", f"{tmp_path / 'afile'} is a file"),
+                     (Path("/proc/iterprime-test/m.png"),
+                      "cannot create or write to the folder /proc"),
+                     (tmp_path / "mask", "needs an image file extension"),
+                     (tmp_path, "is a directory")]:
+        caplog.clear()
+        assert main([*args, "--out", str(out)]) == 2
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and errors[0].startswith(f"--out {out}") and msg in errors[0], (
+            out, errors)
+    assert not (tmp_path / "mask").exists() and not Path("/proc/iterprime-test").exists()
+
+
+@pytest.mark.parametrize("flags, method_json, msg", [
+    (["--iterations", "0"], {"iterations": 3},
+     "iterations 0 is out of range: must be >= 1 (from the flag --iterations)"),
+    (["--alpha", "2"], {}, "alpha 2.0 is out of range: must be in [0.0, 1.0] (from the flag "
+                           "--alpha)"),
+    (["--alpha", "-1"], {}, "alpha -1.0 is out of range"),
+    (["--stretch-sharpness", "0"], {}, "stretch_sharpness 0.0 is out of range: must be > 0.0"),
+    (["--template", "no slot"], {}, "template must contain {{}} (where the expression goes), "
+                                    "got 'no slot' (from the flag --template)"),
+    ([], {"alpha": 2}, "alpha 2 is out of range: must be in [0.0, 1.0] (from {json})"),
+    ([], {"max_components": 0}, "max_components 0 is out of range"),
+])
+def test_cli_method_settings_out_of_range_name_their_source(tiny_model_dir, tmp_path, caplog,
+                                                            flags, method_json, msg):
+    import json
+    import shutil
+
+    from iterprime_jax.segment import main
+
+    weights = tmp_path / "w"
+    shutil.copytree(tiny_model_dir, weights)
+    (weights / "method.json").write_text(json.dumps({"layer": 0, **method_json}))
+    Image.fromarray(_image()).save(tmp_path / "img.png")
+    out = tmp_path / "m.png"
+    assert main(["--weights", str(weights), "--image", str(tmp_path / "img.png"), "--text",
+                 "the dog", "--out", str(out), *flags]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [errors[0]] and msg.format(json=weights / "method.json") in errors[0], errors
+    assert not out.exists()
+
+
+def test_config_rejects_out_of_range_settings():
+    for bad in [dict(alpha=1.5), dict(alpha=-0.1), dict(iterations=0), dict(mask_threshold=2.0),
+                dict(heat_threshold=-1.0), dict(stretch_center=1.5), dict(max_text_length=2),
+                dict(layer=-1), dict(iterations=2.5), dict(use_pwe=1),
+                dict(no_primary_tokens="all"), dict(alpha=float("nan"))]:
+        (name, value), = bad.items()
+        with pytest.raises(ValueError, match=rf"^IteRPrimEConfig\.{name}"):
+            IteRPrimEConfig(**bad)
+    # the edges of each range are valid
+    IteRPrimEConfig(alpha=0.0, mask_threshold=1.0, heat_threshold=0.0, stretch_center=1.0,
+                    iterations=1, layer=0, max_components=1, max_text_length=3)
