@@ -385,6 +385,21 @@ def test_missing_weights(env: dict, caplog: pytest.LogCaptureFixture) -> None:
     assert not (env["root"] / "bad1").exists()
 
 
+def test_out_naming_a_file(env: dict, caplog: pytest.LogCaptureFixture) -> None:
+    """--out a file (or a folder under one): one clear error naming it, before loading."""
+    afile = env["root"] / "a_file.txt"
+    afile.write_text("x")
+    for out in (afile, afile / "run"):
+        caplog.clear()
+        args = shapes_args(env, out)
+        args[args.index("--weights") + 1] = str(env["root"] / "no_such_weights")
+        assert run_eval.main(args) == 2
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert errors == [f"--out {out}: {afile} is a file; --out names the run's output "
+                          "folder"], errors
+    assert afile.read_text() == "x"
+
+
 def test_missing_dataset_files(env: dict, caplog: pytest.LogCaptureFixture) -> None:
     manual = env["root"] / "empty_manual"
     manual.mkdir()
