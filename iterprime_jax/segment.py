@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 import types
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         tc = model.config.text
         cfg = resolve_method(args.weights, tc.num_hidden_layers, method_overrides(args),
                              tc.max_position_embeddings)
-        res = segment(model, image, args.text, props, cfg)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = segment(model, image, args.text, props, cfg)
+        for w in caught:  # one log line each (e.g. a truncated expression), no source line
+            log.warning("%s", w.message)
     except ValueError as e:
         log.error("%s", e)
         return 2

@@ -395,3 +395,16 @@ def test_config_rejects_out_of_range_settings():
     # the edges of each range are valid
     IteRPrimEConfig(alpha=0.0, mask_threshold=1.0, heat_threshold=0.0, stretch_center=1.0,
                     iterations=1, layer=0, max_components=1, max_text_length=3)
+
+
+def test_cli_long_expression_warns_once_in_one_short_line(tiny_model_dir, tmp_path, caplog):
+    from iterprime_jax.segment import main
+
+    Image.fromarray(_image()).save(tmp_path / "img.png")
+    text = " ".join(["dog"] * 500)
+    assert main(["--weights", str(tiny_model_dir), "--image", str(tmp_path / "img.png"),
+                 "--text", text, "--out", str(tmp_path / "m.png"), "--layer", "0",
+                 "--max-text-length", "16"]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "\n" not in warned[0] and len(warned[0]) < 200, warned
+    assert "has 505 tokens, more than max_text_length=16; truncated to its first 14" in warned[0]

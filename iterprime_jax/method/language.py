@@ -214,9 +214,10 @@ def encode_expression(
 
     truncated = len(pieces) + 2 > T
     if truncated:
+        short = prompt if len(prompt) <= 60 else prompt[:57] + "..."
         warnings.warn(
-            f"prompt {prompt!r} has {len(pieces) + 2} tokens, more than max_text_length={T}; "
-            "truncated",
+            f"prompt {short!r} has {len(pieces) + 2} tokens, more than max_text_length={T}; "
+            f"truncated to its first {T - 2} word pieces",
             stacklevel=2,
         )
         pieces = pieces[: T - 2]
