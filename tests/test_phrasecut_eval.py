@@ -23,7 +23,6 @@ from tests.phrasecut_fixture import write_phrasecut_fixture
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 TASK_FIELDS = {"image_id", "ref_id", "ann_id", "sent_id", "sentence", "I", "U", "IoU",
                "iterations", "primary_word", "proposal", "has_candidate", "task_id",

@@ -28,7 +28,6 @@ from iterprime_jax.models.mask2former.propose import propose_step
 from iterprime_jax.shapesref import ShapesRefConfig, write_shapesref
 from tests.test_propose import torch_postprocess, torch_preprocess
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 DATA = Path(__file__).parent / "data"
 SMALL = ProposeConfig(short_edge=96, max_size=160)  # fast; the default rule is tested once
 
