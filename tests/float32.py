@@ -39,7 +39,8 @@ def logit_tol(reference) -> float:
 
 def prob_rtol(max_logit: float = 16.0) -> float:
     """Relative tolerance for P(match) = softmax(logits)[1]: d log p = (1 - p) d(l1 - l0), so
-    |dp| / p <= 2 * REL * max|logit| (the default bounds the tiny model's logits, |l| < 16)."""
+    |dp| / p <= 2 * REL * max|logit| (the default bounds the tiny model's logits, |l| < 16);
+    the same number bounds the change of the log-odds l1 - l0 itself."""
     return 2 * REL * max_logit
 
 
@@ -52,11 +53,13 @@ def upsampled_map_tol(grid_diff: float) -> float:
     return 30.0 * grid_diff + 1e-6
 
 
-def assert_clear_margin(scores, tol_rel: float) -> None:
-    """Each consecutive pair of IGRS scores (NaN after the stop) differs by more than 10x the
-    relative tolerance, so rounding cannot flip an accept / stop decision."""
+def assert_clear_margin(scores, tol_logodds: float) -> None:
+    """Each consecutive pair of IGRS scores P(match) (NaN after the stop) differs in log-odds
+    by more than 10x `tol_logodds` (the log-odds log(p / (1 - p)) = l1 - l0 moves by at most
+    2 * REL * max|logit|, `prob_rtol`), so rounding cannot flip an accept / stop decision."""
     s = np.asarray(scores, np.float64)
     for row in s:
         done = row[~np.isnan(row)]
-        ratio = np.abs(np.log(done[1:] / done[:-1]))
-        assert (ratio > 10 * tol_rel).all(), f"scores {done} too close to compare decisions"
+        logodds = np.log(done) - np.log1p(-done)
+        gap = np.abs(np.diff(logodds))
+        assert (gap > 10 * tol_logodds).all(), f"scores {done} too close to compare decisions"
