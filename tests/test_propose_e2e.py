@@ -66,14 +66,16 @@ def m2f(tmp_path_factory) -> dict:
             "model": ij.load(root / "converted")}
 
 
-def torch_proposals(model, image: np.ndarray, config: ProposeConfig = ProposeConfig()
-                    ) -> np.ndarray:
-    """The authors' proposal path in PyTorch (detectron2 pre/post-processing, HF model)."""
+def torch_proposals(model, image: np.ndarray, config: ProposeConfig = ProposeConfig(),
+                    with_logits: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """The authors' proposal path in PyTorch (detectron2 pre/post-processing, HF model): the
+    masks (Q, H, W), and with `with_logits` first the upsampled mask logits."""
     x, resized = torch_preprocess(image, config.short_edge, config.max_size)
     with torch.no_grad():
         logits = model(pixel_values=x).masks_queries_logits[0]
-    return torch_postprocess(logits, tuple(x.shape[2:]), resized, image.shape[:2],
-                             config.threshold)[1]
+    up, masks = torch_postprocess(logits, tuple(x.shape[2:]), resized, image.shape[:2],
+                                  config.threshold)
+    return (up, masks) if with_logits else masks
 
 
 def _images(*shapes: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
@@ -103,10 +105,15 @@ def test_loaded_proposer(m2f):
                                           ((30, 40), ProposeConfig())])
 def test_propose_matches_torch(m2f, shape, config):
     (image,) = _images(shape, seed=shape[0])
-    ref = torch_proposals(m2f["torch"], image, config)
+    ref_logits, ref = torch_proposals(m2f["torch"], image, config, with_logits=True)
     got = ij.propose(m2f["model"], image, config.threshold, config)
     assert got.shape == (6, *shape) and got.dtype == bool
-    assert (got == ref).mean() >= 0.999, (got == ref).mean()
+    # a pixel may differ only where the reference logit is within the model's parity
+    # tolerance (1e-4 relative and absolute, test_mask2former_parity.py; bilinear upsampling is
+    # a convex combination and keeps it) of the threshold's logit
+    cut = np.log(config.threshold / (1 - config.threshold))
+    near = ref_logits[got != ref] - cut
+    assert (np.abs(near) <= 1e-4 * (1 + abs(cut))).all(), near
     assert 0.05 < ref.mean() < 0.95  # proposals neither empty nor full: not vacuous
     assert len({m.tobytes() for m in ref}) > 1  # queries differ
 
