@@ -190,21 +190,25 @@ def test_damaged_params_are_called_damaged_without_event_loop_noise(tmp_path):
     from .conftest import tiny_blip_config, write_tiny_model
 
     good = write_tiny_model(tmp_path / "good")
-    # the largest data file (it holds the arrays' bytes) cut to 100 bytes
-    files = sorted((good / "params").rglob("ocdbt.process_0/d/*"),
-                   key=lambda f: f.stat().st_size)[-1:]
-    assert files[0].stat().st_size > 100_000
+    # each data file of the OCDBT store cut to 100 bytes in turn; the ones that hold arrays
+    # (at least the big embeddings and the file of the many small arrays, whose reads are
+    # still in flight when the first one fails) make the load fail
+    files = [f for f in (good / "params").rglob("ocdbt.process_0/d/*") if f.stat().st_size > 1000]
+    damaged = 0
     for k, f in enumerate(files):
         bad = tmp_path / f"bad{k}"
         shutil.copytree(good, bad)
-        target = bad / f.relative_to(good)
-        target.write_bytes(f.read_bytes()[:100])
+        (bad / f.relative_to(good)).write_bytes(f.read_bytes()[:100])
         done = subprocess.run([sys.executable, "-c", DAMAGED_SCRIPT, str(bad)],
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
-        assert f"ERR params at {bad / 'params'} are damaged" in done.stdout, done.stdout
-        assert "do not match" not in done.stdout
         assert "Event loop is closed" not in done.stderr and "Traceback" not in done.stderr
+        if done.stdout.startswith("ERR"):
+            damaged += 1
+            assert done.stdout.startswith(f"ERR params at {bad / 'params'} are damaged"), (
+                done.stdout)
+            assert "do not match" not in done.stdout
+    assert damaged >= 2
     # a checkpoint of another size is a mismatch, named by its first differing array
     other = tmp_path / "other"
     shutil.copytree(good, other)
