@@ -13,6 +13,8 @@ import argparse
 import json
 import logging
 import sys
+import types
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,33 @@ def read_proposals(path: str | Path, hw: tuple[int, int]) -> np.ndarray:
     return arr
 
 
+def check_out_path(out: str | Path) -> Path:
+    """The mask path of `--out`, checked before any compute: a known image extension, a folder
+    that is (or can be made) a writable directory. ValueError naming --out otherwise."""
+    import os
+    import tempfile
+
+    out = Path(out)
+    known = Image.registered_extensions()
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give the mask's file name")
+    if out.suffix.lower() not in known:
+        raise ValueError(f"--out {out}: needs an image file extension such as .png "
+                         f"(got {out.suffix or 'none'})")
+    parent = out.parent
+    for p in (parent, *parent.parents):
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"--out {out}: {p} is a file, not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create or write to the folder {parent} "
+                         f"({e.strerror or os.strerror(e.errno or 0)})") from None
+    return out
+
+
 def check_itm_model(model: Any, path: str | Path) -> None:
     """ValueError unless `model` is an ITM (BLIP) model, naming the weights dir."""
     from .models.blip.config import BlipConfig
@@ -96,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m iterprime_jax.segment",
                                  description="IteRPrimE: segment one object in one image.")
     ap.add_argument("--weights", required=True, help="converted weights dir")
-    ap.add_argument("--image", required=True, help="image file (converted to RGB)")
+    ap.add_argument("--image", required=True,
+                    help="the photo (any format PIL reads: PNG, JPEG, ...)")
     ap.add_argument("--text", required=True, help="referring expression")
     ap.add_argument("--proposals", default=None, help=".npy/.npz (N,H,W) or RLE .json")
     ap.add_argument("--out", required=True, help="mask PNG path (overlay beside it)")
@@ -111,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     from .visualize import overlay
 
     try:
+        out = check_out_path(args.out)
         pconfig = propose_config_from_args(args)
         if args.proposals is not None and args.proposer_weights is not None:
             raise ValueError("give either --proposals FILE or --proposer-weights DIR, not both")
@@ -127,14 +158,16 @@ def main(argv: list[str] | None = None) -> int:
             props = None if args.proposals is None else read_proposals(args.proposals,
                                                                        image.shape[:2])
         text_config = model.config.text
-        cfg = resolve_method(args.weights, text_config.num_hidden_layers, method_overrides(args),
-                             text_config.max_position_embeddings)
-        res = segment(model, image, args.text, props, cfg)
+        cfg = resolve_method(args.weights, text_config.num_hidden_layers,
+                             method_overrides(args), text_config.max_position_embeddings)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = segment(model, image, args.text, props, cfg)
+        for w in caught:  # one log line each (e.g. a truncated expression), no source line
+            log.warning("%s", w.message)
     except ValueError as e:
         log.error("%s", e)
         return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((res.mask * 255).astype(np.uint8)).save(out)
     ov = out.with_name(out.stem + ".overlay.png")
     Image.fromarray(overlay(image, res.heatmap, res.mask)).save(ov)
@@ -142,6 +175,19 @@ def main(argv: list[str] | None = None) -> int:
              res.primary_word, res.iterations, res.proposal_index, int(res.mask.sum()), out, ov)
     return 0
 
+
+class _CallableModule(types.ModuleType):
+    """Importing this module binds it to the package's name `segment`, which would hide the
+    library function `iterprime_jax.segment` for the rest of the process; calling the module
+    calls that function, so `iterprime_jax.segment(...)` works either way."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from .method.pipeline import segment
+
+        return segment(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,10 +14,9 @@ from pycocotools import mask as mask_utils
 import iterprime_jax as ij
 from iterprime_jax.evaluation import EvalConfig, EvalError, evaluate, gallery, prepare_split
 from tests.conftest import write_tiny_model
+from tests.float32 import MAP_TOL, upsampled_map_tol
 from tests.notebook_fixtures import tiny_proposer
 from tests.refer_fixture import write_refer_fixture
-
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +101,14 @@ def test_rerun_phrasecut(tmp_path: Path) -> None:
     assert len(records) >= 2 and all("task_id" in r for r in records)
     views = gallery.rerun_samples(model, config, records, method)
     assert [v.record for v in views] == records
-    # Heat-map mode thresholds the map at 0.5: a pixel whose heat is within float rounding of
-    # it may flip between the evaluator's batch of 8 images and the re-run's batch of 3.
+    # Heat-map mode thresholds the map at 0.5: a pixel whose heat lies within float32
+    # reordering noise of it (tests/float32.py: MAP_TOL on the grid, at most 30x that after
+    # upsampling) may flip between the evaluator's batch of 8 images and the re-run's batch of
+    # 3. Those pixels are the only slack: a sample without any must match exactly.
+    band = upsampled_map_tol(MAP_TOL)
     for v in views:
         r = v.record
-        assert abs(v.intersection - r["I"]) <= 2 and abs(v.union - r["U"]) <= 2, r
-    assert sum(v.matches_record for v in views) >= len(views) - 2
+        near = int((np.abs(v.result.heatmap - 0.5) <= band).sum())
+        assert abs(v.intersection - r["I"]) <= near and abs(v.union - r["U"]) <= near, (r, near)
+        assert v.matches_record or near > 0, r
     assert all(v.gt.any() and v.gt.sum() == v.record["gt_pixels"] for v in views)

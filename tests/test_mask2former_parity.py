@@ -6,17 +6,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch  # a test dependency ('.[test]'): a missing torch is an error, not a skip
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from iterprime_jax.models.checkpoint import CheckpointError  # noqa: E402
-from iterprime_jax.models.mask2former import (  # noqa: E402
+from iterprime_jax.models.checkpoint import CheckpointError
+from iterprime_jax.models.mask2former import (
     Mask2FormerConfig,
     mask2former_forward,
     mask2former_forward_jit,
 )
-from iterprime_jax.models.mask2former.convert import convert_state_dict  # noqa: E402
+from iterprime_jax.models.mask2former.convert import convert_state_dict
 
 TOL = 1e-4
 

@@ -84,14 +84,12 @@ def check_parameters_cell(nb: nbformat.NotebookNode, parameters: dict) -> None:
 def test_parameters_cells(params: dict) -> None:
     """One cell tagged `parameters` per notebook, in which papermill finds every parameter CI
     sets (an unparsable line there would make papermill inject a value the cell overwrites)."""
-    from papermill.inspection import _infer_parameters
-    from papermill.iorw import load_notebook_node
-
     for name, values in params.items():
-        nb = load_notebook_node(str(NOTEBOOKS / f"{name}.ipynb"))
+        path = NOTEBOOKS / f"{name}.ipynb"
+        nb = nbformat.read(path, as_version=4)
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, f"{name}: one cell must be tagged 'parameters'"
-        found = {p.name for p in _infer_parameters(nb)}
+        found = set(papermill.inspect_notebook(str(path)))  # papermill's public inspection
         assert set(values) <= found, f"{name}: {set(values) - found} not parsed by papermill"
         assert nb.metadata["kernelspec"]["name"] == "python3"
 
@@ -165,3 +163,30 @@ def test_evaluate_refcoco(params: dict, tmp_path: Path) -> None:
     worst = sorted(r["IoU"] for r in recs)[: p["GALLERY"]]
     assert [float(line.split()[1]) for line in lines] == pytest.approx(worst, abs=5e-4)
     assert len(images_of(gal)) == 1
+
+
+@pytest.mark.slow
+def test_evaluate_refcoco_on_refer_layout(params: dict, tmp_path: Path) -> None:
+    """The notebook on its own dataset: RefCOCO (UNC) in the refer layout (refs(unc).p,
+    instances.json, COCO train2014 images; tests/refer_fixture.py), gt proposals."""
+    from tests.refer_fixture import write_refer_fixture
+
+    fx = write_refer_fixture(tmp_path / "refer")
+    p = {**params["evaluate_refcoco"], "DATASET": "refcoco_unc", "MANUAL_DIR": str(fx["root"]),
+         "DATA_DIR": str(tmp_path / "tfds"), "OUT": str(tmp_path / "out"), "GALLERY": 2}
+    nb = run("evaluate_refcoco", p, tmp_path)
+    check_parameters_cell(nb, p)
+    recs = [json.loads(line) for line in (Path(p["OUT"]) / "samples.jsonl").read_text()
+            .splitlines()]
+    refs = fx["splits"]["val"]
+    assert [(r["ref_id"], r["sent_id"]) for r in recs] == [
+        (r["ref_id"], s) for r in refs for s in r["sent_ids"]]
+    metrics = json.loads((Path(p["OUT"]) / "metrics.json").read_text())["metrics"]["val"]
+    table = text_of(cell_with(nb, "format_table(result.metrics)"))
+    row = next(line for line in table.splitlines() if line.startswith("val"))
+    assert f"{100 * metrics['oIoU']:.2f}" in row and f"{100 * metrics['mIoU']:.2f}" in row
+    assert f"{len({r['image_id'] for r in refs})} images" in table
+    gal = cell_with(nb, "gallery.worst_samples(records, GALLERY)")
+    lines = [line for line in text_of(gal).splitlines() if line.startswith("IoU ")]
+    assert len(lines) == 2 and all("same)" in line for line in lines), lines
+

@@ -72,6 +72,49 @@ def test_rasterisation_truncates_like_int():
     assert polygons_to_mask([[[2, 2]]], 4, 4).sum() == 0
 
 
+def _pixels(*rows: str) -> np.ndarray:
+    """A mask written out by hand, one string per row ('#' = 1)."""
+    return np.array([[c == "#" for c in r] for r in rows], np.uint8)
+
+
+def test_rasterisation_against_masks_written_by_hand():
+    """Small polygons whose official masks are known without PIL: the boundary is part of the
+    mask (outline=1), also along a 45-degree edge; polygons that touch or overlap give their
+    union, the shared pixels once."""
+    triangle = [[0, 0], [4, 0], [0, 4]]  # every (x, y) with x + y <= 4, hypotenuse included
+    np.testing.assert_array_equal(polygons_to_mask([triangle], 5, 6), _pixels(
+        "#####.",
+        "####..",
+        "###...",
+        "##....",
+        "#.....",
+    ))
+    touching = [[[0, 0], [2, 0], [2, 2], [0, 2]], [[2, 1], [5, 1], [5, 3], [2, 3]]]
+    np.testing.assert_array_equal(polygons_to_mask(touching, 4, 6), _pixels(
+        "###...",
+        "######",
+        "######",
+        "..####",
+    ))
+    # an L (concave) and, as a second polygon, a single point (skipped)
+    ell = [[1, 0], [2, 0], [2, 3], [4, 3], [4, 4], [1, 4]]
+    np.testing.assert_array_equal(polygons_to_mask([ell, [[5, 0]]], 5, 6), _pixels(
+        ".##...",
+        ".##...",
+        ".##...",
+        ".####.",
+        ".####.",
+    ))
+    # overlapping squares: union, no pixel counted twice (values stay 0/1)
+    overlap = [[[0, 0], [2, 0], [2, 2], [0, 2]], [[1, 1], [3, 1], [3, 3], [1, 3]]]
+    np.testing.assert_array_equal(polygons_to_mask(overlap, 4, 4), _pixels(
+        "###.",
+        "####",
+        "####",
+        ".###",
+    ))
+
+
 # --------------------------------------------------------------------------- reader + builder
 def test_plain_reader_order_and_masks(tmp_path):
     expected = write_phrasecut_fixture(tmp_path)

@@ -23,7 +23,6 @@ from tests.phrasecut_fixture import write_phrasecut_fixture
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 TASK_FIELDS = {"image_id", "ref_id", "ann_id", "sent_id", "sentence", "I", "U", "IoU",
                "iterations", "primary_word", "proposal", "has_candidate", "task_id",
@@ -244,7 +243,10 @@ def test_errors(env: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> 
 
 def test_mask2former_proposals(env: dict, tmp_path: Path) -> None:
     """PhraseCut with proposals computed on the fly by a tiny converted Mask2Former: the rows'
-    I / U against the official GT and the saved proposals (the masks the run selected from)."""
+    I / U against the official GT and the proposals this test computes itself from the image
+    files (the saved file must hold the same masks)."""
+    from PIL import Image
+
     import iterprime_jax as ij
     from iterprime_jax.evaluation.proposals import decode_rles
     from tests.test_propose_e2e import tiny_hf_mask2former
@@ -260,9 +262,14 @@ def test_mask2former_proposals(env: dict, tmp_path: Path) -> None:
     tasks = env["fx"]["splits"]["val"]
     assert [r["task_id"] for r in rows] == [t["task_id"] for t in tasks]
     by_image = ev.load_proposals_file(saved)
+    proposer = ij.load(tmp_path / "m2f")
+    config = ij.ProposeConfig(short_edge=64, max_size=64)
     for r, t in zip(rows, tasks, strict=True):
         gt = t["mask"].astype(bool)
-        props = decode_rles(by_image[r["image_id"]], gt.shape)
+        with Image.open(env["fx"]["images"][r["image_id"]]["path"]) as im:
+            image = np.asarray(im.convert("RGB"))
+        props = ij.propose(proposer, image, config.threshold, config)
+        np.testing.assert_array_equal(decode_rles(by_image[r["image_id"]], gt.shape), props)
         pred = props[r["proposal"]] if r["proposal"] >= 0 else np.zeros_like(gt)
         assert (r["I"], r["U"]) == ((pred & gt).sum(), (pred | gt).sum())
     assert any(r["has_candidate"] for r in rows)

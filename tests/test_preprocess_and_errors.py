@@ -169,3 +169,54 @@ def test_safetensors_bf16_and_sharded(tmp_path):
     (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"{junk")
     with pytest.raises(CheckpointError, match="cannot read safetensors file .*00002"):
         read_hf_state_dict(tmp_path)
+
+
+DAMAGED_SCRIPT = """
+import sys
+import iterprime_jax as ij
+try:
+    ij.load(sys.argv[1])
+except ij.CheckpointError as e:
+    print('ERR', e)
+"""
+
+
+def test_damaged_params_are_called_damaged_without_event_loop_noise(tmp_path):
+    """A truncated array file is damage (not a config mismatch), reported once: no
+    'Event loop is closed' tracebacks from the reads still in flight."""
+    import shutil
+    import subprocess
+    import sys
+
+    from .conftest import tiny_blip_config, write_tiny_model
+
+    good = write_tiny_model(tmp_path / "good")
+    # each data file of the OCDBT store cut to 100 bytes in turn; the ones that hold arrays
+    # (at least the big embeddings and the file of the many small arrays, whose reads are
+    # still in flight when the first one fails) make the load fail
+    files = [f for f in (good / "params").rglob("ocdbt.process_0/d/*") if f.stat().st_size > 1000]
+    damaged = 0
+    for k, f in enumerate(files):
+        bad = tmp_path / f"bad{k}"
+        shutil.copytree(good, bad)
+        (bad / f.relative_to(good)).write_bytes(f.read_bytes()[:100])
+        done = subprocess.run([sys.executable, "-c", DAMAGED_SCRIPT, str(bad)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "Event loop is closed" not in done.stderr and "Traceback" not in done.stderr
+        if done.stdout.startswith("ERR"):
+            damaged += 1
+            assert done.stdout.startswith(f"ERR params at {bad / 'params'} are damaged"), (
+                done.stdout)
+            assert "do not match" not in done.stdout
+    assert damaged >= 2
+    # a checkpoint of another size is a mismatch, named by its first differing array
+    other = tmp_path / "other"
+    shutil.copytree(good, other)
+    cfg = tiny_blip_config()
+    (other / "blip_config.json").write_text(
+        (good / "blip_config.json").read_text().replace(
+            f'"intermediate_size": {cfg.vision.intermediate_size}', '"intermediate_size": 48',
+            1))
+    with pytest.raises(CheckpointError, match=r"do not match blip_config.json: .* has shape"):
+        ij.load(other)

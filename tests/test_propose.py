@@ -112,8 +112,11 @@ def test_postprocess_matches_torch(image_hw):
     masks = np.asarray(postprocess_masks(low, *args, 0.35))
     assert masks.dtype == bool and masks.shape == (q, *out_hw)
     assert not masks[:, h:].any() and not masks[:, :, w:].any()
-    agree = (masks[:, :h, :w] == ref).mean()
-    assert agree >= 0.9999, agree
+    # a mask pixel may differ only where the reference logit lies within the logits'
+    # tolerance (above) of the threshold's logit: the rounding there can go either way
+    flips = masks[:, :h, :w] != ref
+    cut = np.log(0.35 / 0.65)
+    assert (np.abs(ref_logits[flips] - cut) <= 1e-3).all(), ref_logits[flips] - cut
     assert 0.05 < ref.mean() < 0.95  # the threshold cuts through the logits (not vacuous)
 
 

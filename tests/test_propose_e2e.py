@@ -28,7 +28,6 @@ from iterprime_jax.models.mask2former.propose import propose_step
 from iterprime_jax.shapesref import ShapesRefConfig, write_shapesref
 from tests.test_propose import torch_postprocess, torch_preprocess
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 DATA = Path(__file__).parent / "data"
 SMALL = ProposeConfig(short_edge=96, max_size=160)  # fast; the default rule is tested once
 
@@ -67,14 +66,16 @@ def m2f(tmp_path_factory) -> dict:
             "model": ij.load(root / "converted")}
 
 
-def torch_proposals(model, image: np.ndarray, config: ProposeConfig = ProposeConfig()
-                    ) -> np.ndarray:
-    """The authors' proposal path in PyTorch (detectron2 pre/post-processing, HF model)."""
+def torch_proposals(model, image: np.ndarray, config: ProposeConfig = ProposeConfig(),
+                    with_logits: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """The authors' proposal path in PyTorch (detectron2 pre/post-processing, HF model): the
+    masks (Q, H, W), and with `with_logits` first the upsampled mask logits."""
     x, resized = torch_preprocess(image, config.short_edge, config.max_size)
     with torch.no_grad():
         logits = model(pixel_values=x).masks_queries_logits[0]
-    return torch_postprocess(logits, tuple(x.shape[2:]), resized, image.shape[:2],
-                             config.threshold)[1]
+    up, masks = torch_postprocess(logits, tuple(x.shape[2:]), resized, image.shape[:2],
+                                  config.threshold)
+    return (up, masks) if with_logits else masks
 
 
 def _images(*shapes: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
@@ -86,18 +87,33 @@ def _images(*shapes: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
 def test_loaded_proposer(m2f):
     from iterprime_jax.models.mask2former import Mask2FormerConfig
 
-    model = m2f["model"]
-    assert isinstance(model.config, Mask2FormerConfig) and model.config.num_queries == 6
+    model, hf = m2f["model"], m2f["torch"].config
+    assert isinstance(model.config, Mask2FormerConfig)
+    # the converted config carries the checkpoint's sizes, not defaults
+    assert model.config.num_queries == hf.num_queries == 6
+    assert model.config.num_labels == hf.num_labels
+    # and the converted weights are the checkpoint's: the query embeddings, element for element
+    leaves = {tuple(str(getattr(k, "key", k)) for k in path): v for path, v in
+              jax.tree_util.tree_flatten_with_path(model.params)[0]}
+    want = m2f["torch"].model.transformer_module.queries_embedder.weight.detach().numpy()
+    hits = [k for k, v in leaves.items() if np.shape(v) == want.shape
+            and np.array_equal(np.asarray(v), want)]
+    assert len(hits) == 1, hits
 
 
 @pytest.mark.parametrize("shape,config", [((61, 83), SMALL), ((90, 47), SMALL),
                                           ((30, 40), ProposeConfig())])
 def test_propose_matches_torch(m2f, shape, config):
     (image,) = _images(shape, seed=shape[0])
-    ref = torch_proposals(m2f["torch"], image, config)
+    ref_logits, ref = torch_proposals(m2f["torch"], image, config, with_logits=True)
     got = ij.propose(m2f["model"], image, config.threshold, config)
     assert got.shape == (6, *shape) and got.dtype == bool
-    assert (got == ref).mean() >= 0.999, (got == ref).mean()
+    # a pixel may differ only where the reference logit is within the model's parity
+    # tolerance (1e-4 relative and absolute, test_mask2former_parity.py; bilinear upsampling is
+    # a convex combination and keeps it) of the threshold's logit
+    cut = np.log(config.threshold / (1 - config.threshold))
+    near = ref_logits[got != ref] - cut
+    assert (np.abs(near) <= 1e-4 * (1 + abs(cut))).all(), near
     assert 0.05 < ref.mean() < 0.95  # proposals neither empty nor full: not vacuous
     assert len({m.tobytes() for m in ref}) > 1  # queries differ
 
@@ -245,7 +261,8 @@ def test_run_eval_bad_proposer_flags(m2f, shapes, tiny_model_dir, caplog):
     args[args.index("--weights") + 1] = str(m2f["dir"])
     with caplog.at_level(logging.ERROR):
         assert run_eval.main([*args, "--out", str(root / "bad_weights")]) == 2
-    assert "Mask2Former" in caplog.text or "BLIP" in caplog.text
+    assert f"weights {m2f['dir']} hold a Mask2Former" in caplog.text, caplog.text
+    assert "needs an image-text matching (BLIP) model" in caplog.text
 
 
 # --------------------------------------------------------------------------- one-image CLI
@@ -260,13 +277,22 @@ def test_segment_cli_with_proposer(m2f, tiny_model_dir, tmp_path):
                    "--image", str(tmp_path / "photo.png"), "--text", "the red circle",
                    "--out", str(out), "--layer", "0", "--max-text-length", "16",
                    "--proposal-short-edge", "96", "--proposal-max-size", "160",
-                   "--save-proposals", str(saved)])
+                   "--save-proposals", str(saved),
+                   # the random tiny Mask2Former's masks are fragmented: admit them
+                   "--max-components", "1000"])
     assert rc == 0 and out.exists()
     expected = ij.propose(m2f["model"], image, 0.35, SMALL)
     props = evp.decode_rles(ev.load_proposals_file(saved)[0], (48, 64))
     np.testing.assert_array_equal(props, expected)
     mask = np.asarray(Image.open(out)) > 0
-    assert not mask.any() or any(np.array_equal(mask, p) for p in expected)
+    # the CLI's mask is the library's answer on the same inputs, and a proposal was chosen
+    # (the imported CLI module took the package's name `segment`; calling it calls the function)
+    want = cli(ij.load(tiny_model_dir), image, "the red circle", expected,
+                      ij.method_config(tiny_model_dir, layer=0, max_text_length=16,
+                                       max_components=1000))
+    assert want.proposal_index >= 0 and want.mask.any()
+    np.testing.assert_array_equal(mask, want.mask)
+    np.testing.assert_array_equal(mask, expected[want.proposal_index])
     # both proposal sources at once, or a BLIP model as proposer: clear errors
     assert cli.main(["--weights", str(tiny_model_dir), "--proposer-weights", str(m2f["dir"]),
                      "--proposals", str(saved), "--image", str(tmp_path / "photo.png"),

@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -95,10 +96,25 @@ def test_itm_by_negative_kind_reports_each_perturbation(tokenizer, pool):
     for kind, groups in got.items():
         assert groups["match"]["n"] == 3, kind
         assert {"colour", "shape"} <= set(groups), kind
-        for g, v in groups.items():
-            assert 0.0 <= v["accuracy"] <= 1.0 and v["n"] >= 1, (kind, g)
+        for v in groups.values():
+            assert v["n"] >= 1 and v["accuracy"] * v["n"] == round(v["accuracy"] * v["n"])
     assert "relation" in got["relation"] and "relation" not in got["position"]
     assert training.itm_by_negative_kind(params, config, tokenizer, num_scenes=9, seed=3) == got
+    # a head that always says "match" scores 1 on the positives and 0 on every negative; one
+    # that never does, the reverse (so the labels and groups are what they claim)
+    for says, want_match in ((1, 1.0), (0, 0.0)):
+        head = {"kernel": jnp.zeros_like(params["itm_head"]["kernel"]),
+                "bias": jnp.asarray([1.0 - says, float(says)])}
+        fixed = training.itm_by_negative_kind({**params, "itm_head": head}, config, tokenizer,
+                                              num_scenes=9, seed=3)
+        for kind, groups in fixed.items():
+            for g, v in groups.items():
+                assert v["n"] == got[kind][g]["n"]
+                assert v["accuracy"] == (want_match if g == "match" else 1.0 - want_match)
+        itm = training.evaluate_itm({**params, "itm_head": head}, config, pool, n=16, batch=8)
+        assert itm["pairs"] == 16
+        assert (itm["accuracy_match"], itm["accuracy_mismatch"]) == (want_match, 1 - want_match)
+        assert 0 < itm["accuracy"] < 1  # the pool mixes positives and negatives
 
 
 def test_swaps_are_false_and_differ_only_in_the_swapped_word(tokenizer):
@@ -281,7 +297,11 @@ def test_cli_stream_time_budget_and_diagnose_only(tmp_path):
     again = main(["--out", str(out), "--diagnose-only", "--probe-images", "2"])
     assert again["recipe"] == rec["recipe"] and again["history"] == rec["history"]
     assert {"attribute", "position", "relation"} <= set(again["heldout_itm_by_negative"])
-    assert 0.0 <= again["heldout_itm"]["accuracy"] <= 1.0
+    itm = again["heldout_itm"]  # the overall accuracy is the pair-weighted mean of the two
+    assert itm["pairs"] == 2000 and (itm["accuracy"] * 2000) == pytest.approx(
+        round(itm["accuracy"] * 2000), abs=1e-6)
+    lo, hi = sorted((itm["accuracy_match"], itm["accuracy_mismatch"]))
+    assert lo <= itm["accuracy"] <= hi
     logged = json.loads((out / training.LOG_NAME).read_text())
     for key in ("best", "hit_rate"):
         assert logged["localisation_probe"][key] == again["localisation_probe"][key]

@@ -160,6 +160,14 @@ def write_record(path: str | Path, argv: list[str], config: Any, method: Any,
     path.write_text(json.dumps(rec, indent=1) + "\n")
 
 
+def check_out_dir(out: str | Path) -> None:
+    """ValueError naming --out when it, or a folder above it, is a file (before any compute)."""
+    p = Path(out)
+    for q in (p, *p.parents):
+        if q.exists() and not q.is_dir():
+            raise ValueError(f"--out {out}: {q} is a file; --out names the run's output folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -186,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tfds.disable_progress_bar()
     try:
+        check_out_dir(args.out)
         propose = propose_config_from_args(args)
     except ValueError as e:
         log.error("%s", e)

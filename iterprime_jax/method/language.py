@@ -216,9 +216,10 @@ def encode_expression(
     special = 1 + int(config.append_sep)  # [CLS] (+ [SEP])
     truncated = len(pieces) + special > T
     if truncated:
+        short = prompt if len(prompt) <= 60 else prompt[:57] + "..."
         warnings.warn(
-            f"prompt {prompt!r} has {len(pieces) + special} tokens, more than "
-            f"max_text_length={T}; truncated",
+            f"prompt {short!r} has {len(pieces) + special} tokens, more than "
+            f"max_text_length={T}; truncated to its first {T - special} word pieces",
             stacklevel=2,
         )
         pieces = pieces[: T - special]

@@ -95,7 +95,9 @@ def save_params(dst_dir: str | Path, params: Params, config: AnyConfig) -> Path:
 
 
 def restore_params(src_dir: str | Path, config: AnyConfig) -> Params:
-    """Read orbax params from `src_dir/params`, checked against the config's tree."""
+    """Read orbax params from `src_dir/params`, checked against the config's tree: a tree or
+    shape that differs from the config is reported as a mismatch, an unreadable file as
+    damage (CheckpointError either way)."""
     import orbax.checkpoint as ocp
 
     path = Path(src_dir).absolute() / PARAMS_DIR
@@ -105,11 +107,59 @@ def restore_params(src_dir: str | Path, config: AnyConfig) -> Params:
     target = _abstract_params(config)
     ckpt = ocp.StandardCheckpointer()
     try:
+        stored = ckpt.metadata(path).item_metadata
+    except Exception as e:  # a missing or truncated metadata file
+        raise CheckpointError(f"params at {path} are damaged (their metadata cannot be "
+                              f"read): {_first_line(e)}") from e
+    _check_tree(stored, target, path, config_file_name(config))
+    try:
         params = ckpt.restore(path, target)
-    except Exception as e:  # orbax raises several types for a tree/shape mismatch
-        raise CheckpointError(f"params at {path} do not match {config_file_name(config)}: "
-                              f"{e}") from e
+    except Exception as e:  # orbax raises several types for an unreadable array
+        _quiet_closed_loop_callbacks()
+        raise CheckpointError(f"params at {path} are damaged (an array file is truncated or "
+                              f"unreadable; convert the checkpoint again): {_first_line(e)}"
+                              ) from e
     return jax.tree_util.tree_map(np.asarray, params)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _check_tree(stored: Any, target: Any, path: Path, config_name: str) -> None:
+    """CheckpointError naming the first array the stored params and the config disagree on."""
+    def shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+        return {jax.tree_util.keystr(k): tuple(getattr(v, "shape", ()) or ())
+                for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    have, want = shapes(stored), shapes(target)
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    wrong = [k for k in sorted(set(want) & set(have)) if want[k] != have[k]]
+    if missing or extra or wrong:
+        what = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
+                else f"{wrong[0]} has shape {have[wrong[0]]}, the config wants {want[wrong[0]]}")
+        raise CheckpointError(f"params at {path} do not match {config_name}: {what}")
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """After a failed restore, tensorstore reads still in flight finish on orbax's closed event
+    loop and each reports ``RuntimeError: Event loop is closed`` through
+    `sys.unraisablehook` (a traceback per read, after the real error). Drop exactly those;
+    every other unraisable exception still reaches the previous hook. Installed only on this
+    failure path."""
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_loop", False):
+        return
+
+    def hook(u: Any) -> None:
+        if not (isinstance(u.exc_value, RuntimeError)
+                and str(u.exc_value) == "Event loop is closed"):
+            previous(u)
+
+    hook._drops_closed_loop = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def copy_tokenizer_files(src_dir: str | Path, dst_dir: str | Path) -> list[str]:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import IteRPrimEConfig
+from ..config import IteRPrimEConfig, field_problem
 from ..types import DType, Params
 from .albef.config import ALBEF_CONFIG_NAME, AlbefConfig
 from .blip.config import BlipConfig
@@ -195,18 +195,29 @@ def method_config(model: Model | str | Path, **overrides: Any) -> IteRPrimEConfi
 
 
 def validate_method(method: IteRPrimEConfig, num_text_layers: int,
-                    max_positions: int | None = None, source: str = "") -> None:
-    """Clear errors (ValueError) for a Grad-CAM layer, pass count or text length the model
-    cannot serve; `source` names where the settings came from."""
-    where = f" ({source})" if source else ""
+                    max_positions: int | None = None, source: str = "",
+                    sources: Mapping[str, str] | None = None) -> None:
+    """Clear errors (ValueError) for a setting out of its range or one the model cannot serve
+    (Grad-CAM layer, text length); `sources` names where each field's value came from (else
+    `source` for all of them)."""
+    def where(name: str) -> str:
+        s = (sources or {}).get(name, source)
+        return f" (from {s})" if s else ""
+
+    for f in dataclasses.fields(IteRPrimEConfig):
+        problem = field_problem(f.name, getattr(method, f.name))
+        if problem:
+            raise ValueError(problem + where(f.name))
     if not 0 <= method.layer < num_text_layers:
         raise ValueError(f"Grad-CAM layer {method.layer} is out of range for a model with "
-                         f"{num_text_layers} text layers{where}")
-    if method.iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {method.iterations}{where}")
+                         f"{num_text_layers} text layers{where('layer')}")
     if max_positions is not None and method.max_text_length > max_positions:
         raise ValueError(f"max_text_length {method.max_text_length} exceeds the model's "
-                         f"{max_positions} text positions{where}")
+                         f"{max_positions} text positions{where('max_text_length')}")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def resolve_method(weights_dir: str | Path, num_text_layers: int,
@@ -214,11 +225,19 @@ def resolve_method(weights_dir: str | Path, num_text_layers: int,
                    max_positions: int | None = None) -> IteRPrimEConfig:
     """The method settings of a run, validated: `IteRPrimEConfig()` defaults (the Grad-CAM
     layer clipped to the model's last layer), then the weights' `method.json`, then
-    `overrides` (the flags given on a command line, `cli_args.method_overrides`)."""
+    `overrides` (the flags given on a command line, `cli_args.method_overrides`). An invalid
+    value is reported with its source: the flag, the method.json file, or the default."""
     d = IteRPrimEConfig()
     rec = read_method_json(weights_dir)
-    fields = {"layer": min(d.layer, num_text_layers - 1), **rec, **(overrides or {})}
+    overrides = dict(overrides or {})
+    fields = {"layer": min(d.layer, num_text_layers - 1), **rec, **overrides}
+    sources = {f.name: (f"the flag {_flag(f.name)}" if f.name in overrides else
+                        str(Path(weights_dir) / METHOD_JSON) if f.name in rec else "the default")
+               for f in dataclasses.fields(IteRPrimEConfig)}
+    for name, value in fields.items():  # before the config's own check, to name the source
+        problem = field_problem(name, value)
+        if problem:
+            raise ValueError(f"{problem} (from {sources[name]})")
     method = d.replace(**fields)
-    src = f"{Path(weights_dir) / METHOD_JSON}" if rec else "command line"
-    validate_method(method, num_text_layers, max_positions, src)
+    validate_method(method, num_text_layers, max_positions, sources=sources)
     return method
