@@ -492,14 +492,16 @@ def test_every_method_field_has_a_flag() -> None:
             "--iterations", "5", "--alpha", "0.3", "--stretch-sharpness", "7.5",
             "--stretch-center", "0.25", "--mask-threshold", "0.75", "--keep-rejected",
             "--max-components", "3", "--heat-threshold", "0.4", "--max-text-length", "32",
-            "--spacy-model", "x", "--no-empty-if-no-candidate", "--no-primary-tokens", "focus"]
+            "--spacy-model", "x", "--no-empty-if-no-candidate", "--no-primary-tokens", "focus",
+            "--no-append-sep", "--no-authors-code"]
     got = method_overrides(parser.parse_args(argv))
     assert set(got) == {f.name for f in fields}
     want = IteRPrimEConfig(layer=2, use_template=False, template="a {}", use_pwe=False,
                            iterations=5, alpha=0.3, stretch_sharpness=7.5, stretch_center=0.25,
                            mask_threshold=0.75, keep_rejected=True, max_components=3,
                            heat_threshold=0.4, max_text_length=32, spacy_model="x",
-                           empty_if_no_candidate=False, no_primary_tokens="focus")
+                           empty_if_no_candidate=False, no_primary_tokens="focus",
+                           append_sep=False, authors_code=False)
     assert IteRPrimEConfig(**got) == want
     assert method_overrides(parser.parse_args([])) == {}
     helps = {a.dest: a.help for a in parser._actions}  # noqa: SLF001

@@ -188,13 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     from iterprime_jax.cli_args import method_overrides, propose_config_from_args
     from iterprime_jax.evaluation import EvalConfig, EvalError, evaluate, load_model, run_ablation
     from iterprime_jax.evaluation.by_kind import format_by_kind
+    from iterprime_jax.evaluation.config import default_out
     from iterprime_jax.metrics import format_table
     from iterprime_jax.models.checkpoint import CheckpointError
     from iterprime_jax.models.loading import resolve_method
 
     tfds.disable_progress_bar()
     try:
-        check_out_dir(args.out)
+        check_out_dir(args.out or default_out(args.dataset, args.split))
         propose = propose_config_from_args(args)
     except ValueError as e:
         log.error("%s", e)
