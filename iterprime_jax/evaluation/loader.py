@@ -32,7 +32,7 @@ class HostBatch:
     common: list[Any]                # ids, attn, focus, primary, hw (device arrays)
     props: list[Any]                 # props, valid, ncomp
     no_props: list[Any]              # the same with 0 proposals (heat-map rows)
-    gt: list[Any]                    # gt, sref
+    gt: list[Any]                    # gt, sentence_ref
     truncated: int
     proposal_rles: list[list[dict[str, Any]]] | None = None  # per image (save_proposals)
 
@@ -47,7 +47,7 @@ class Loader:
         self.model, self.device, self.sources = model, device, sources
         self.save_proposals = save_proposals
         self.proposals, self.text_config, self.canvas = proposals, text_config, canvas
-        self.nb, self.batch_size = proposal_bucket, batch_size
+        self.proposal_bucket, self.batch_size = proposal_bucket, batch_size
         self.need_props, self.need_no_props = need_props, need_no_props
 
     def _first(self, meta: ImageMeta) -> Any:
@@ -77,14 +77,15 @@ class Loader:
             raise EvalError(f"{self.sources.name}: image {meta.image_id} decodes to "
                             f"{image.shape[:2]}, its header says {meta.hw}")
         prep = prepare_image(image, self.model.config, props if self.need_props else None,
-                             self.canvas, self.nb)
+                             self.canvas, self.proposal_bucket)
         sentences = [s for r in meta.refs for s in r.sentences]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # truncation is counted and logged once
             text = encode_texts(self.model, sentences, self.text_config)
-        sref = np.concatenate([np.full(len(r.sent_ids), k, np.int32)
-                               for k, r in enumerate(meta.refs)])
-        return {"prep": prep, "gts": gts, "text": text, "sref": sref, "ids": ids}
+        sentence_ref = np.concatenate([np.full(len(r.sent_ids), k, np.int32)
+                                       for k, r in enumerate(meta.refs)])
+        return {"prep": prep, "gts": gts, "text": text, "sentence_ref": sentence_ref,
+                "ids": ids}
 
     def make(self, metas: list[ImageMeta]) -> HostBatch:
         firsts = [self._first(m) for m in metas]
@@ -98,21 +99,21 @@ class Loader:
                 rles = [encode_masks(p) for p in computed]
         items = [self._image(m, f, c) for m, f, c in zip(metas, firsts, computed, strict=True)]
         b = self.batch_size
-        sb = bucket(max(m.num_sentences for m in metas), MIN_SENTENCE_BUCKET)
+        n_sentences = bucket(max(m.num_sentences for m in metas), MIN_SENTENCE_BUCKET)
         c = self.canvas
         rows = [items[min(k, len(items) - 1)] for k in range(b)]  # dummies repeat the last
-        tl = max(text_length_bucket(it["text"].attention_mask, it["text"].input_ids.shape[1])
-                 for it in items)
-        texts = [pad_text(it["text"], sb, tl) for it in rows]
+        text_length = max(text_length_bucket(it["text"].attention_mask,
+                                             it["text"].input_ids.shape[1]) for it in items)
+        texts = [pad_text(it["text"], n_sentences, text_length) for it in rows]
         common = [np.stack([t[j] for t in texts]) for j in range(4)]
         common.append(np.asarray([it["prep"].hw for it in rows], np.int32))
         pixels = np.stack([it["prep"].pixels for it in rows])
-        gt = np.zeros((b, sb, c, c), bool)
-        sref = np.zeros((b, sb), np.int32)
+        gt = np.zeros((b, n_sentences, c, c), bool)
+        sentence_ref = np.zeros((b, n_sentences), np.int32)
         for k, it in enumerate(rows):
             for r, m in enumerate(it["gts"]):
                 gt[k, r, : m.shape[0], : m.shape[1]] = m.astype(bool)
-            sref[k, : len(it["sref"])] = it["sref"]
+            sentence_ref[k, : len(it["sentence_ref"])] = it["sentence_ref"]
         d = self.device
         props = no_props = []
         if self.need_props:
@@ -128,7 +129,7 @@ class Loader:
             proposal_ids=[it["ids"] for it in items],
             sentences=sum(m.num_sentences for m in metas),
             pixels=d.put([pixels])[0], common=d.put(common), props=props, no_props=no_props,
-            gt=d.put([gt, sref]),
+            gt=d.put([gt, sentence_ref]),
             truncated=sum(t.truncated for it in items for t in it["text"].items),
             proposal_rles=rles)
 

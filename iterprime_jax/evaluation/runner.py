@@ -52,8 +52,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from ..buckets import bucket, round_up
 from ..config import IteRPrimEConfig
-from ..method.pipeline import bucket, canvas_side
+from ..method.pipeline import canvas_side
 from ..metrics import CONVENTIONS
 from ..models.loading import Model, resolve_method, validate_method
 from . import phrasecut
@@ -98,10 +99,6 @@ log = logging.getLogger(__name__)
 def default_batch_size(num_devices: int, canvas: int) -> int:
     base = 8 if canvas <= TINY_CANVAS else 1
     return round_up(max(base, num_devices), num_devices)
-
-
-def round_up(n: int, multiple: int) -> int:
-    return -(-int(n) // multiple) * multiple
 
 
 @dataclasses.dataclass
@@ -258,28 +255,30 @@ def run_batches(ctx: Context, images: list[ImageMeta], rows: Sequence[AblationRo
                   r.method.spacy_model) for r in rows}
     if len(text_keys) != 1:
         raise EvalError("rows of one run must share the text settings")
-    nb = 0
+    proposal_bucket = 0
     if any(r.use_proposals for r in rows):
-        nb = bucket(max(ctx.proposals.count(m) for m in images), MIN_PROPOSAL_BUCKET)
+        proposal_bucket = bucket(max(ctx.proposals.count(m) for m in images),
+                                 MIN_PROPOSAL_BUCKET)
     loader = Loader(ctx.model, ctx.device, ctx.sources, ctx.proposals, rows[0].method,
-                    ctx.canvas, nb, ctx.batch_size,
+                    ctx.canvas, proposal_bucket, ctx.batch_size,
                     need_props=any(r.use_proposals for r in rows),
                     need_no_props=any(not r.use_proposals for r in rows),
                     save_proposals=ctx.config.save_proposals is not None)
     prefetch = Prefetch(loader.make, batches(images, ctx.batch_size))
     truncated = 0
     try:
-        for hb in prefetch:
-            embeds = ctx.device.encode(hb.pixels)
+        for host_batch in prefetch:
+            embeds = ctx.device.encode(host_batch.pixels)
             outs: dict[tuple[IteRPrimEConfig, bool], Any] = {}
             for r in rows:  # identical rows (e.g. "full" = "+ IGRS (3)") run once
                 if (r.method, r.use_proposals) not in outs:
-                    props = hb.props if r.use_proposals else hb.no_props
+                    props = host_batch.props if r.use_proposals else host_batch.no_props
                     outs[r.method, r.use_proposals] = ctx.device.step(
-                        r.method, ctx.canvas, embeds, *hb.common, *props, *hb.gt)
+                        r.method, ctx.canvas, embeds, *host_batch.common, *props,
+                        *host_batch.gt)
             host = {k: tuple(np.asarray(a) for a in jax.device_get(o)) for k, o in outs.items()}
-            truncated += hb.truncated
-            on_batch(hb, [host[r.method, r.use_proposals] for r in rows])
+            truncated += host_batch.truncated
+            on_batch(host_batch, [host[r.method, r.use_proposals] for r in rows])
     finally:
         prefetch.close()
     if truncated:

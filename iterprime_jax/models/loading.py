@@ -114,14 +114,23 @@ def resolve_hub_id(repo_id: str, revision: str | None = None) -> Path:
 
 
 def load(path: str | Path, dtype: DType | str | None = None,
-         revision: str | None = None) -> Model:
+         revision: str | None = None, sharding: Any = None) -> Model:
     """Load a directory written by `convert_hf_checkpoint` (or the shipped small model), or a
     Hugging Face hub id such as "Salesforce/blip-itm-base-coco" (fetched and converted once,
     see the module docstring; `revision`: a branch, tag or commit of the hub repo).
 
     `dtype` overrides the compute dtype (``jnp.bfloat16`` or its name); parameters stay
-    float32.
+    float32. The parameters are placed on the devices once (`placement.place_params`):
+    `sharding` is a `jax.sharding.Mesh` (replicated over it), a replicated `Sharding` or a
+    `jax.Device`; default: the first local device. The public functions then use them there
+    without copies.
     """
+    from ..placement import place_params
+
+    try:
+        place_params({}, sharding)  # check `sharding` before reading any file
+    except ValueError as e:
+        raise ValueError(f"load({str(path)!r}): {e}") from None
     if is_hub_id(path):
         path = resolve_hub_id(str(path), revision)
     path = Path(path)
@@ -131,7 +140,8 @@ def load(path: str | Path, dtype: DType | str | None = None,
         m2f = Mask2FormerConfig.load(path / M2F_CONFIG_NAME)
         if dtype is not None:
             m2f = m2f.replace(dtype=dtype)
-        return Model(config=m2f, params=restore_params(path, m2f), tokenizer=None, path=path)
+        return Model(config=m2f, params=place_params(restore_params(path, m2f), sharding),
+                     tokenizer=None, path=path)
     cfg_path = path / CONFIG_NAME
     if not cfg_path.exists():
         raise CheckpointError(f"{cfg_path} (or {M2F_CONFIG_NAME}) missing: not a converted "
@@ -139,7 +149,7 @@ def load(path: str | Path, dtype: DType | str | None = None,
     config = BlipConfig.load(cfg_path)
     if dtype is not None:
         config = config.replace(dtype=dtype)
-    params = restore_params(path, config)
+    params = place_params(restore_params(path, config), sharding)
     tokenizer = load_tokenizer(path)
     return Model(config=config, params=params, tokenizer=tokenizer, path=path)
 
