@@ -219,3 +219,118 @@ def test_load_on_a_mesh_of_two_devices(tiny_model_dir):
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK (48, 40)" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def m2f_model(tmp_path_factory):
+    from tests.test_propose_e2e import tiny_hf_mask2former
+
+    root = tmp_path_factory.mktemp("m2f_hot")
+    tiny_hf_mask2former().save_pretrained(str(root / "hf"))
+    ij.convert_hf_checkpoint(root / "hf", root / "converted")
+    return ij.load(root / "converted")
+
+
+def test_proposer_warm_call_makes_no_implicit_transfer_and_propose_reuses_it(m2f_model):
+    from iterprime_jax.models.mask2former import propose as mp
+
+    small = ij.ProposeConfig(short_edge=96, max_size=160)
+    image = _image(61, 83)
+    proposer = ij.Proposer(m2f_model, small)
+    first = proposer([image])
+    with jax.transfer_guard("disallow"):
+        again = proposer([image])
+        low = proposer([image], threshold=0.2)  # a traced threshold: no new transfer rule
+    np.testing.assert_array_equal(first[0], again[0])
+    assert low[0].sum() >= first[0].sum()
+    a = ij.propose(m2f_model, image, 0.35, small)
+    p = mp._proposer_for(m2f_model, small)
+    b = ij.propose(m2f_model, image, 0.5, small)
+    assert mp._proposer_for(m2f_model, small) is p  # one Proposer per model and config
+    np.testing.assert_array_equal(a, first[0])
+    assert b.sum() <= a.sum()
+
+
+def test_bad_devices_are_clear_errors(m2f_model):
+    with pytest.raises(ValueError, match="devices: an empty list"):
+        ij.Proposer(m2f_model, devices=[])
+    with pytest.raises(ValueError, match="lists a device twice"):
+        ij.Proposer(m2f_model, devices=[jax.devices()[0]] * 2)
+
+
+# --------------------------------------------------------------------------- compile budget
+WORDS = ("man", "woman", "dog", "car", "red", "blue", "left", "right", "tall", "small",
+         "the", "on", "near", "big", "chair", "table", "green", "white", "old", "young")
+SENTENCE_BUCKETS = (4, 8, 16)           # 1-15 sentences per image, MIN_SENTENCE_BUCKET 4
+TEXT_BUCKETS = (8, 16, 24, 32, 40)      # 4-40 prompt tokens, multiples of TEXT_MULTIPLE
+COMPILE_BUDGET = len(SENTENCE_BUCKETS) * len(TEXT_BUCKETS)  # eval_step; + 1 image encoder
+
+
+def refcoco_like_split(n_images: int, rng: np.random.Generator):
+    """ImageMeta + in-memory sources of a RefCOCO-like split: 1-15 sentences per image over
+    1-3 refs, expressions of 1-35 one-token words (prompts of 6-40 tokens with the template;
+    each image draws its longest expression, so batches spread over the text buckets)."""
+    from iterprime_jax.evaluation.index import ImageMeta, RefMeta, SplitSources
+
+    metas, examples, sent_id = [], [], 0
+    for k in range(n_images):
+        n_sent = int(rng.integers(1, 16))
+        cuts = sorted(rng.choice(np.arange(1, n_sent), size=min(n_sent - 1, 2), replace=False)
+                      ) if n_sent > 1 else []
+        sizes = np.diff([0, *cuts, n_sent])
+        image = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+        props = rng.random((5, 40, 56)) > 0.5
+        refs = []
+        longest = int(rng.choice([2, 8, 14, 22, 35]))  # RefCOCO: mostly short, some long
+        for r, size in enumerate(sizes):
+            sents = tuple(" ".join(rng.choice(WORDS, int(rng.integers(1, longest + 1))))
+                          for _ in range(size))
+            refs.append(RefMeta(index=len(examples), ref_id=100 * k + r, ann_id=r,
+                                sent_ids=tuple(range(sent_id, sent_id + size)),
+                                sentences=sents))
+            sent_id += size
+            examples.append({"image_id": k, "image": image, "mask": props[r],
+                             "proposals": props, "proposal_ann_ids": np.arange(5)})
+        metas.append(ImageMeta(position=k, image_id=k, hw=(40, 56), refs=tuple(refs),
+                               num_gt_proposals=5))
+    return metas, SplitSources(full=examples, mask_only=examples, light=None, name="fixture")
+
+
+def test_compile_budget_over_a_refcoco_like_split(tiny_model):
+    """The evaluator's loop (`run_batches`: Loader buckets, Device steps) over 24 images of
+    1-15 sentences and 6-40 token prompts compiles eval_step at most once per (sentence
+    bucket, text-length bucket) = 3 x 5 = 15 times: batch size, canvas and proposal bucket
+    are fixed per run, and float settings are traced (a second row differing only in floats
+    adds nothing)."""
+    from iterprime_jax.evaluation import runner
+    from iterprime_jax.evaluation.config import AblationRow, EvalConfig
+    from iterprime_jax.evaluation.device import Device, eval_step
+    from iterprime_jax.evaluation.proposals import ProposalSource
+
+    rng = np.random.default_rng(0)
+    metas, sources = refcoco_like_split(24, rng)
+    method = CFG.replace(max_components=9)  # its own cache entries
+    ctx = runner.Context(config=EvalConfig(), model=tiny_model, device=Device(tiny_model),
+                         sources=sources, images=metas, proposals=ProposalSource("gt"),
+                         canvas=64, batch_size=2, weights=Path("."))
+    seen: list[tuple[int, int]] = []
+    samples = []
+
+    def on_batch(batch, outs):
+        seen.append(tuple(batch.common[0].shape[1:]))  # (sentence bucket, text length)
+        samples.extend(r for recs in runner.sample_records(batch, outs[0]) for r in recs)
+
+    before = eval_step._cache_size()
+    enc_before = pipeline.encode_image_jit._cache_size()
+    rows = [AblationRow("a", method, True), AblationRow("b", method.replace(alpha=0.5), True)]
+    runner.run_batches(ctx, metas, rows, on_batch)
+    compiled = eval_step._cache_size() - before
+    print(f"eval_step compilations: {compiled} over {len(set(seen))} (sentence, text) "
+          f"buckets; budget {COMPILE_BUDGET}; image encoder "
+          f"{pipeline.encode_image_jit._cache_size() - enc_before}")
+    assert len(samples) == sum(m.num_sentences for m in metas)
+    assert {s for s, _ in seen} <= set(SENTENCE_BUCKETS)
+    assert {t for _, t in seen} <= set(TEXT_BUCKETS)
+    assert len(set(seen)) >= 4  # the fixture does spread over the buckets
+    assert compiled <= len(set(seen)) <= COMPILE_BUDGET
+    assert pipeline.encode_image_jit._cache_size() - enc_before <= 1
