@@ -334,3 +334,18 @@ def test_compile_budget_over_a_refcoco_like_split(tiny_model):
     assert len(set(seen)) >= 4  # the fixture does spread over the buckets
     assert compiled <= len(set(seen)) <= COMPILE_BUDGET
     assert pipeline.encode_image_jit._cache_size() - enc_before <= 1
+
+
+# --------------------------------------------------------------------------- matmul precision
+def test_precision_setting(tiny_model_dir, tiny_model):
+    with pytest.raises(ValueError, match=r"precision must be one of \('highest', 'high', "
+                                         r"'default'\), got 'fastest'"):
+        ij.load(tiny_model_dir, precision="fastest")
+    assert tiny_model.precision == "highest"  # the default: the parity tests' precision
+    high = ij.load(tiny_model_dir, precision="high")
+    a = ij.segment(tiny_model, _image(), "the man on the left", _proposals(), CFG)
+    b = ij.segment(high, _image(), "the man on the left", _proposals(), CFG)
+    if jax.default_backend() == "cpu":  # float32 products whatever the setting
+        np.testing.assert_array_equal(a.heatmap, b.heatmap)
+    else:
+        np.testing.assert_allclose(a.heatmap, b.heatmap, atol=5e-2)

@@ -22,7 +22,7 @@ from ..config import IteRPrimEConfig
 from ..method.pipeline import encode_image_jit, jit_method, segment_core
 from ..method.refine import FloatSettings
 from ..models.blip.config import BlipConfig
-from ..models.loading import Model
+from ..models.loading import Model, matmul_precision
 from ..placement import data_mesh, data_shardings
 from ..types import Params
 
@@ -63,6 +63,7 @@ class Device:
         self.mesh = data_mesh(self.devices)
         self.data, self.repl = data_shardings(self.mesh)
         self.model_config = model.config
+        self.precision = getattr(model, "precision", "highest")  # matmul precision
         self.params = jax.device_put(model.params, self.repl)
 
     @property
@@ -71,7 +72,8 @@ class Device:
 
     def encode(self, pixels: jax.Array) -> jax.Array:
         """Image embeddings of a batch of pixels already on the mesh (`put`)."""
-        return encode_image_jit(self.params, self.model_config, pixels)
+        with matmul_precision(self.precision):
+            return encode_image_jit(self.params, self.model_config, pixels)
 
     def step(self, method: IteRPrimEConfig, canvas: int, *arrays: jax.Array
              ) -> tuple[jax.Array, ...]:
@@ -79,7 +81,8 @@ class Device:
         sent (explicitly, replicated) as traced scalars."""
         static, floats = jit_method(method)
         floats = jax.device_put(floats, self.repl)
-        return eval_step(self.params, self.model_config, static, canvas, floats, *arrays)
+        with matmul_precision(self.precision):
+            return eval_step(self.params, self.model_config, static, canvas, floats, *arrays)
 
     def put(self, arrays: Sequence[np.ndarray]) -> list[jax.Array]:
         """Host arrays -> device arrays sharded over the image axis."""

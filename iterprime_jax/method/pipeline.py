@@ -32,7 +32,7 @@ from ..config import IteRPrimEConfig
 from ..models.blip.config import BlipConfig
 from ..models.blip.modeling import encode_image
 from ..models.blip.preprocess import as_rgb_uint8, preprocess_image
-from ..models.loading import Model
+from ..models.loading import Model, matmul_precision
 from ..placement import put_inputs
 from ..types import Params
 from .gradcam import gradcam_from_embeds
@@ -281,9 +281,10 @@ def segment_batch(model: Model, image: Any, expressions: Sequence[str], proposal
     pixels, *arrays, floats = put_inputs(
         model.params, prep.pixels[None], *text, np.asarray(prep.hw, np.int32), prep.proposals,
         prep.proposal_valid, prep.num_components, floats)
-    embeds = encode_image_jit(model.params, model.config, pixels)
-    out = segment_core_jit(model.params, model.config, method, prep.canvas, embeds, *arrays,
-                           floats)
+    with matmul_precision(model):
+        embeds = encode_image_jit(model.params, model.config, pixels)
+        out = segment_core_jit(model.params, model.config, method, prep.canvas, embeds,
+                               *arrays, floats)
     return _results(out, batch, prep.hw)
 
 
@@ -327,9 +328,10 @@ def segment_images(model: Model, images: Sequence[Any], expressions: Sequence[Se
     pixels, *arrays, floats = put_inputs(
         model.params, np.stack([p.pixels for p in preps]), *stacked, hw, props, valid,
         components, floats)
-    embeds = encode_image_jit(model.params, model.config, pixels)[:, None]
-    out = segment_images_core(model.params, model.config, method, side, embeds, *arrays,
-                              floats)
+    with matmul_precision(model):
+        embeds = encode_image_jit(model.params, model.config, pixels)[:, None]
+        out = segment_images_core(model.params, model.config, method, side, embeds, *arrays,
+                                  floats)
     out = jax.device_get(out)
     results = []
     for i, (b, p) in enumerate(zip(batches, preps, strict=True)):

@@ -25,7 +25,7 @@ import numpy as np
 from ...buckets import bucket, round_up
 from ...placement import data_mesh, data_shardings
 from ...types import Array, Params
-from ..loading import Model
+from ..loading import Model, matmul_precision
 from .config import Mask2FormerConfig
 from .modeling import mask2former_forward
 from .postprocess import postprocess_masks
@@ -80,6 +80,7 @@ class Proposer:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model_config = model.config
+        self.precision = getattr(model, "precision", "highest")  # matmul precision
         self.config = config
         self.mesh = data_mesh(devices)
         self.devices = list(self.mesh.devices.flat)
@@ -118,9 +119,10 @@ class Proposer:
             arrays = [np.stack([p.pixels for p in rows]),
                       np.asarray([p.resized_hw for p in rows], np.int32),
                       np.asarray([p.image_hw for p in rows], np.int32)]
-            masks = propose_step(self.params, self.model_config, out_hw,
-                                 *[jax.device_put(a, self.data) for a in arrays],
-                                 jax.device_put(np.float32(t), self.repl))
+            with matmul_precision(self.precision):
+                masks = propose_step(self.params, self.model_config, out_hw,
+                                     *[jax.device_put(a, self.data) for a in arrays],
+                                     jax.device_put(np.float32(t), self.repl))
             masks = np.asarray(jax.device_get(masks))
             for k, i in enumerate(idx):
                 h, w = preps[k].image_hw
