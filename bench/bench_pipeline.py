@@ -358,7 +358,7 @@ def component_costs(ours: Ours, data: dict[str, np.ndarray], args: argparse.Name
 def worker_jax(args: argparse.Namespace, wd: Path) -> dict[str, Any]:
     import jax
 
-    cfg = our_config()
+    cfg = our_config(getattr(args, "arch", "base"))
     mcfg = method_config(args.iterations)
     data = load_data(wd)
     t0 = time.perf_counter()
@@ -502,7 +502,7 @@ def worker_devices(args: argparse.Namespace, wd: Path) -> dict[str, Any]:
     devs = jax.devices()
     if len(devs) < n:
         return {"n_devices": n, "skipped": f"only {len(devs)} {devs[0].platform} device(s)"}
-    cfg, mcfg = our_config(), method_config(args.iterations)
+    cfg, mcfg = our_config(getattr(args, "arch", "base")), method_config(args.iterations)
     data = load_data(wd)
     params = jax_setup(wd, cfg)
     mesh = Mesh(np.asarray(devs[:n]), ("img",))
@@ -569,9 +569,9 @@ def parity_check(args: argparse.Namespace, wd: Path) -> dict[str, Any]:
     import torch_reference as tr
 
     data = load_data(wd)
-    cfg, mcfg = our_config(), method_config(args.iterations)
+    cfg, mcfg = our_config(getattr(args, "arch", "base")), method_config(args.iterations)
     n = args.parity_sentences
-    model = tr.build_model(args.seed, hf_blip_config())
+    model = tr.build_model(args.seed, hf_blip_config(getattr(args, "arch", "base")))
     with np.load(wd / "weights.npz") as z:
         model.load_state_dict({k: torch.from_numpy(z[k]) for k in z.files})
     ref = tr.Reference(model, iterations=args.iterations, device=torch_device(args.device))
@@ -758,6 +758,8 @@ def main(argv: list[str] | None = None) -> None:
                          "scaling 1/8, no bf16 (marked in the JSON)")
     ap.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arch", choices=["base", "large"], default="base",
+                    help="blip-itm-base-coco or blip-itm-large-coco size (random weights)")
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--sentences", type=int, default=7)
     ap.add_argument("--proposals", type=int, default=20)
