@@ -112,7 +112,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import iterprime_jax as ij
     from iterprime_jax.evaluation import runner
-    from iterprime_jax.evaluation.config import COCO_CANVAS, AblationRow, EvalConfig
+    from iterprime_jax.buckets import bucket
+    from iterprime_jax.evaluation.config import (
+        COCO_CANVAS,
+        MIN_PROPOSAL_BUCKET,
+        AblationRow,
+        EvalConfig,
+    )
     from iterprime_jax.evaluation.device import Device, eval_step
     from iterprime_jax.evaluation.proposals import ProposalSource
     from iterprime_jax.models.loading import Model
@@ -148,7 +154,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     imgs = sum(m[1] for m in marks[1:])
     sents = sum(m[2] for m in marks[1:])
     stats = jax.devices()[0].memory_stats() or {}
+    q = proposer.num_queries
+    n_padded = bucket(q, MIN_PROPOSAL_BUCKET)
+    mean_hw = float(np.mean([m.hw[0] * m.hw[1] for m in metas]))
+    transfers = {  # proposal masks only (bool = 1 byte), from the array shapes of each path
+        "before": {"device_to_host": q * mean_hw,
+                   "host_to_device": n_padded * COCO_CANVAS ** 2 + 5 * n_padded,
+                   "path": "Proposer -> numpy (Q, H, W) -> canvas + scipy components -> "
+                           "device_put"},
+        "after": {"device_to_host": 0, "host_to_device": n_padded,
+                  "path": "Proposer.device_masks -> canvas + components on the device "
+                          "(only the (n,) validity row is sent)"}}
     return {
+        "proposal_bytes_per_image": transfers,
         "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
         "smoke": args.smoke, "images": len(metas),
         "sentences": sum(m.num_sentences for m in metas), "batch_size": args.batch_size,

@@ -1,20 +1,28 @@
 """Host side of an evaluation: a batch of images prepared for the device (`Loader.make`: decode,
 proposals, spaCy + tokenisation, padding to the buckets) and the background thread that
-prepares the next batches while the device runs the current one (`Prefetch`)."""
+prepares the next batches while the device runs the current one (`Prefetch`).
+
+Proposals computed on the fly by Mask2Former stay on the devices: they are laid out on the
+canvas and their connected components counted there (`proposals_on_canvas`); they come to the
+host only to be saved (``save_proposals``)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import queue
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ..config import IteRPrimEConfig
 from ..method.pipeline import bucket, encode_texts, pad_text, prepare_image, text_length_bucket
+from ..method.select import count_components_device
 from ..models.loading import Model
 from .config import MIN_SENTENCE_BUCKET, EvalError
 from .device import Device
@@ -35,6 +43,38 @@ class HostBatch:
     gt: list[Any]                    # gt, sentence_ref
     truncated: int
     proposal_rles: list[list[dict[str, Any]]] | None = None  # per image (save_proposals)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _on_canvas(masks: jax.Array, canvas: int, n_padded: int) -> tuple[jax.Array, jax.Array]:
+    """(b, Q, Ho, Wo) bool -> ((b, n_padded, canvas, canvas) masks, (b, n_padded) component
+    counts); the masks are zero outside their image, which fits on the canvas."""
+    q = masks.shape[1]
+    m = masks[:, :, :canvas, :canvas]
+    components = count_components_device(m)
+    pads = ((0, 0), (0, n_padded - q), (0, canvas - m.shape[2]), (0, canvas - m.shape[3]))
+    return jnp.pad(m, pads), jnp.pad(components, pads[:2])
+
+
+def proposals_on_canvas(groups: Sequence[tuple[list[int], Any, jax.Array]], rows: Sequence[int],
+                        canvas: int, n_padded: int, sharding: Any) -> list[jax.Array]:
+    """`Proposer.device_masks` groups -> [masks (R, n_padded, canvas, canvas), valid
+    (R, n_padded), component counts (R, n_padded)] for the images `rows` (indices into the
+    proposer's images; repeats allowed), placed with `sharding`; nothing leaves the devices."""
+    placed: dict[int, tuple[jax.Array, jax.Array]] = {}
+    q = 0
+    for idx, _, masks in groups:
+        q = masks.shape[1]
+        if q > n_padded:
+            raise EvalError(f"{q} proposals per image exceed the proposal bucket {n_padded}")
+        m, c = _on_canvas(masks, canvas, n_padded)
+        for k, i in enumerate(idx):
+            placed[i] = (m[k], c[k])
+    masks = jnp.stack([placed[i][0] for i in rows])
+    components = jnp.stack([placed[i][1] for i in rows])
+    valid = np.broadcast_to(np.arange(n_padded) < q, (len(rows), n_padded))
+    return [jax.device_put(masks, sharding), jax.device_put(valid, sharding),
+            jax.device_put(components, sharding)]
 
 
 class Loader:
@@ -58,8 +98,7 @@ class Loader:
                             f"{first['image_id']}, the index says {meta.image_id}")
         return first
 
-    def _image(self, meta: ImageMeta, first: Any, computed: np.ndarray | None
-               ) -> dict[str, Any]:
+    def _image(self, meta: ImageMeta, first: Any) -> dict[str, Any]:
         gts = [first["mask"]] + [self.sources.mask_only[r.index]["mask"] for r in meta.refs[1:]]
         props, ids = None, np.zeros((0,), np.int64)
         if self.proposals.kind == "gt":
@@ -69,9 +108,8 @@ class Loader:
             rles = self.proposals.by_image.get(meta.image_id, [])
             props = decode_rles(rles, meta.hw, self.proposals.path, meta.image_id)
             ids = np.arange(len(rles), dtype=np.int64)
-        elif self.proposals.kind == "mask2former":
-            assert computed is not None
-            props, ids = computed, np.arange(len(computed), dtype=np.int64)
+        elif self.proposals.kind == "mask2former":  # on the devices (`proposals_on_canvas`)
+            ids = np.arange(self.proposals.proposer.num_queries, dtype=np.int64)
         image = first["image"]
         if tuple(image.shape[:2]) != meta.hw:
             raise EvalError(f"{self.sources.name}: image {meta.image_id} decodes to "
@@ -89,16 +127,23 @@ class Loader:
 
     def make(self, metas: list[ImageMeta]) -> HostBatch:
         firsts = [self._first(m) for m in metas]
-        computed: list[Any] = [None] * len(metas)
         rles = None
+        b = self.batch_size
+        on_device = None
         if self.proposals.kind == "mask2former" and self.need_props:
-            computed = self.proposals.proposer([f["image"] for f in firsts])
+            groups = self.proposals.proposer.device_masks([f["image"] for f in firsts])
+            on_device = proposals_on_canvas(
+                groups, [min(k, len(metas) - 1) for k in range(b)], self.canvas,
+                self.proposal_bucket, self.device.data)
             if self.save_proposals:
                 from .proposer import encode_masks
 
-                rles = [encode_masks(p) for p in computed]
-        items = [self._image(m, f, c) for m, f, c in zip(metas, firsts, computed, strict=True)]
-        b = self.batch_size
+                rles = [None] * len(metas)
+                for idx, hws, masks in groups:
+                    host = np.asarray(jax.device_get(masks))
+                    for k, i in enumerate(idx):
+                        rles[i] = encode_masks(host[k, :, : hws[k][0], : hws[k][1]])
+        items = [self._image(m, f) for m, f in zip(metas, firsts, strict=True)]
         n_sentences = bucket(max(m.num_sentences for m in metas), MIN_SENTENCE_BUCKET)
         c = self.canvas
         rows = [items[min(k, len(items) - 1)] for k in range(b)]  # dummies repeat the last
@@ -116,7 +161,9 @@ class Loader:
             sentence_ref[k, : len(it["sentence_ref"])] = it["sentence_ref"]
         d = self.device
         props = no_props = []
-        if self.need_props:
+        if on_device is not None:
+            props = on_device
+        elif self.need_props:
             props = d.put([np.stack([it["prep"].proposals for it in rows]),
                            np.stack([it["prep"].proposal_valid for it in rows]),
                            np.stack([it["prep"].num_components for it in rows])])

@@ -105,9 +105,22 @@ class Proposer:
         """Images ((H, W, 3) uint8 RGB or PIL) -> per image (Q, H, W) bool proposals.
         `threshold` overrides the config's (a traced value: no recompilation). Inputs go to
         the devices and masks come back by explicit transfers only."""
+        results: list[np.ndarray | None] = [None] * len(images)
+        for idx, hws, masks in self.device_masks(images, threshold):
+            masks = np.asarray(jax.device_get(masks))
+            for k, i in enumerate(idx):
+                h, w = hws[k]
+                results[i] = np.ascontiguousarray(masks[k, :, :h, :w])
+        return results  # type: ignore[return-value]
+
+    def device_masks(self, images: Sequence[Any], threshold: float | None = None
+                     ) -> list[tuple[list[int], list[tuple[int, int]], Array]]:
+        """The proposals left on the devices, per jitted call: (indices of its images, their
+        (H, W), masks (b, Q, Ho, Wo) bool with image k's masks in the top-left (H, W) of row
+        k, zero elsewhere; rows past the images repeat the last one)."""
         t = self.config.threshold if threshold is None else check_threshold(threshold)
         rgb = [check_image(im, f"images[{i}]") for i, im in enumerate(images)]
-        results: list[np.ndarray | None] = [None] * len(rgb)
+        out = []
         n_dev = len(self.devices)
         cfg = self.config
         for shape, idx in self.groups([im.shape[:2] for im in rgb]):
@@ -123,11 +136,8 @@ class Proposer:
                 masks = propose_step(self.params, self.model_config, out_hw,
                                      *[jax.device_put(a, self.data) for a in arrays],
                                      jax.device_put(np.float32(t), self.repl))
-            masks = np.asarray(jax.device_get(masks))
-            for k, i in enumerate(idx):
-                h, w = preps[k].image_hw
-                results[i] = np.ascontiguousarray(masks[k, :, :h, :w])
-        return results  # type: ignore[return-value]
+            out.append((idx, [p.image_hw for p in preps], masks))
+        return out
 
 
 def propose(model: Model, image_uint8: Any, threshold: float = 0.35,
