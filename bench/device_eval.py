@@ -111,8 +111,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import BertTokenizer
 
     import iterprime_jax as ij
-    from iterprime_jax.evaluation import runner
     from iterprime_jax.buckets import bucket
+    from iterprime_jax.evaluation import runner
     from iterprime_jax.evaluation.config import (
         COCO_CANVAS,
         MIN_PROPOSAL_BUCKET,

@@ -38,7 +38,7 @@ class HostBatch:
     sentences: int
     pixels: Any
     common: list[Any]                # ids, attn, focus, primary, hw (device arrays)
-    props: list[Any]                 # props, valid, ncomp
+    props: list[Any]                 # proposals, valid, num_components
     no_props: list[Any]              # the same with 0 proposals (heat-map rows)
     gt: list[Any]                    # gt, sentence_ref
     truncated: int

@@ -287,14 +287,15 @@ def run_batches(ctx: Context, images: list[ImageMeta], rows: Sequence[AblationRo
     return truncated
 
 
-def sample_records(hb: HostBatch, out: tuple[np.ndarray, ...]) -> list[list[dict[str, Any]]]:
+def sample_records(host_batch: HostBatch, out: tuple[np.ndarray, ...]
+                   ) -> list[list[dict[str, Any]]]:
     """Per image of the batch, the sample records of its sentences (the samples.jsonl lines)
     from the step outputs (I, U, passes, proposal index, has candidate)."""
     inter, union, iters, index, has = out
     per_image = []
-    for k, meta in enumerate(hb.images):
+    for k, meta in enumerate(host_batch.images):
         recs, s = [], 0
-        ids = hb.proposal_ids[k]
+        ids = host_batch.proposal_ids[k]
         for ref in meta.refs:
             for sid, sent in zip(ref.sent_ids, ref.sentences, strict=True):
                 i, u = int(inter[k, s]), int(union[k, s])
@@ -303,7 +304,7 @@ def sample_records(hb: HostBatch, out: tuple[np.ndarray, ...]) -> list[list[dict
                     "image_id": meta.image_id, "ref_id": ref.ref_id, "ann_id": ref.ann_id,
                     "sent_id": sid, "sentence": sent, "I": i, "U": u,
                     "IoU": i / u if u > 0 else 0.0, "iterations": int(iters[k, s]),
-                    "primary_word": hb.primary_words[k][s],
+                    "primary_word": host_batch.primary_words[k][s],
                     "proposal": int(ids[j]) if 0 <= j < len(ids) else -1,
                     "has_candidate": bool(has[k, s]),
                     **dict(ref.extra),
@@ -368,15 +369,15 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
 
         saver = ProposalSaver(out, pi)
     with own.open("a", encoding="utf-8") as fh:
-        def on_batch(hb: HostBatch, outs: list[tuple[np.ndarray, ...]]) -> None:
+        def on_batch(host_batch: HostBatch, outs: list[tuple[np.ndarray, ...]]) -> None:
             nonlocal finished, computed
-            if saver is not None and hb.proposal_rles is not None:
-                saver.write([m.image_id for m in hb.images], hb.proposal_rles)
-            for recs in sample_records(hb, outs[0]):
+            if saver is not None and host_batch.proposal_rles is not None:
+                saver.write([m.image_id for m in host_batch.images], host_batch.proposal_rles)
+            for recs in sample_records(host_batch, outs[0]):
                 fh.write("".join(dumps_sample(r) + "\n" for r in recs))
                 fh.flush()
-            finished += hb.sentences
-            computed += hb.sentences
+            finished += host_batch.sentences
+            computed += host_batch.sentences
             if progress:
                 progress(finished, total)
 
