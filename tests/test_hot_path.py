@@ -349,3 +349,19 @@ def test_precision_setting(tiny_model_dir, tiny_model):
         np.testing.assert_array_equal(a.heatmap, b.heatmap)
     else:
         np.testing.assert_allclose(a.heatmap, b.heatmap, atol=5e-2)
+
+
+# --------------------------------------------------------------------------- proposals on device
+def test_component_count_on_device_equals_scipy():
+    from iterprime_jax.method.select import count_components, count_components_device
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((24, 30, 41)) < rng.uniform(0.2, 0.8, (24, 1, 1))
+    snake = np.zeros((1, 30, 41), bool)  # one long path: many propagation steps
+    snake[0, ::2] = True
+    snake[0, 1::4, -1] = True
+    snake[0, 3::4, 0] = True
+    masks = np.concatenate([masks, snake, np.zeros((1, 30, 41), bool)])
+    got = np.asarray(jax.jit(count_components_device)(masks))
+    np.testing.assert_array_equal(got, count_components(masks))
+    assert got[-2] == 1 and got[-1] == 0 and got.max() > 5
