@@ -143,10 +143,20 @@ def segment_core(params: Params, model_config: BlipConfig, method: IteRPrimEConf
 
 segment_core_jit = jax.jit(segment_core, static_argnums=(1, 2, 3))
 encode_image_jit = jax.jit(encode_image, static_argnums=1)
-# vmap over images (each with its own padded sentences and proposals on a shared canvas).
-segment_images_core = jax.jit(
-    jax.vmap(segment_core, in_axes=(None, None, None, None) + (0,) * 9 + (None,)),
-    static_argnums=(1, 2, 3))
+
+
+def _images_core(params: Params, model_config: BlipConfig, method: IteRPrimEConfig,
+                 canvas: int, *arrays: Array, floats: FloatSettings | None = None
+                 ) -> CoreOutput:
+    """`segment_core` vmapped over images: 9 arrays with a leading image axis (each image
+    with its own padded sentences and proposals on a shared canvas); `floats` shared."""
+    if len(arrays) == 10:  # floats given positionally, after the 9 arrays
+        *arrays, floats = arrays
+    return jax.vmap(lambda *a: segment_core(params, model_config, method, canvas, *a,
+                                            floats))(*arrays)
+
+
+segment_images_core = jax.jit(_images_core, static_argnums=(1, 2, 3))
 
 
 def jit_method(method: IteRPrimEConfig) -> tuple[IteRPrimEConfig, FloatSettings]:
