@@ -64,7 +64,8 @@ def _time_core(params: Any, cfg: Any, mcfg: Any, image: np.ndarray, rows: tuple,
         walls.append(time.perf_counter() - t0)
     computed = int(np.max(np.sum(~np.isnan(out.igrs.scores), axis=1)))
     return {"median_s": statistics.median(walls), "min_s": min(walls), "sentences": s,
-            "accepted": out.igrs.iterations[:s].tolist(), "passes_with_an_active_sentence": computed}
+            "accepted": out.igrs.iterations[:s].tolist(),
+            "passes_with_an_active_sentence": computed}
 
 
 def worker(wd: Path, reps: int, scenes: list[int]) -> dict[str, Any]:
@@ -129,11 +130,12 @@ def summary(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
             "stop_2_passes_s_per_image": total(side, "iterations=2") / len(side["stop"]
                                                                        ["iterations=2"]),
             "stop_cost_3_over_2": total(side, "iterations=3") / total(side, "iterations=2"),
-            "stop_passes_with_an_active_sentence": [x["passes_with_an_active_sentence"] for x in side["stop"]
-                                     ["iterations=3"]],
+            "stop_passes_with_an_active_sentence": [
+                x["passes_with_an_active_sentence"] for x in side["stop"]["iterations=3"]],
             "accept_s_per_image": statistics.fmean(x["median_s"]
                                                    for x in side["accept"].values()),
-            "accept_passes_with_an_active_sentence": [x["passes_with_an_active_sentence"] for x in side["accept"].values()],
+            "accept_passes_with_an_active_sentence": [
+                x["passes_with_an_active_sentence"] for x in side["accept"].values()],
             "accept_accepted": [x["accepted"] for x in side["accept"].values()]}
     out["speedup_stop_3_passes"] = (out["before"]["stop_3_passes_s_per_image"]
                                     / out["after"]["stop_3_passes_s_per_image"])
@@ -201,11 +203,11 @@ def main(argv: list[str] | None = None) -> None:
     for key in ("stop_3_passes_s_per_image", "stop_2_passes_s_per_image", "stop_cost_3_over_2",
                 "accept_s_per_image"):
         print(f"{key:28s}{sm['before'][key]:12.4f}{sm['after'][key]:12.4f}")
-    print(f"passes computed (stop, 3 configured): before {sm['before']['stop_passes_with_an_active_sentence']}, "
-          f"after {sm['after']['stop_passes_with_an_active_sentence']}")
-    print(f"passes computed (accept): before {sm['before']['accept_passes_with_an_active_sentence']}, "
-          f"after {sm['after']['accept_passes_with_an_active_sentence']}; accepted "
-          f"{sm['after']['accept_accepted']}")
+    key = "passes_with_an_active_sentence"
+    print(f"passes computed (stop, 3 configured): before 3 (every configured pass), after "
+          f"{sm['after']['stop_' + key]}")
+    print(f"passes computed (accept): before 3, after {sm['after']['accept_' + key]}; "
+          f"accepted {sm['after']['accept_accepted']}")
     print(f"load average {rec['loadavg_start']} -> {rec['loadavg_end']}\nwrote {out}")
 
 
