@@ -158,18 +158,29 @@ def make_proposals(rng: np.random.Generator, hw: tuple[int, int], n: int) -> np.
     return out
 
 
-def hf_blip_config():
-    """blip-itm-base-coco: HF `BlipConfig()` defaults, with BERT-base's 12 text heads (the
-    checkpoint's value; BlipTextConfig's default is 8)."""
+# blip-itm-{base,large}-coco architectures (random weights): HF `BlipConfig()` defaults with
+# BERT-base's 12 text heads (the checkpoints' value; BlipTextConfig's default is 8); large has
+# a ViT-L/16 vision tower.
+ARCHS = {
+    "base": {"text_config": {"num_attention_heads": 12}},
+    "large": {"vision_config": {"hidden_size": 1024, "intermediate_size": 4096,
+                                "num_hidden_layers": 24, "num_attention_heads": 16,
+                                "image_size": 384, "patch_size": 16},
+              "text_config": {"num_attention_heads": 12, "encoder_hidden_size": 1024}},
+}
+
+
+def hf_blip_config(arch: str = "base"):
+    """The HF `BlipConfig` of blip-itm-`arch`-coco (ARCHS)."""
     from transformers import BlipConfig as HFBlipConfig
 
-    return HFBlipConfig(text_config={"num_attention_heads": 12})
+    return HFBlipConfig(**ARCHS[arch])
 
 
-def our_config():
+def our_config(arch: str = "base"):
     from iterprime_jax.models.blip.config import BlipConfig
 
-    return BlipConfig.from_hf_dict(hf_blip_config().to_dict())
+    return BlipConfig.from_hf_dict(hf_blip_config(arch).to_dict())
 
 
 def method_config(iterations: int):
@@ -186,7 +197,7 @@ def build_workload(args: argparse.Namespace, wd: Path) -> dict[str, Any]:
     from iterprime_jax.method.language import encode_batch, load_spacy
 
     t0 = time.perf_counter()
-    model = tr.build_model(args.seed, hf_blip_config())
+    model = tr.build_model(args.seed, hf_blip_config(getattr(args, "arch", "base")))
     sd = tr.state_dict_numpy(model)
     np.savez(wd / "weights.npz", **sd)
     n_params = int(sum(v.size for k, v in sd.items() if not k.endswith("position_ids")))

@@ -78,7 +78,7 @@ def worker_torch(args: argparse.Namespace, wd: Path) -> dict[str, Any]:
 
     dev = torch_device(args.device)
     data = load_data(wd)
-    model = tr.build_model(args.seed, hf_blip_config())  # same architecture; weights replaced
+    model = tr.build_model(args.seed, hf_blip_config(getattr(args, "arch", "base")))  # same arch
     with np.load(wd / "weights.npz") as z:
         model.load_state_dict({k: torch.from_numpy(z[k]) for k in z.files})
     ref = tr.Reference(model, iterations=args.iterations, device=dev)

@@ -49,7 +49,9 @@ def test_segment_result_fields(tiny_model):
 
 
 def test_compiles_once_per_bucket(tiny_model):
-    cfg = CFG.replace(alpha=0.25)  # a config no other test uses: its own jit cache entries
+    # a structural setting no other test uses: its own jit cache entries (float settings such
+    # as alpha are traced and share the entries)
+    cfg = CFG.replace(max_components=11)
     ij.segment(tiny_model, _image(), "warm up", _proposals(n=3), cfg)  # 7 tokens: bucket 8
     before = pipeline.segment_core_jit._cache_size()
     # other text of the same token bucket, other proposal count in the same bucket (4), other

@@ -1,20 +1,28 @@
 """Host side of an evaluation: a batch of images prepared for the device (`Loader.make`: decode,
 proposals, spaCy + tokenisation, padding to the buckets) and the background thread that
-prepares the next batches while the device runs the current one (`Prefetch`)."""
+prepares the next batches while the device runs the current one (`Prefetch`).
+
+Proposals computed on the fly by Mask2Former stay on the devices: they are laid out on the
+canvas and their connected components counted there (`proposals_on_canvas`); they come to the
+host only to be saved (``save_proposals``)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import queue
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ..config import IteRPrimEConfig
 from ..method.pipeline import bucket, encode_texts, pad_text, prepare_image, text_length_bucket
+from ..method.select import count_components_device
 from ..models.loading import Model
 from .config import MIN_SENTENCE_BUCKET, EvalError
 from .device import Device
@@ -30,11 +38,43 @@ class HostBatch:
     sentences: int
     pixels: Any
     common: list[Any]                # ids, attn, focus, primary, hw (device arrays)
-    props: list[Any]                 # props, valid, ncomp
+    props: list[Any]                 # proposals, valid, num_components
     no_props: list[Any]              # the same with 0 proposals (heat-map rows)
-    gt: list[Any]                    # gt, sref
+    gt: list[Any]                    # gt, sentence_ref
     truncated: int
     proposal_rles: list[list[dict[str, Any]]] | None = None  # per image (save_proposals)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _on_canvas(masks: jax.Array, canvas: int, n_padded: int) -> tuple[jax.Array, jax.Array]:
+    """(b, Q, Ho, Wo) bool -> ((b, n_padded, canvas, canvas) masks, (b, n_padded) component
+    counts); the masks are zero outside their image, which fits on the canvas."""
+    q = masks.shape[1]
+    m = masks[:, :, :canvas, :canvas]
+    components = count_components_device(m)
+    pads = ((0, 0), (0, n_padded - q), (0, canvas - m.shape[2]), (0, canvas - m.shape[3]))
+    return jnp.pad(m, pads), jnp.pad(components, pads[:2])
+
+
+def proposals_on_canvas(groups: Sequence[tuple[list[int], Any, jax.Array]], rows: Sequence[int],
+                        canvas: int, n_padded: int, sharding: Any) -> list[jax.Array]:
+    """`Proposer.device_masks` groups -> [masks (R, n_padded, canvas, canvas), valid
+    (R, n_padded), component counts (R, n_padded)] for the images `rows` (indices into the
+    proposer's images; repeats allowed), placed with `sharding`; nothing leaves the devices."""
+    placed: dict[int, tuple[jax.Array, jax.Array]] = {}
+    q = 0
+    for idx, _, masks in groups:
+        q = masks.shape[1]
+        if q > n_padded:
+            raise EvalError(f"{q} proposals per image exceed the proposal bucket {n_padded}")
+        m, c = _on_canvas(masks, canvas, n_padded)
+        for k, i in enumerate(idx):
+            placed[i] = (m[k], c[k])
+    masks = jnp.stack([placed[i][0] for i in rows])
+    components = jnp.stack([placed[i][1] for i in rows])
+    valid = np.broadcast_to(np.arange(n_padded) < q, (len(rows), n_padded))
+    return [jax.device_put(masks, sharding), jax.device_put(valid, sharding),
+            jax.device_put(components, sharding)]
 
 
 class Loader:
@@ -47,7 +87,7 @@ class Loader:
         self.model, self.device, self.sources = model, device, sources
         self.save_proposals = save_proposals
         self.proposals, self.text_config, self.canvas = proposals, text_config, canvas
-        self.nb, self.batch_size = proposal_bucket, batch_size
+        self.proposal_bucket, self.batch_size = proposal_bucket, batch_size
         self.need_props, self.need_no_props = need_props, need_no_props
 
     def _first(self, meta: ImageMeta) -> Any:
@@ -58,8 +98,7 @@ class Loader:
                             f"{first['image_id']}, the index says {meta.image_id}")
         return first
 
-    def _image(self, meta: ImageMeta, first: Any, computed: np.ndarray | None
-               ) -> dict[str, Any]:
+    def _image(self, meta: ImageMeta, first: Any) -> dict[str, Any]:
         gts = [first["mask"]] + [self.sources.mask_only[r.index]["mask"] for r in meta.refs[1:]]
         props, ids = None, np.zeros((0,), np.int64)
         if self.proposals.kind == "gt":
@@ -69,53 +108,62 @@ class Loader:
             rles = self.proposals.by_image.get(meta.image_id, [])
             props = decode_rles(rles, meta.hw, self.proposals.path, meta.image_id)
             ids = np.arange(len(rles), dtype=np.int64)
-        elif self.proposals.kind == "mask2former":
-            assert computed is not None
-            props, ids = computed, np.arange(len(computed), dtype=np.int64)
+        elif self.proposals.kind == "mask2former":  # on the devices (`proposals_on_canvas`)
+            ids = np.arange(self.proposals.proposer.num_queries, dtype=np.int64)
         image = first["image"]
         if tuple(image.shape[:2]) != meta.hw:
             raise EvalError(f"{self.sources.name}: image {meta.image_id} decodes to "
                             f"{image.shape[:2]}, its header says {meta.hw}")
         prep = prepare_image(image, self.model.config, props if self.need_props else None,
-                             self.canvas, self.nb)
+                             self.canvas, self.proposal_bucket)
         sentences = [s for r in meta.refs for s in r.sentences]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # truncation is counted and logged once
             text = encode_texts(self.model, sentences, self.text_config)
-        sref = np.concatenate([np.full(len(r.sent_ids), k, np.int32)
-                               for k, r in enumerate(meta.refs)])
-        return {"prep": prep, "gts": gts, "text": text, "sref": sref, "ids": ids}
+        sentence_ref = np.concatenate([np.full(len(r.sent_ids), k, np.int32)
+                                       for k, r in enumerate(meta.refs)])
+        return {"prep": prep, "gts": gts, "text": text, "sentence_ref": sentence_ref,
+                "ids": ids}
 
     def make(self, metas: list[ImageMeta]) -> HostBatch:
         firsts = [self._first(m) for m in metas]
-        computed: list[Any] = [None] * len(metas)
         rles = None
+        b = self.batch_size
+        on_device = None
         if self.proposals.kind == "mask2former" and self.need_props:
-            computed = self.proposals.proposer([f["image"] for f in firsts])
+            groups = self.proposals.proposer.device_masks([f["image"] for f in firsts])
+            on_device = proposals_on_canvas(
+                groups, [min(k, len(metas) - 1) for k in range(b)], self.canvas,
+                self.proposal_bucket, self.device.data)
             if self.save_proposals:
                 from .proposer import encode_masks
 
-                rles = [encode_masks(p) for p in computed]
-        items = [self._image(m, f, c) for m, f, c in zip(metas, firsts, computed, strict=True)]
-        b = self.batch_size
-        sb = bucket(max(m.num_sentences for m in metas), MIN_SENTENCE_BUCKET)
+                rles = [None] * len(metas)
+                for idx, hws, masks in groups:
+                    host = np.asarray(jax.device_get(masks))
+                    for k, i in enumerate(idx):
+                        rles[i] = encode_masks(host[k, :, : hws[k][0], : hws[k][1]])
+        items = [self._image(m, f) for m, f in zip(metas, firsts, strict=True)]
+        n_sentences = bucket(max(m.num_sentences for m in metas), MIN_SENTENCE_BUCKET)
         c = self.canvas
         rows = [items[min(k, len(items) - 1)] for k in range(b)]  # dummies repeat the last
-        tl = max(text_length_bucket(it["text"].attention_mask, it["text"].input_ids.shape[1])
-                 for it in items)
-        texts = [pad_text(it["text"], sb, tl) for it in rows]
+        text_length = max(text_length_bucket(it["text"].attention_mask,
+                                             it["text"].input_ids.shape[1]) for it in items)
+        texts = [pad_text(it["text"], n_sentences, text_length) for it in rows]
         common = [np.stack([t[j] for t in texts]) for j in range(4)]
         common.append(np.asarray([it["prep"].hw for it in rows], np.int32))
         pixels = np.stack([it["prep"].pixels for it in rows])
-        gt = np.zeros((b, sb, c, c), bool)
-        sref = np.zeros((b, sb), np.int32)
+        gt = np.zeros((b, n_sentences, c, c), bool)
+        sentence_ref = np.zeros((b, n_sentences), np.int32)
         for k, it in enumerate(rows):
             for r, m in enumerate(it["gts"]):
                 gt[k, r, : m.shape[0], : m.shape[1]] = m.astype(bool)
-            sref[k, : len(it["sref"])] = it["sref"]
+            sentence_ref[k, : len(it["sentence_ref"])] = it["sentence_ref"]
         d = self.device
         props = no_props = []
-        if self.need_props:
+        if on_device is not None:
+            props = on_device
+        elif self.need_props:
             props = d.put([np.stack([it["prep"].proposals for it in rows]),
                            np.stack([it["prep"].proposal_valid for it in rows]),
                            np.stack([it["prep"].num_components for it in rows])])
@@ -128,7 +176,7 @@ class Loader:
             proposal_ids=[it["ids"] for it in items],
             sentences=sum(m.num_sentences for m in metas),
             pixels=d.put([pixels])[0], common=d.put(common), props=props, no_props=no_props,
-            gt=d.put([gt, sref]),
+            gt=d.put([gt, sentence_ref]),
             truncated=sum(t.truncated for it in items for t in it["text"].items),
             proposal_rles=rles)
 

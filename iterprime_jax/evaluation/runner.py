@@ -52,8 +52,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from ..buckets import bucket, round_up
 from ..config import IteRPrimEConfig
-from ..method.pipeline import bucket, canvas_side
+from ..method.pipeline import canvas_side
 from ..metrics import CONVENTIONS
 from ..models.loading import (
     Model,
@@ -107,10 +108,6 @@ log = logging.getLogger(__name__)
 def default_batch_size(num_devices: int, canvas: int) -> int:
     base = 8 if canvas <= TINY_CANVAS else 1
     return round_up(max(base, num_devices), num_devices)
-
-
-def round_up(n: int, multiple: int) -> int:
-    return -(-int(n) // multiple) * multiple
 
 
 @dataclasses.dataclass
@@ -264,28 +261,30 @@ def run_batches(ctx: Context, images: list[ImageMeta], rows: Sequence[AblationRo
                   r.method.spacy_model) for r in rows}
     if len(text_keys) != 1:
         raise EvalError("rows of one run must share the text settings")
-    nb = 0
+    proposal_bucket = 0
     if any(r.use_proposals for r in rows):
-        nb = bucket(max(ctx.proposals.count(m) for m in images), MIN_PROPOSAL_BUCKET)
+        proposal_bucket = bucket(max(ctx.proposals.count(m) for m in images),
+                                 MIN_PROPOSAL_BUCKET)
     loader = Loader(ctx.model, ctx.device, ctx.sources, ctx.proposals, rows[0].method,
-                    ctx.canvas, nb, ctx.batch_size,
+                    ctx.canvas, proposal_bucket, ctx.batch_size,
                     need_props=any(r.use_proposals for r in rows),
                     need_no_props=any(not r.use_proposals for r in rows),
                     save_proposals=ctx.config.save_proposals is not None)
     prefetch = Prefetch(loader.make, batches(images, ctx.batch_size))
     truncated = 0
     try:
-        for hb in prefetch:
-            embeds = ctx.device.encode(hb.pixels)
+        for host_batch in prefetch:
+            embeds = ctx.device.encode(host_batch.pixels)
             outs: dict[tuple[IteRPrimEConfig, bool], Any] = {}
             for r in rows:  # identical rows (e.g. "full" = "+ IGRS (3)") run once
                 if (r.method, r.use_proposals) not in outs:
-                    props = hb.props if r.use_proposals else hb.no_props
+                    props = host_batch.props if r.use_proposals else host_batch.no_props
                     outs[r.method, r.use_proposals] = ctx.device.step(
-                        r.method, ctx.canvas, embeds, *hb.common, *props, *hb.gt)
+                        r.method, ctx.canvas, embeds, *host_batch.common, *props,
+                        *host_batch.gt)
             host = {k: tuple(np.asarray(a) for a in jax.device_get(o)) for k, o in outs.items()}
-            truncated += hb.truncated
-            on_batch(hb, [host[r.method, r.use_proposals] for r in rows])
+            truncated += host_batch.truncated
+            on_batch(host_batch, [host[r.method, r.use_proposals] for r in rows])
     finally:
         prefetch.close()
     if truncated:
@@ -294,14 +293,15 @@ def run_batches(ctx: Context, images: list[ImageMeta], rows: Sequence[AblationRo
     return truncated
 
 
-def sample_records(hb: HostBatch, out: tuple[np.ndarray, ...]) -> list[list[dict[str, Any]]]:
+def sample_records(host_batch: HostBatch, out: tuple[np.ndarray, ...]
+                   ) -> list[list[dict[str, Any]]]:
     """Per image of the batch, the sample records of its sentences (the samples.jsonl lines)
     from the step outputs (I, U, passes, proposal index, has candidate)."""
     inter, union, iters, index, has = out
     per_image = []
-    for k, meta in enumerate(hb.images):
+    for k, meta in enumerate(host_batch.images):
         recs, s = [], 0
-        ids = hb.proposal_ids[k]
+        ids = host_batch.proposal_ids[k]
         for ref in meta.refs:
             for sid, sent in zip(ref.sent_ids, ref.sentences, strict=True):
                 i, u = int(inter[k, s]), int(union[k, s])
@@ -310,7 +310,7 @@ def sample_records(hb: HostBatch, out: tuple[np.ndarray, ...]) -> list[list[dict
                     "image_id": meta.image_id, "ref_id": ref.ref_id, "ann_id": ref.ann_id,
                     "sent_id": sid, "sentence": sent, "I": i, "U": u,
                     "IoU": i / u if u > 0 else 0.0, "iterations": int(iters[k, s]),
-                    "primary_word": hb.primary_words[k][s],
+                    "primary_word": host_batch.primary_words[k][s],
                     "proposal": int(ids[j]) if 0 <= j < len(ids) else -1,
                     "has_candidate": bool(has[k, s]),
                     **dict(ref.extra),
@@ -375,15 +375,15 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
 
         saver = ProposalSaver(out, pi)
     with own.open("a", encoding="utf-8") as fh:
-        def on_batch(hb: HostBatch, outs: list[tuple[np.ndarray, ...]]) -> None:
+        def on_batch(host_batch: HostBatch, outs: list[tuple[np.ndarray, ...]]) -> None:
             nonlocal finished, computed
-            if saver is not None and hb.proposal_rles is not None:
-                saver.write([m.image_id for m in hb.images], hb.proposal_rles)
-            for recs in sample_records(hb, outs[0]):
+            if saver is not None and host_batch.proposal_rles is not None:
+                saver.write([m.image_id for m in host_batch.images], host_batch.proposal_rles)
+            for recs in sample_records(host_batch, outs[0]):
                 fh.write("".join(dumps_sample(r) + "\n" for r in recs))
                 fh.flush()
-            finished += hb.sentences
-            computed += hb.sentences
+            finished += host_batch.sentences
+            computed += host_batch.sentences
             if progress:
                 progress(finished, total)
 

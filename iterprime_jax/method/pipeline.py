@@ -4,9 +4,16 @@ Data flow (ARCHITECTURE.md): image -> pixels -> image embeds (once per image) ; 
 token ids + PWE masks (spaCy, outside jit) ; (embeds, tokens, masks) -> IGRS (jit) -> heat grid
 -> bicubic upsample onto a fixed canvas -> proposal selection (jit) -> mask.
 
-Static shapes under jit: text length = `IteRPrimEConfig.max_text_length`, sentences padded to
-a power-of-two bucket, proposals padded to a power-of-two bucket, images placed on a square
-canvas whose side is a multiple of `CANVAS_MULTIPLE`; the real image size is a traced value.
+Static shapes under jit: text length = the batch's longest prompt rounded up to a multiple of
+`TEXT_MULTIPLE` (at most `IteRPrimEConfig.max_text_length`, `text_length_bucket`), sentences
+padded to a power-of-two bucket, proposals padded to a power-of-two bucket, images placed on a
+square canvas whose side is a multiple of `CANVAS_MULTIPLE`; the real image size is a traced
+value. The float settings of the method (`FloatSettings`: alpha, stretch, thresholds) are traced
+too, so a sweep over them compiles once; the structural settings are static.
+
+Transfers are explicit: the model's parameters already live on the device (`iterprime_jax.load`
+places them), the public functions `jax.device_put` their inputs once per call and
+`jax.device_get` the outputs, so warm calls run under `jax.transfer_guard("disallow")`.
 """
 
 from __future__ import annotations
@@ -20,58 +27,64 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..buckets import bucket, round_up
 from ..config import IteRPrimEConfig
 from ..models.blip.config import BlipConfig
 from ..models.blip.modeling import encode_image
 from ..models.blip.preprocess import as_rgb_uint8, preprocess_image
-from ..models.loading import Model
+from ..models.loading import Model, matmul_precision
+from ..placement import put_inputs
 from ..types import Array, Params
 from .gradcam import gradcam_from_embeds
 from .heat import heat_map, resize_heatmap
 from .language import TextBatch, encode_batch, load_spacy
-from .refine import IGRSResult, igrs
+from .refine import FloatSettings, IGRSResult, igrs, static_config, stretch
 from .select import check_proposals, count_components, select_proposal
 
 CANVAS_MULTIPLE = 64
 TEXT_MULTIPLE = 8  # text lengths are bucketed to multiples of this (see text_length_bucket)
 
 
-def bucket(n: int, minimum: int = 1) -> int:
-    """Smallest power of two >= max(n, minimum)."""
-    n = max(int(n), minimum, 1)
-    return 1 << (n - 1).bit_length()
+__all__ = ["CANVAS_MULTIPLE", "TEXT_MULTIPLE", "CoreOutput", "FloatSettings", "PreparedImage",
+           "SegmentResult", "bucket", "canvas_side", "encode_texts", "pad_text",
+           "prepare_image", "segment", "segment_batch", "segment_core", "segment_images",
+           "text_length_bucket", "upsample_heat"]
 
 
 def canvas_side(hw: tuple[int, int], multiple: int = CANVAS_MULTIPLE) -> int:
     """Square canvas side for an image of size hw: max side rounded up to `multiple`."""
-    return int(-(-max(hw) // multiple) * multiple)
+    return round_up(max(hw), multiple)
 
 
 # --------------------------------------------------------------------------- jitted core
-def text_heatmaps(params: Params, bconfig: BlipConfig, mconfig: IteRPrimEConfig,
+def text_heatmaps(params: Params, model_config: BlipConfig, method: IteRPrimEConfig,
                   image_embeds: Array, input_ids: Array, attention_mask: Array, focus: Array,
-                  primary: Array) -> IGRSResult:
-    """IGRS over B sentences of one image. image_embeds: (1, S, D); text arrays (B, T)."""
+                  primary: Array, floats: FloatSettings | None = None) -> IGRSResult:
+    """IGRS over B sentences of one image. image_embeds: (1, S, D); text arrays (B, T);
+    floats: the float settings (default: `method`'s)."""
     b = input_ids.shape[0]
-    per_sample_heat = jax.vmap(functools.partial(heat_map, use_pwe=mconfig.use_pwe,
-                                                 no_primary=mconfig.no_primary_tokens,
-                                                 authors_code=mconfig.authors_code))
+    per_sample_heat = jax.vmap(functools.partial(heat_map, use_pwe=method.use_pwe,
+                                                 no_primary=method.no_primary_tokens,
+                                                 authors_code=method.authors_code))
 
     def step(keep: Array) -> tuple[Array, Array]:
-        cam = gradcam_from_embeds(params, bconfig, image_embeds, input_ids, attention_mask,
-                                  mconfig.layer, keep)
+        cam = gradcam_from_embeds(params, model_config, image_embeds, input_ids,
+                                  attention_mask, method.layer, keep)
         return per_sample_heat(cam.attn, cam.grad, attention_mask, focus, primary), \
             cam.match_prob
 
-    return igrs(step, b, bconfig.vision.grid, mconfig)
+    return igrs(step, b, model_config.vision.grid, method, floats)
 
 
-def upsample_heat(heat: Array, image_hw: Array, canvas: int, mconfig: IteRPrimEConfig,
-                  first_pass: Array | bool = False) -> tuple[Array, Array]:
+def upsample_heat(heat: Array, image_hw: Array, canvas: int, method: IteRPrimEConfig,
+                  first_pass: Array | bool = False, floats: FloatSettings | None = None
+                  ) -> tuple[Array, Array]:
     """(gh, gw) map -> (canvas, canvas) map over the top-left image_hw region (traced), zero
     outside: `resize_heatmap` (PyTorch bicubic), min-max normalised on the region, and, where
-    `first_pass` (the map is pass 0's own, docs/method.md section 3), stretched.
-    Returns (heat, region mask)."""
+    `first_pass` (the map is pass 0's own, docs/method.md section 3), stretched (`stretch`:
+    its maximum over the canvas is the one over the region, as the map is 0 outside and its
+    minimum 0 inside). Returns (heat, region mask)."""
+    floats = FloatSettings.of(method) if floats is None else floats
     up = resize_heatmap(heat, image_hw, canvas)
     rows = jnp.arange(canvas)[:, None] < image_hw[0]
     cols = jnp.arange(canvas)[None, :] < image_hw[1]
@@ -80,8 +93,7 @@ def upsample_heat(heat: Array, image_hw: Array, canvas: int, mconfig: IteRPrimEC
     hi = jnp.max(jnp.where(region, up, -jnp.inf))
     rng = hi - lo
     up = jnp.where(region & (rng > 0), (up - lo) / jnp.where(rng > 0, rng, 1.0), 0.0)
-    s = jax.nn.sigmoid(mconfig.stretch_sharpness * (up - mconfig.stretch_center))
-    s = s / jnp.max(jnp.where(region, s, 0.0))
+    s = stretch(up, floats.stretch_sharpness, floats.stretch_center)
     up = jnp.where(region & first_pass, s, up)
     return up, region
 
@@ -97,28 +109,31 @@ class CoreOutput(NamedTuple):
     igrs: IGRSResult
 
 
-def segment_core(params: Params, bconfig: BlipConfig, mconfig: IteRPrimEConfig, canvas: int,
-                 image_embeds: Array, input_ids: Array, attention_mask: Array, focus: Array,
-                 primary: Array, image_hw: Array, proposals: Array, proposal_valid: Array,
-                 num_components: Array) -> CoreOutput:
+def segment_core(params: Params, model_config: BlipConfig, method: IteRPrimEConfig,
+                 canvas: int, image_embeds: Array, input_ids: Array, attention_mask: Array,
+                 focus: Array, primary: Array, image_hw: Array, proposals: Array,
+                 proposal_valid: Array, num_components: Array,
+                 floats: FloatSettings | None = None) -> CoreOutput:
     """One image, B sentences: IGRS heat maps, upsampling and proposal selection.
 
     image_embeds (1, S, D); text arrays (B, T); image_hw (2,) int32; proposals
     (N, canvas, canvas) bool (N may be 0: threshold baseline); proposal_valid,
-    num_components (N,).
+    num_components (N,); floats: the float settings as scalars (default: `method`'s own
+    values, compiled in; jitted callers pass them traced with `static_config(method)`).
     """
-    res = text_heatmaps(params, bconfig, mconfig, image_embeds, input_ids, attention_mask,
-                        focus, primary)
+    floats = FloatSettings.of(method) if floats is None else floats
+    res = text_heatmaps(params, model_config, method, image_embeds, input_ids,
+                        attention_mask, focus, primary, floats)
 
     def localize(h: Array, first: Array) -> tuple[Array, Array, Array, Array]:
-        up, region = upsample_heat(h, image_hw, canvas, mconfig, first)
-        thresh = (up >= mconfig.heat_threshold) & region
+        up, region = upsample_heat(h, image_hw, canvas, method, first, floats)
+        thresh = (up >= floats.heat_threshold) & region
         if proposals.shape[0] == 0:
             return up, thresh, jnp.int32(-1), jnp.asarray(False)
         sel = select_proposal(up, proposals, proposal_valid, num_components,
-                              mconfig.max_components)
+                              method.max_components)
         mask = sel.mask
-        if not mconfig.empty_if_no_candidate:
+        if not method.empty_if_no_candidate:
             mask = jnp.where(sel.has_candidate, mask, thresh)
         return up, mask, sel.index, sel.has_candidate
 
@@ -128,10 +143,27 @@ def segment_core(params: Params, bconfig: BlipConfig, mconfig: IteRPrimEConfig, 
 
 segment_core_jit = jax.jit(segment_core, static_argnums=(1, 2, 3))
 encode_image_jit = jax.jit(encode_image, static_argnums=1)
-# vmap over images (each with its own padded sentences and proposals on a shared canvas).
-segment_images_core = jax.jit(
-    jax.vmap(segment_core, in_axes=(None, None, None, None) + (0,) * 9),
-    static_argnums=(1, 2, 3))
+
+
+def _images_core(params: Params, model_config: BlipConfig, method: IteRPrimEConfig,
+                 canvas: int, *arrays: Array, floats: FloatSettings | None = None
+                 ) -> CoreOutput:
+    """`segment_core` vmapped over images: 9 arrays with a leading image axis (each image
+    with its own padded sentences and proposals on a shared canvas); `floats` shared."""
+    if len(arrays) == 10:  # floats given positionally, after the 9 arrays
+        *arrays, floats = arrays
+    return jax.vmap(lambda *a: segment_core(params, model_config, method, canvas, *a,
+                                            floats))(*arrays)
+
+
+segment_images_core = jax.jit(_images_core, static_argnums=(1, 2, 3))
+
+
+def jit_method(method: IteRPrimEConfig) -> tuple[IteRPrimEConfig, FloatSettings]:
+    """(static part of `method`, its float settings as float32 host scalars): the arguments
+    of the jitted cores, so that configs differing only in float settings share a
+    compilation."""
+    return static_config(method), FloatSettings.of(method).traced()
 
 
 # --------------------------------------------------------------------------- host side
@@ -166,7 +198,7 @@ class PreparedImage:
     num_proposals: int
 
 
-def prepare_image(image: Any, bconfig: BlipConfig, proposals: Any | None = None,
+def prepare_image(image: Any, model_config: BlipConfig, proposals: Any | None = None,
                   canvas: int | None = None, min_proposal_bucket: int = 4) -> PreparedImage:
     """Validate and pad one image's inputs. proposals: (N, H, W) bool/uint8 or None."""
     rgb = as_rgb_uint8(image)
@@ -177,19 +209,19 @@ def prepare_image(image: Any, bconfig: BlipConfig, proposals: Any | None = None,
     if proposals is None:
         props = np.zeros((0, side, side), bool)
         valid = np.zeros((0,), bool)
-        ncomp = np.zeros((0,), np.int32)
+        components = np.zeros((0,), np.int32)
         n = 0
     else:
         p = check_proposals(proposals, hw)
         n = p.shape[0]
-        nb = bucket(n, min_proposal_bucket)
-        props = np.zeros((nb, side, side), bool)
+        n_padded = bucket(n, min_proposal_bucket)
+        props = np.zeros((n_padded, side, side), bool)
         props[:n, : hw[0], : hw[1]] = p
-        valid = np.arange(nb) < n
-        ncomp = np.zeros((nb,), np.int32)
-        ncomp[:n] = count_components(p) if n else ncomp[:0]
-    return PreparedImage(hw=hw, canvas=side, pixels=preprocess_image(rgb, bconfig),
-                         proposals=props, proposal_valid=valid, num_components=ncomp,
+        valid = np.arange(n_padded) < n
+        components = np.zeros((n_padded,), np.int32)
+        components[:n] = count_components(p) if n else components[:0]
+    return PreparedImage(hw=hw, canvas=side, pixels=preprocess_image(rgb, model_config),
+                         proposals=props, proposal_valid=valid, num_components=components,
                          num_proposals=n)
 
 
@@ -248,15 +280,21 @@ def encode_texts(model: Model, expressions: Sequence[str], config: IteRPrimEConf
 
 def segment_batch(model: Model, image: Any, expressions: Sequence[str], proposals: Any = None,
                   config: IteRPrimEConfig = IteRPrimEConfig()) -> list[SegmentResult]:
-    """All expressions of one image in one jitted call (image encoded once)."""
+    """All expressions of one image in one jitted call (image encoded once). The inputs go to
+    the parameters' devices in one explicit `jax.device_put`; the outputs come back with
+    `jax.device_get`."""
     batch = encode_texts(model, expressions, config)
     prep = prepare_image(image, model.config, proposals)
-    embeds = encode_image_jit(model.params, model.config, prep.pixels[None])
     text = pad_text(batch, bucket(len(batch.items)),
                     text_length_bucket(batch.attention_mask, batch.input_ids.shape[1]))
-    out = segment_core_jit(model.params, model.config, config, prep.canvas, embeds, *text,
-                           np.asarray(prep.hw, np.int32), prep.proposals, prep.proposal_valid,
-                           prep.num_components)
+    method, floats = jit_method(config)
+    pixels, *arrays, floats = put_inputs(
+        model.params, prep.pixels[None], *text, np.asarray(prep.hw, np.int32), prep.proposals,
+        prep.proposal_valid, prep.num_components, floats)
+    with matmul_precision(model):
+        embeds = encode_image_jit(model.params, model.config, pixels)
+        out = segment_core_jit(model.params, model.config, method, prep.canvas, embeds,
+                               *arrays, floats)
     return _results(out, batch, prep.hw)
 
 
@@ -282,23 +320,28 @@ def segment_images(model: Model, images: Sequence[Any], expressions: Sequence[Se
     side = max(canvas_side(hw) for hw in hws)
     preps = [prepare_image(im, model.config, None if proposals is None else proposals[i], side)
              for i, im in enumerate(images)]
-    nb = max(p.proposals.shape[0] for p in preps)
-    sb = bucket(max(len(b.items) for b in batches))
-    tl = max(text_length_bucket(b.attention_mask, b.input_ids.shape[1]) for b in batches)
-    texts = [pad_text(b, sb, tl) for b in batches]
+    n_proposals = max(p.proposals.shape[0] for p in preps)
+    n_sentences = bucket(max(len(b.items) for b in batches))
+    text_length = max(text_length_bucket(b.attention_mask, b.input_ids.shape[1])
+                      for b in batches)
+    texts = [pad_text(b, n_sentences, text_length) for b in batches]
     stacked = [np.stack([t[k] for t in texts]) for k in range(4)]
-    props = np.zeros((len(preps), nb, side, side), bool)
-    valid = np.zeros((len(preps), nb), bool)
-    ncomp = np.zeros((len(preps), nb), np.int32)
+    props = np.zeros((len(preps), n_proposals, side, side), bool)
+    valid = np.zeros((len(preps), n_proposals), bool)
+    components = np.zeros((len(preps), n_proposals), np.int32)
     for i, p in enumerate(preps):
         n = p.proposals.shape[0]
-        props[i, :n], valid[i, :n], ncomp[i, :n] = p.proposals, p.proposal_valid, \
+        props[i, :n], valid[i, :n], components[i, :n] = p.proposals, p.proposal_valid, \
             p.num_components
-    pixels = np.stack([p.pixels for p in preps])
-    embeds = encode_image_jit(model.params, model.config, pixels)[:, None]
     hw = np.asarray([p.hw for p in preps], np.int32)
-    out = segment_images_core(model.params, model.config, config, side, embeds, *stacked, hw,
-                              props, valid, ncomp)
+    method, floats = jit_method(config)
+    pixels, *arrays, floats = put_inputs(
+        model.params, np.stack([p.pixels for p in preps]), *stacked, hw, props, valid,
+        components, floats)
+    with matmul_precision(model):
+        embeds = encode_image_jit(model.params, model.config, pixels)[:, None]
+        out = segment_images_core(model.params, model.config, method, side, embeds, *arrays,
+                                  floats)
     out = jax.device_get(out)
     results = []
     for i, (b, p) in enumerate(zip(batches, preps, strict=True)):

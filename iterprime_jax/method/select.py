@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
@@ -16,6 +17,7 @@ __all__ = [
     "Selection",
     "check_proposals",
     "count_components",
+    "count_components_device",
     "select_proposal",
     "threshold_mask",
 ]
@@ -70,6 +72,39 @@ def count_components(proposals) -> np.ndarray:
         if m.any():
             _, out[i] = ndimage.label(m, structure=_FOUR_CONNECTIVITY)
     return out
+
+
+def count_components_device(masks) -> jnp.ndarray:
+    """`count_components` on the device (jit-able): (..., H, W) bool -> (...) int32, the
+    number of 4-connected components of each mask, exactly as scipy counts them.
+
+    Every mask pixel starts with its own index (1-based) as label and repeatedly takes the
+    largest label among itself and its 4 neighbours inside the mask, then the label of the
+    pixel its label names (pointer jumping: that pixel is in the same component); when nothing
+    changes each component carries its largest pixel index, and it is counted at that pixel.
+    """
+    m = jnp.asarray(masks).astype(bool)
+    h, w = m.shape[-2:]
+    own = jnp.arange(1, h * w + 1, dtype=jnp.int32).reshape(h, w)
+    lead = m.shape[:-2]
+
+    def grow(lab):
+        pad = jnp.pad(lab, [(0, 0)] * len(lead) + [(1, 1), (1, 1)])
+        best = jnp.maximum(jnp.maximum(lab, pad[..., :-2, 1:-1]),
+                           jnp.maximum(pad[..., 2:, 1:-1], pad[..., 1:-1, :-2]))
+        best = jnp.maximum(best, pad[..., 1:-1, 2:])
+        best = jnp.where(m, best, 0)
+        flat = best.reshape(*lead, h * w)
+        jumped = jnp.take_along_axis(flat, jnp.maximum(flat - 1, 0), axis=-1)
+        return jnp.where(m, jnp.maximum(best, jumped.reshape(best.shape)), 0)
+
+    def body(carry):
+        lab, _ = carry
+        new = grow(lab)
+        return new, jnp.any(new != lab)
+
+    lab, _ = jax.lax.while_loop(lambda c: c[1], body, (jnp.where(m, own, 0), jnp.bool_(True)))
+    return jnp.sum(m & (lab == own), axis=(-2, -1), dtype=jnp.int32)
 
 
 def threshold_mask(heat, threshold: float = 0.5) -> jnp.ndarray:

@@ -36,15 +36,43 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _WEIGHT_PATTERNS = (["*.json", "*.txt", "*.safetensors"], ["*.json", "*.txt", "*.bin"])
 
 
+#: Matmul precisions a model may run at (`load(..., precision=)`), as
+#: `jax.default_matmul_precision` names them. "highest": float32 products (several bf16 passes
+#: on a TPU, no TF32 on a GPU): the numbers the parity tests check (1e-4 against PyTorch);
+#: "high": about 3 bf16 passes on a TPU / TF32 on a GPU (faster, ~1e-3 relative);
+#: "default": the backend's default, one bf16 pass on a TPU / TF32 on a GPU (fastest,
+#: ~1e-2 relative: heat maps move, rarely a selection). On a CPU all three are float32.
+MATMUL_PRECISIONS = ("highest", "high", "default")
+
+
+def check_precision(precision: str, source: str = "precision") -> str:
+    """`precision` if it is one of MATMUL_PRECISIONS, else a ValueError naming `source`."""
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"{source} must be one of {MATMUL_PRECISIONS}, got {precision!r}")
+    return precision
+
+
 @dataclasses.dataclass(frozen=True)
 class Model:
     """A loaded model (BLIP ITM or Mask2Former): pass `.params` and `.config` to the pure
-    functions. `tokenizer` is None for Mask2Former."""
+    functions. `tokenizer` is None for Mask2Former. `precision`: the matmul precision the
+    public functions (`segment*`, the evaluator, `Proposer`) trace under (MATMUL_PRECISIONS)."""
 
     config: BlipConfig | Mask2FormerConfig
     params: Params
     tokenizer: Any  # a transformers BertTokenizer (None for Mask2Former)
     path: Path
+    precision: str = "highest"
+
+
+def matmul_precision(model: Any) -> Any:
+    """Context manager: `jax.default_matmul_precision` at the model's `precision` (a Model, or
+    a precision name; "highest" for objects without one). It is part of the jit cache key:
+    each precision has its own compilations."""
+    import jax
+
+    name = model if isinstance(model, str) else getattr(model, "precision", "highest")
+    return jax.default_matmul_precision(check_precision(name, "Model.precision"))
 
 
 def load_tokenizer(path: str | Path) -> Any:
@@ -116,14 +144,26 @@ def resolve_hub_id(repo_id: str, revision: str | None = None) -> Path:
 
 
 def load(path: str | Path, dtype: DType | str | None = None,
-         revision: str | None = None) -> Model:
+         revision: str | None = None, sharding: Any = None,
+         precision: str = "highest") -> Model:
     """Load a directory written by `convert_hf_checkpoint` (or the shipped small model), or a
     Hugging Face hub id such as "Salesforce/blip-itm-base-coco" (fetched and converted once,
     see the module docstring; `revision`: a branch, tag or commit of the hub repo).
 
     `dtype` overrides the compute dtype (``jnp.bfloat16`` or its name); parameters stay
-    float32.
+    float32. The parameters are placed on the devices once (`placement.place_params`):
+    `sharding` is a `jax.sharding.Mesh` (replicated over it), a replicated `Sharding` or a
+    `jax.Device`; default: the first local device. The public functions then use them there
+    without copies. `precision`: the matmul precision ("highest" | "high" | "default", see
+    MATMUL_PRECISIONS for what each costs and changes).
     """
+    from ..placement import place_params
+
+    check_precision(precision)
+    try:
+        place_params({}, sharding)  # check `sharding` before reading any file
+    except ValueError as e:
+        raise ValueError(f"load({str(path)!r}): {e}") from None
     if is_hub_id(path):
         path = resolve_hub_id(str(path), revision)
     path = Path(path)
@@ -137,7 +177,8 @@ def load(path: str | Path, dtype: DType | str | None = None,
         m2f = Mask2FormerConfig.load(path / M2F_CONFIG_NAME)
         if dtype is not None:
             m2f = m2f.replace(dtype=dtype)
-        return Model(config=m2f, params=restore_params(path, m2f), tokenizer=None, path=path)
+        return Model(config=m2f, params=place_params(restore_params(path, m2f), sharding),
+                     tokenizer=None, path=path, precision=precision)
     arch = AlbefConfig if (path / ALBEF_CONFIG_NAME).exists() else BlipConfig
     cfg_path = path / (ALBEF_CONFIG_NAME if arch is AlbefConfig else CONFIG_NAME)
     if not cfg_path.exists():
@@ -148,9 +189,10 @@ def load(path: str | Path, dtype: DType | str | None = None,
     config = arch.load(cfg_path)
     if dtype is not None:
         config = config.replace(dtype=dtype)
-    params = restore_params(path, config)
+    params = place_params(restore_params(path, config), sharding)
     tokenizer = load_tokenizer(path)
-    return Model(config=config, params=params, tokenizer=tokenizer, path=path)
+    return Model(config=config, params=params, tokenizer=tokenizer, path=path,
+                 precision=precision)
 
 
 #: Per-checkpoint recommended `IteRPrimEConfig` fields (written by the training CLI).

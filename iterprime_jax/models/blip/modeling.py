@@ -8,8 +8,6 @@ methods, so every function here (and Grad-CAM, `segment`) serves both.
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -97,9 +95,3 @@ def itm_logits(params: Params, config: BlipConfig, pixel_values: Array, input_id
                                   image_mask)
     return logits
 
-
-@functools.partial(jax.jit, static_argnums=1)
-def itm_logits_jit(params: Params, config: BlipConfig, pixel_values: Array, input_ids: Array,
-                   attention_mask: Array, image_mask: Array | None = None) -> Array:
-    """`itm_logits` compiled (config static)."""
-    return itm_logits(params, config, pixel_values, input_ids, attention_mask, image_mask)

@@ -15,11 +15,12 @@ section 4). At test time detectron2 does, per RGB uint8 image:
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
+
+from ...buckets import round_up
 
 MIN_IMAGE_SIDE = 2
 
@@ -130,10 +131,6 @@ def resized_shape(height: int, width: int, short_edge: int = 800, max_size: int 
         scale = max_size * 1.0 / max(new_h, new_w)
         new_h, new_w = new_h * scale, new_w * scale
     return int(new_h + 0.5), int(new_w + 0.5)
-
-
-def round_up(n: int, multiple: int) -> int:
-    return int(math.ceil(n / multiple) * multiple)
 
 
 class Preprocessed(NamedTuple):

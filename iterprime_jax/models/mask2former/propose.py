@@ -15,21 +15,21 @@ returned, in query order; the class logits are not used.
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
+from ...buckets import bucket, round_up
+from ...placement import data_mesh, data_shardings
 from ...types import Array, Params
-from ..loading import Model
+from ..loading import Model, matmul_precision
 from .config import Mask2FormerConfig
 from .modeling import mask2former_forward
 from .postprocess import postprocess_masks
 from .preprocess import ProposeConfig, bucket_shape, check_image, check_threshold, preprocess
-from .preprocess import round_up as _round_up
 
 DEFAULT_MAX_BATCH = 8
 
@@ -47,10 +47,6 @@ def check_proposer(model: Any, name: str = "proposer") -> None:
                      f"checkpoint); got a {what}{src}")
 
 
-def _pow2(n: int) -> int:
-    return 1 << (max(int(n), 1) - 1).bit_length()
-
-
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def propose_step(params: Params, config: Mask2FormerConfig, out_hw: tuple[int, int],
                  pixels: Array, resized_hw: Array, image_hw: Array, threshold: Array) -> Array:
@@ -58,8 +54,8 @@ def propose_step(params: Params, config: Mask2FormerConfig, out_hw: tuple[int, i
     resized_hw, image_hw (B, 2) int32 (traced); threshold () float32 -> (B, Q, Ho, Wo) bool
     on the static canvas `out_hw`. Shardings follow the committed inputs."""
     _, mask_logits = mask2former_forward(params, config, pixels)
-    hb, wb = pixels.shape[1:3]
-    if mask_logits.shape[2:] != (hb // 4, wb // 4):
+    padded_h, padded_w = pixels.shape[1:3]
+    if mask_logits.shape[2:] != (padded_h // 4, padded_w // 4):
         raise ValueError(f"mask logits {mask_logits.shape} are not at 1/4 of the input "
                          f"{pixels.shape}")
     return jax.vmap(lambda m, r, i: postprocess_masks(m, r, i, out_hw, threshold))(
@@ -73,7 +69,7 @@ class Proposer:
       model: a loaded Mask2Former (`iterprime_jax.load`): ``.params``, ``.config``.
       config: the proposal rule and bucketing (`ProposeConfig`; threshold 0.35).
       devices: devices to shard the image axis over (default: all local devices); params are
-        replicated.
+        replicated there (no copy when `iterprime_jax.load` already placed them so).
       max_batch: most images per jitted call (a group is padded to a power of two, then to a
         multiple of the device count, with copies of its last image).
     """
@@ -84,11 +80,11 @@ class Proposer:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model_config = model.config
+        self.precision = getattr(model, "precision", "highest")  # matmul precision
         self.config = config
-        self.devices = list(devices) if devices is not None else jax.local_devices()
-        self.mesh = Mesh(np.asarray(self.devices), ("data",))
-        self.data = NamedSharding(self.mesh, P("data"))
-        self.repl = NamedSharding(self.mesh, P())
+        self.mesh = data_mesh(devices)
+        self.devices = list(self.mesh.devices.flat)
+        self.data, self.repl = data_shardings(self.mesh)
         self.params = jax.device_put(model.params, self.repl)
         self.max_batch = max_batch
         self.num_queries = int(model.config.num_queries)
@@ -104,29 +100,44 @@ class Proposer:
                     for k in range(0, len(idx), self.max_batch)]
         return out
 
-    def __call__(self, images: Sequence[Any]) -> list[np.ndarray]:
-        """Images ((H, W, 3) uint8 RGB or PIL) -> per image (Q, H, W) bool proposals."""
+    def __call__(self, images: Sequence[Any], threshold: float | None = None
+                 ) -> list[np.ndarray]:
+        """Images ((H, W, 3) uint8 RGB or PIL) -> per image (Q, H, W) bool proposals.
+        `threshold` overrides the config's (a traced value: no recompilation). Inputs go to
+        the devices and masks come back by explicit transfers only."""
+        results: list[np.ndarray | None] = [None] * len(images)
+        for idx, hws, masks in self.device_masks(images, threshold):
+            masks = np.asarray(jax.device_get(masks))
+            for k, i in enumerate(idx):
+                h, w = hws[k]
+                results[i] = np.ascontiguousarray(masks[k, :, :h, :w])
+        return results  # type: ignore[return-value]
+
+    def device_masks(self, images: Sequence[Any], threshold: float | None = None
+                     ) -> list[tuple[list[int], list[tuple[int, int]], Array]]:
+        """The proposals left on the devices, per jitted call: (indices of its images, their
+        (H, W), masks (b, Q, Ho, Wo) bool with image k's masks in the top-left (H, W) of row
+        k, zero elsewhere; rows past the images repeat the last one)."""
+        t = self.config.threshold if threshold is None else check_threshold(threshold)
         rgb = [check_image(im, f"images[{i}]") for i, im in enumerate(images)]
-        results: list[np.ndarray | None] = [None] * len(rgb)
+        out = []
         n_dev = len(self.devices)
         cfg = self.config
         for shape, idx in self.groups([im.shape[:2] for im in rgb]):
             preps = [preprocess(rgb[i], cfg, canvas=shape, name=f"images[{i}]") for i in idx]
-            b = _round_up(_pow2(len(preps)), n_dev)
+            b = round_up(bucket(len(preps)), n_dev)
             rows = [preps[min(k, len(preps) - 1)] for k in range(b)]
-            out_hw = (_round_up(max(p.image_hw[0] for p in preps), cfg.out_multiple),
-                      _round_up(max(p.image_hw[1] for p in preps), cfg.out_multiple))
+            out_hw = (round_up(max(p.image_hw[0] for p in preps), cfg.out_multiple),
+                      round_up(max(p.image_hw[1] for p in preps), cfg.out_multiple))
             arrays = [np.stack([p.pixels for p in rows]),
                       np.asarray([p.resized_hw for p in rows], np.int32),
                       np.asarray([p.image_hw for p in rows], np.int32)]
-            masks = propose_step(self.params, self.model_config, out_hw,
-                                 *[jax.device_put(a, self.data) for a in arrays],
-                                 jax.device_put(np.float32(cfg.threshold), self.repl))
-            masks = np.asarray(jax.device_get(masks))
-            for k, i in enumerate(idx):
-                h, w = preps[k].image_hw
-                results[i] = np.ascontiguousarray(masks[k, :, :h, :w])
-        return results  # type: ignore[return-value]
+            with matmul_precision(self.precision):
+                masks = propose_step(self.params, self.model_config, out_hw,
+                                     *[jax.device_put(a, self.data) for a in arrays],
+                                     jax.device_put(np.float32(t), self.repl))
+            out.append((idx, [p.image_hw for p in preps], masks))
+        return out
 
 
 def propose(model: Model, image_uint8: Any, threshold: float = 0.35,
@@ -141,5 +152,21 @@ def propose(model: Model, image_uint8: Any, threshold: float = 0.35,
     t = check_threshold(threshold)
     check_proposer(model, "model")
     rgb = check_image(image_uint8, "image")
-    return Proposer(model, config.replace(threshold=t), devices=jax.local_devices()[:1],
-                    max_batch=1)([rgb])[0]
+    return _proposer_for(model, config)([rgb], threshold=t)[0]
+
+
+# One single-device Proposer per live model (and ProposeConfig), reused by `propose`: its
+# parameters are placed once, its jitted step compiles once per input bucket.
+_PROPOSERS: dict[int, tuple[weakref.ref, Proposer]] = {}
+
+
+def _proposer_for(model: Model, config: ProposeConfig) -> Proposer:
+    """The cached `Proposer` of `model` for `config` (any threshold; it is a call argument)."""
+    key = id(model)
+    hit = _PROPOSERS.get(key)
+    if hit is not None and hit[0]() is model and hit[1].config == config:
+        return hit[1]
+    proposer = Proposer(model, config, devices=jax.local_devices()[:1], max_batch=1)
+    _PROPOSERS[key] = (weakref.ref(model, lambda _, key=key: _PROPOSERS.pop(key, None)),
+                       proposer)
+    return proposer
