@@ -758,8 +758,10 @@ def main(argv: list[str] | None = None) -> None:
                          "scaling 1/8, no bf16 (marked in the JSON)")
     ap.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--arch", choices=["base", "large"], default="base",
-                    help="blip-itm-base-coco or blip-itm-large-coco size (random weights)")
+    ap.add_argument("--arch", choices=["base", "large", "albef"], default="base",
+                    help="blip-itm-base-coco or blip-itm-large-coco size (random weights); "
+                         "albef: ALBEF-base at 256 px against the authors' way "
+                         "(bench/bench_albef.py with --sentences, --reps, --seed, --out)")
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--sentences", type=int, default=7)
     ap.add_argument("--proposals", type=int, default=20)
@@ -795,6 +797,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--n-devices", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.arch == "albef":
+        import bench_albef
+
+        albef_argv = ["--sentences", str(args.sentences), "--repeats", str(args.reps),
+                      "--seed", str(args.seed)]
+        bench_albef.main(albef_argv + (["--out", str(args.out)] if args.out else []))
+        return
     if args.quick:
         args.images = min(args.images, 2)
         args.ref_sentences = min(args.ref_sentences, 2)
