@@ -68,7 +68,7 @@ def torch_model_from_params(params: Any, cfg: Any) -> Any:
             ours = ours.T if ours.ndim == 2 else ours.transpose(3, 2, 0, 1)
         if tuple(ours.shape) != tuple(value.shape):
             raise ValueError(f"{key}: {tuple(ours.shape)} vs torch {tuple(value.shape)}")
-        state[key] = torch.from_numpy(np.ascontiguousarray(ours))
+        state[key] = torch.from_numpy(np.array(ours))  # a writable copy (params may be jax arrays)
     model.load_state_dict(state)
     back = flatten(convert_state_dict({k: v.numpy() for k, v in state.items()}, cfg))
     bad = [k for k in flat if not np.array_equal(back[k], flat[k])]
