@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from ...types import Array, DType
 from ..blip.common import compute_dtype
 from ..blip.config import VisionConfig
-from ..blip.text import BlipTextAttention, BlipTextIntermediate, BlipTextSelfOutput
+from ..blip.text import BlipTextLayer
 from ..blip.vision import TIMM_NAMES, BlipEncoderLayer
 from .config import AlbefConfig, AlbefTextConfig
 
@@ -64,28 +64,6 @@ class PatchEmbed(nn.Module):
         return x.reshape(x.shape[0], -1, cfg.hidden_size)
 
 
-class AlbefBertLayer(nn.Module):
-    """One BERT layer; with `cross` it cross-attends into the image between self-attention
-    and FFN. Returns the output (B, T, D) and cross-attention probs (or None)."""
-
-    config: AlbefTextConfig
-    dtype: DType = jnp.float32
-    cross: bool = True
-
-    @nn.compact
-    def __call__(self, x: Array, attention_mask: Array, image_embeds: Array,
-                 image_mask: Array | None, delta: Array | None = None
-                 ) -> tuple[Array, Array | None]:
-        cfg = self.config
-        x, _ = BlipTextAttention(cfg, self.dtype, name="attention")(x, x, attention_mask)
-        probs = None
-        if self.cross:
-            x, probs = BlipTextAttention(cfg, self.dtype, name="crossattention")(
-                x, image_embeds, image_mask, delta)
-        y = BlipTextIntermediate(cfg, self.dtype, name="intermediate")(x)
-        return BlipTextSelfOutput(cfg, self.dtype, name="output")(y, x), probs
-
-
 class AlbefBertEmbeddings(nn.Module):
     """word + position + token type 0, then LayerNorm: (B, T) ids -> (B, T, D)."""
 
@@ -118,7 +96,7 @@ class AlbefBertEncoder(nn.Module):
         cfg = self.config
         crosses = []
         for i in range(cfg.num_hidden_layers):
-            layer = AlbefBertLayer(cfg, self.dtype, i >= cfg.fusion_layer, name=f"layer_{i}")
+            layer = BlipTextLayer(cfg, self.dtype, i >= cfg.fusion_layer, name=f"layer_{i}")
             x, cross = layer(x, attention_mask, image_embeds, image_mask,
                              delta if i == self.delta_layer else None)
             crosses.append(cross)

@@ -86,17 +86,25 @@ class BlipTextIntermediate(nn.Module):
 
 
 class BlipTextLayer(nn.Module):
+    """One BERT layer: self-attention, then (with `cross`) cross-attention into the image, then
+    FFN. `cross=False` is a text-only layer (ALBEF's layers below its fusion layer)."""
+
     config: TextConfig
     dtype: DType = jnp.float32
+    cross: bool = True
 
     @nn.compact
     def __call__(self, x: Array, attention_mask: Array, image_embeds: Array,
-                 image_mask: Array | None, delta: Array | None = None) -> tuple[Array, Array]:
-        """Returns the layer output (B, T, D) and cross-attention probs (B, heads, T, S)."""
+                 image_mask: Array | None, delta: Array | None = None
+                 ) -> tuple[Array, Array | None]:
+        """Returns the layer output (B, T, D) and cross-attention probs (B, heads, T, S), or
+        None for a text-only layer."""
         cfg = self.config
         x, _ = BlipTextAttention(cfg, self.dtype, name="attention")(x, x, attention_mask)
-        x, cross = BlipTextAttention(cfg, self.dtype, name="crossattention")(
-            x, image_embeds, image_mask, delta)
+        cross = None
+        if self.cross:
+            x, cross = BlipTextAttention(cfg, self.dtype, name="crossattention")(
+                x, image_embeds, image_mask, delta)
         y = BlipTextIntermediate(cfg, self.dtype, name="intermediate")(x)
         # BertOutput has the same shape as BertSelfOutput: dense, then LayerNorm(y + residual).
         return BlipTextSelfOutput(cfg, self.dtype, name="output")(y, x), cross
