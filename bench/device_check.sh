@@ -24,7 +24,7 @@ if [[ $SMOKE == 1 ]]; then
   PIPE=(--device cpu --images 1 --sentences 2 --reps 1 --ref-sentences 1 --ref-reps 1
         --parity-sentences 1 --shipped-images 1 --shipped-accepting 1 --scaling 1 --devices 1
         --device-reps 1 --bf16-images 0 --no-text-bucket --stage-reps 1)
-  M2F=(--arch tiny --cases 512 --repeats 1)
+  M2F=(--arch tiny --cases 512 --repeats 3)
   EVAL=(--smoke --images 4 --batch-size 2)
 else
   PIPE=(--device gpu --arch large --images 4 --sentences 7 --ref-sentences 7 --ref-reps 3
