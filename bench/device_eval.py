@@ -124,12 +124,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from iterprime_jax.models.loading import Model
     from iterprime_jax.models.mask2former.preprocess import ProposeConfig
     from iterprime_jax.placement import place_params
+    from iterprime_jax.shipped import VOCAB
 
     t0 = time.perf_counter()
     cfg = blip_config(args.smoke)
     params = place_params(ij.init_params(cfg, jax.random.PRNGKey(0)))
-    tok = BertTokenizer(str(ROOT / "tests" / "data" / "bert-base-uncased-vocab.txt"),
-                        do_lower_case=True)
+    tok = BertTokenizer(str(VOCAB), do_lower_case=True)
     model = Model(config=cfg, params=params, tokenizer=tok, path=Path("random-blip-large"))
     m2f = mask2former(args.smoke)
     method = ij.IteRPrimEConfig(layer=cfg.text.num_hidden_layers - 1 if args.smoke else 8)
