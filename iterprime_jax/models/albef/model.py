@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from ...types import Array, DType
 from ..blip.common import compute_dtype
 from ..blip.config import VisionConfig
-from ..blip.text import BlipTextLayer
+from ..blip.text import BlipTextEncoder
 from ..blip.vision import TIMM_NAMES, BlipEncoderLayer
 from .config import AlbefConfig, AlbefTextConfig
 
@@ -84,25 +84,6 @@ class AlbefBertEmbeddings(nn.Module):
                             name="LayerNorm")(words + pos + types)
 
 
-class AlbefBertEncoder(nn.Module):
-    config: AlbefTextConfig
-    dtype: DType = jnp.float32
-    delta_layer: int = -1
-
-    @nn.compact
-    def __call__(self, x: Array, attention_mask: Array, image_embeds: Array,
-                 image_mask: Array | None, delta: Array | None = None
-                 ) -> tuple[Array, tuple[Array | None, ...]]:
-        cfg = self.config
-        crosses = []
-        for i in range(cfg.num_hidden_layers):
-            layer = BlipTextLayer(cfg, self.dtype, i >= cfg.fusion_layer, name=f"layer_{i}")
-            x, cross = layer(x, attention_mask, image_embeds, image_mask,
-                             delta if i == self.delta_layer else None)
-            crosses.append(cross)
-        return x, tuple(crosses)
-
-
 class AlbefBertModel(nn.Module):
     """`text_encoder.bert`: ids (B, T) + image embeds (B|1, S, Dv) -> (B, T, D), cross probs."""
 
@@ -115,7 +96,7 @@ class AlbefBertModel(nn.Module):
                  image_mask: Array | None = None, delta: Array | None = None
                  ) -> tuple[Array, tuple[Array | None, ...]]:
         x = AlbefBertEmbeddings(self.config, self.dtype, name="embeddings")(input_ids)
-        return AlbefBertEncoder(self.config, self.dtype, self.delta_layer, name="encoder")(
+        return BlipTextEncoder(self.config, self.dtype, self.delta_layer, name="encoder")(
             x, attention_mask, image_embeds.astype(x.dtype), image_mask, delta)
 
 

@@ -126,17 +126,22 @@ class BlipTextEmbeddings(nn.Module):
 
 
 class BlipTextEncoder(nn.Module):
+    """The layers `layer_0..L-1`; layers below the config's `fusion_layer` (ALBEF's; BLIP has
+    none, 0) are text-only. Returns (B, T, D) and each layer's cross-attention probs (None for
+    a text-only layer)."""
+
     config: TextConfig
     dtype: DType = jnp.float32
     delta_layer: int = -1
 
     def setup(self) -> None:
-        self.layer = [BlipTextLayer(self.config, self.dtype)
-                      for _ in range(self.config.num_hidden_layers)]
+        fusion = getattr(self.config, "fusion_layer", 0)
+        self.layer = [BlipTextLayer(self.config, self.dtype, i >= fusion)
+                      for i in range(self.config.num_hidden_layers)]
 
     def __call__(self, x: Array, attention_mask: Array, image_embeds: Array,
                  image_mask: Array | None, delta: Array | None = None
-                 ) -> tuple[Array, tuple[Array, ...]]:
+                 ) -> tuple[Array, tuple[Array | None, ...]]:
         crosses = []
         for i, layer in enumerate(self.layer):
             x, cross = layer(x, attention_mask, image_embeds, image_mask,
