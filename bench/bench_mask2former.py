@@ -70,11 +70,13 @@ def uptime() -> str:
         return f"loadavg {os.getloadavg()}"
 
 
-def timed(fn: Any, repeats: int) -> tuple[float, list[float]]:
-    """(first call seconds, timed repeats)."""
+def timed(fn: Any, repeats: int, after_first: Any = None) -> tuple[float, list[float]]:
+    """(first call seconds, timed repeats); `after_first()` runs between the two."""
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
+    if after_first is not None:
+        after_first()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -89,16 +91,34 @@ def images_for(case: str, batch: int) -> list[np.ndarray]:
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(batch)]
 
 
+class Peaks:
+    """Peak RSS of a case: over the whole case (first call included: for JAX, tracing and
+    compilation) and over the timed repeats only (reset after the first call: the steady
+    state a long evaluation runs in)."""
+
+    def __init__(self) -> None:
+        self.first_mib = 0.0
+        reset_peak_rss()
+
+    def after_first(self) -> None:
+        self.first_mib = mem_mib()["hwm_mib"]
+        reset_peak_rss()
+
+    def record(self) -> dict[str, float]:
+        steady = mem_mib()["hwm_mib"]
+        return {"peak_rss_mib": max(self.first_mib, steady), "steady_peak_rss_mib": steady}
+
+
 def case_record(case: str, batch: int, first: float, times: list[float],
                 fwd_first: float | None, fwd_times: list[float] | None, input_hw: tuple[int, int],
-                peak: float, queries: int) -> dict[str, Any]:
+                peaks: dict[str, float], queries: int) -> dict[str, Any]:
     med = statistics.median(times)
     return {"case": case, "image_hw": list(CASES[case][0]), "input_hw": list(input_hw),
             "batch": batch, "first_call_s": first, "times_s": times, "median_s": med,
             "images_per_s": batch / med, "proposals_per_s": batch * queries / med,
             "forward_first_call_s": fwd_first, "forward_times_s": fwd_times,
             "forward_median_s": statistics.median(fwd_times) if fwd_times else None,
-            "peak_rss_mib": peak}
+            **peaks}
 
 
 # --------------------------------------------------------------------------- workers
@@ -118,14 +138,15 @@ def worker_jax(args: argparse.Namespace) -> list[dict[str, Any]]:
     cfg = Mask2FormerConfig(backbone=SwinConfig(**swin), dtype=args.dtype, **m2f)
     rng = np.random.default_rng(0)
 
-    def fill(x: Any) -> np.ndarray:
+    def fill(x: Any) -> jax.Array:  # straight to the device: the parameters are held once
         if x.ndim == 1:
-            return np.ones(x.shape, np.float32) + 0.02 * rng.standard_normal(x.shape, np.float32)
-        return 0.02 * rng.standard_normal(x.shape, np.float32)
+            a = np.ones(x.shape, np.float32) + 0.02 * rng.standard_normal(x.shape, np.float32)
+        else:
+            a = 0.02 * rng.standard_normal(x.shape, np.float32)
+        return jax.device_put(a)
 
-    params = jax.tree_util.tree_map(fill, abstract_params(cfg))
-
-    model = types.SimpleNamespace(config=cfg, params=params)
+    model = types.SimpleNamespace(config=cfg,
+                                  params=jax.tree_util.tree_map(fill, abstract_params(cfg)))
     out = []
     for case in args.cases.split(","):
         _, short, max_size = CASES[case]
@@ -133,13 +154,14 @@ def worker_jax(args: argparse.Namespace) -> list[dict[str, Any]]:
         proposer = Proposer(model, ProposeConfig(short_edge=short, max_size=max_size),
                             max_batch=args.batch)
         pixels = np.stack([preprocess(im, proposer.config).pixels for im in images])
-        reset_peak_rss()
-        first, times = timed(lambda p=proposer, i=images: p(i), args.repeats)
+        peaks = Peaks()
+        first, times = timed(lambda p=proposer, i=images: p(i), args.repeats, peaks.after_first)
+        peak = peaks.record()
         fwd = lambda px=pixels, pp=proposer.params: jax.block_until_ready(  # noqa: E731
             mask2former_forward_jit(pp, cfg, px))
         ffirst, ftimes = timed(fwd, args.repeats) if args.forward else (None, None)
         rec = case_record(case, args.batch, first, times, ffirst, ftimes,
-                          pixels.shape[1:3], mem_mib()["hwm_mib"], cfg.num_queries)
+                          pixels.shape[1:3], peak, cfg.num_queries)
         rec["compile_s"] = first - statistics.median(times)
         if ftimes:
             rec["forward_compile_s"] = ffirst - statistics.median(ftimes)
@@ -191,11 +213,12 @@ def worker_torch(args: argparse.Namespace) -> list[dict[str, Any]]:
             with torch.inference_mode():
                 return model(pixel_values=xb).masks_queries_logits
 
-        reset_peak_rss()
-        first, times = timed(run, args.repeats)
+        peaks = Peaks()
+        first, times = timed(run, args.repeats, peaks.after_first)
+        peak = peaks.record()
         ffirst, ftimes = timed(fwd, args.repeats) if args.forward else (None, None)
         rec = case_record(case, args.batch, first, times, ffirst, ftimes,
-                          tuple(x0.shape[2:]), mem_mib()["hwm_mib"], hc.num_queries)
+                          tuple(x0.shape[2:]), peak, hc.num_queries)
         rec["threads"] = torch.get_num_threads()
         out.append(rec)
         print(json.dumps({"progress": rec}), file=sys.stderr, flush=True)
@@ -203,6 +226,27 @@ def worker_torch(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- driver
+def gemm_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Best-of-`repeats` float32 (n, n) @ (n, n) throughput of each side's matmul library (XLA
+    and PyTorch, each with its default threads), GFLOP/s: the ceiling of a matmul-bound model
+    like Swin-L, the same on both sides only if the libraries are equally fast."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    a = np.random.default_rng(0).standard_normal((n, n), np.float32)
+    mm = jax.jit(jnp.matmul)
+    ja = jax.device_put(a)
+    ta = torch.from_numpy(a)
+    out = {}
+    for side, fn in (("jax", lambda: jax.block_until_ready(mm(ja, ja))),
+                     ("torch", lambda: torch.matmul(ta, ta))):
+        fn()
+        _, times = timed(fn, repeats)
+        out[side] = 2 * n ** 3 / min(times) / 1e9
+    return out
+
+
 def run_worker(side: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     cmd = [sys.executable, __file__, "--worker", side, "--cases", args.cases,
            "--repeats", str(args.repeats), "--batch", str(args.batch), "--dtype", args.dtype,
@@ -222,7 +266,8 @@ def run_worker(side: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def table(jax_res: list[dict[str, Any]], torch_res: list[dict[str, Any]] | None) -> str:
     head = (f"{'case':<5} {'input':>9} {'side':<6} {'median s':>9} {'img/s':>7} "
-            f"{'prop/s':>8} {'fwd s':>7} {'compile s':>9} {'peak MiB':>9} {'speedup':>8}")
+            f"{'prop/s':>8} {'fwd s':>7} {'compile s':>9} {'peak MiB':>9} {'steady MiB':>10} "
+            f"{'speedup':>8}")
     rows = [head, "-" * len(head)]
     by_case = {r["case"]: r for r in (torch_res or [])}
     for r in jax_res:
@@ -236,7 +281,8 @@ def table(jax_res: list[dict[str, Any]], torch_res: list[dict[str, Any]] | None)
             rows.append(f"{r['case']:<5} {'x'.join(map(str, x['input_hw'])):>9} {side:<6} "
                         f"{x['median_s']:>9.2f} {x['images_per_s']:>7.3f} "
                         f"{x['proposals_per_s']:>8.1f} {fwd:>7} "
-                        f"{comp:>9} {x['peak_rss_mib']:>9.0f} {sp:>8}")
+                        f"{comp:>9} {x['peak_rss_mib']:>9.0f} "
+                        f"{x['steady_peak_rss_mib']:>10.0f} {sp:>8}")
     return "\n".join(rows)
 
 
@@ -270,6 +316,7 @@ def main() -> int:
     command = "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]])
     load_before = uptime()
     t0 = time.perf_counter()
+    gemm = gemm_gflops()
     jax_res = run_worker("jax", args)
     torch_res = None if args.skip_torch else run_worker("torch", args)
     load_after = uptime()
@@ -292,6 +339,10 @@ def main() -> int:
                          "mask2former": ARCHS[args.arch][1]},
         "settings": {"repeats": args.repeats, "batch": args.batch, "dtype": args.dtype,
                      "host_devices": args.host_devices, "threshold": 0.35},
+        "matmul_gflops_2048": gemm,
+        "matmul_note": "best of 5 float32 2048^3 matmuls per library in the driver process "
+                       "before the workers; both sides run the same FLOPs (same architecture), "
+                       "so the ratio of these bounds the speedup of the matmul-bound forward",
         "ours": jax_res, "pytorch": torch_res,
         "speedup_full_path": speedup,
         "speedup_forward": ({r["case"]: t["forward_median_s"] / r["forward_median_s"]

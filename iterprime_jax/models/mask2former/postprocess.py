@@ -8,9 +8,11 @@ detectron2 / Mask2Former at test time, per image:
     proposals = sigmoid(out) > 0.35
 
 Both resizes are separable, so per axis the two linear maps compose into one with at most four
-taps per output pixel (`composed_taps`). `resize_logits` applies them along the height as
-gathers and along the width as a (Wo, Wl) matrix product (the faster mix on CPU; a matmul
-suits accelerators), never materialising the (Q, Hp, Wp) upsampled logits. The resized
+taps per output pixel (`composed_taps`). `resize_logits` applies them along the width as a
+(Wo, Wl) matrix product on the low-resolution logits (Q, Hl, Wl), then along the height as
+gathers that XLA fuses with the threshold: neither the (Q, Hp, Wp) upsampled logits nor the
+(Q, Ho, Wo) float logits are materialised by `postprocess_masks` (on CPU, for 200 queries on a
+480x640 image, 200 ms and 98 MB of temporaries against 318 ms and 334 MB in the other order). The resized
 size (h, w) and the original size (H, W) are traced values; only the low-resolution logit size
 and the output canvas are static, so a dataset compiles once per (bucket, canvas).
 """
@@ -89,9 +91,9 @@ def resize_logits(mask_logits: Array, resized_hw: Array, image_hw: Array,
     x = mask_logits.astype(jnp.float32)
     ih, iw = composed_taps(out_hw[0], hl, 4 * hl, resized_hw[0], image_hw[0])
     jh, jw = composed_taps(out_hw[1], wl, 4 * wl, resized_hw[1], image_hw[1])
-    x = _apply_taps(x, ih, iw, axis=1)  # (Q, Ho, Wl)
-    return jnp.einsum("qyw,xw->qyx", x, taps_matrix(jh, jw, wl),
-                      precision=jax.lax.Precision.HIGHEST)
+    x = jnp.einsum("qyw,xw->qyx", x, taps_matrix(jh, jw, wl),
+                   precision=jax.lax.Precision.HIGHEST)  # (Q, Hl, Wo)
+    return _apply_taps(x, ih, iw, axis=1)  # (Q, Ho, Wo): gathers, fused with what follows
 
 
 def logit_threshold(threshold: float | Array) -> Array:
