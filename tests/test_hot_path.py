@@ -365,3 +365,33 @@ def test_component_count_on_device_equals_scipy():
     got = np.asarray(jax.jit(count_components_device)(masks))
     np.testing.assert_array_equal(got, count_components(masks))
     assert got[-2] == 1 and got[-1] == 0 and got.max() > 5
+
+
+def test_proposals_on_canvas_stays_on_device_and_matches_the_host_layout():
+    """Two proposer groups of different sizes, rows in image order with the last repeated (a
+    padded batch): the arrangement runs under a disallow guard (only its explicit transfers)
+    and equals the host layout (masks on the canvas, scipy's component counts)."""
+    from iterprime_jax.evaluation.loader import proposals_on_canvas
+    from iterprime_jax.method.select import count_components
+
+    rng = np.random.default_rng(1)
+    canvas, n_padded, q = 64, 8, 5
+    a = rng.random((2, q, 48, 64)) < 0.3   # images 0 and 2: one bucket (rows 2 and 1 of it)
+    b = rng.random((1, q, 64, 40)) < 0.3   # image 1: another bucket
+    groups = [([2, 0], None, jax.device_put(a)), ([1], None, jax.device_put(b))]
+    rows = [0, 1, 2, 2]
+    first = proposals_on_canvas(groups, rows, canvas, n_padded, jax.devices()[0])
+    with jax.transfer_guard("disallow"):
+        masks, valid, comps = proposals_on_canvas(groups, rows, canvas, n_padded,
+                                                  jax.devices()[0])
+    host = {2: a[0], 0: a[1], 1: b[0]}
+    want = np.zeros((len(rows), n_padded, canvas, canvas), bool)
+    for r, i in enumerate(rows):
+        want[r, :q, : host[i].shape[1], : host[i].shape[2]] = host[i]
+    np.testing.assert_array_equal(np.asarray(masks), want)
+    np.testing.assert_array_equal(np.asarray(masks), np.asarray(first[0]))
+    np.testing.assert_array_equal(np.asarray(valid),
+                                  np.broadcast_to(np.arange(n_padded) < q, (len(rows), n_padded)))
+    np.testing.assert_array_equal(np.asarray(comps),
+                                  [count_components(w) for w in want])
+    assert np.asarray(comps)[:, :q].max() > 1

@@ -45,7 +45,6 @@ class HostBatch:
     proposal_rles: list[list[dict[str, Any]]] | None = None  # per image (save_proposals)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
 def _on_canvas(masks: jax.Array, canvas: int, n_padded: int) -> tuple[jax.Array, jax.Array]:
     """(b, Q, Ho, Wo) bool -> ((b, n_padded, canvas, canvas) masks, (b, n_padded) component
     counts); the masks are zero outside their image, which fits on the canvas."""
@@ -56,22 +55,38 @@ def _on_canvas(masks: jax.Array, canvas: int, n_padded: int) -> tuple[jax.Array,
     return jnp.pad(m, pads), jnp.pad(components, pads[:2])
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _arrange(groups: tuple[jax.Array, ...], rows: jax.Array, canvas: int, n_padded: int
+             ) -> tuple[jax.Array, jax.Array]:
+    """The proposer's groups of masks, each (b_g, Q, Ho_g, Wo_g) bool -> masks
+    (R, n_padded, canvas, canvas) and component counts (R, n_padded) of the rows `rows` (R,)
+    int32, indices into the groups' rows laid end to end. One jitted call per batch: no
+    per-row indexing outside jit (each of those would send its index to the device)."""
+    placed = [_on_canvas(m, canvas, n_padded) for m in groups]
+    masks = jnp.concatenate([m for m, _ in placed])
+    components = jnp.concatenate([c for _, c in placed])
+    return jnp.take(masks, rows, axis=0), jnp.take(components, rows, axis=0)
+
+
 def proposals_on_canvas(groups: Sequence[tuple[list[int], Any, jax.Array]], rows: Sequence[int],
                         canvas: int, n_padded: int, sharding: Any) -> list[jax.Array]:
     """`Proposer.device_masks` groups -> [masks (R, n_padded, canvas, canvas), valid
     (R, n_padded), component counts (R, n_padded)] for the images `rows` (indices into the
-    proposer's images; repeats allowed), placed with `sharding`; nothing leaves the devices."""
-    placed: dict[int, tuple[jax.Array, jax.Array]] = {}
-    q = 0
+    proposer's images; repeats allowed), placed with `sharding`; the masks never leave the
+    devices (the row indices and the validity row are the only host -> device transfers)."""
+    position: dict[int, int] = {}
+    offset = q = 0
     for idx, _, masks in groups:
         q = masks.shape[1]
         if q > n_padded:
             raise EvalError(f"{q} proposals per image exceed the proposal bucket {n_padded}")
-        m, c = _on_canvas(masks, canvas, n_padded)
         for k, i in enumerate(idx):
-            placed[i] = (m[k], c[k])
-    masks = jnp.stack([placed[i][0] for i in rows])
-    components = jnp.stack([placed[i][1] for i in rows])
+            position[i] = offset + k
+        offset += masks.shape[0]
+    group_arrays = tuple(m for _, _, m in groups)
+    where = group_arrays[0].sharding
+    take = jax.device_put(np.asarray([position[i] for i in rows], np.int32), where)
+    masks, components = _arrange(group_arrays, take, canvas, n_padded)
     valid = np.broadcast_to(np.arange(n_padded) < q, (len(rows), n_padded))
     return [jax.device_put(masks, sharding), jax.device_put(valid, sharding),
             jax.device_put(components, sharding)]

@@ -12,9 +12,10 @@ taps per output pixel (`composed_taps`). `resize_logits` applies them along the 
 (Wo, Wl) matrix product on the low-resolution logits (Q, Hl, Wl), then along the height as
 gathers that XLA fuses with the threshold: neither the (Q, Hp, Wp) upsampled logits nor the
 (Q, Ho, Wo) float logits are materialised by `postprocess_masks` (on CPU, for 200 queries on a
-480x640 image, 200 ms and 98 MB of temporaries against 318 ms and 334 MB in the other order). The resized
-size (h, w) and the original size (H, W) are traced values; only the low-resolution logit size
-and the output canvas are static, so a dataset compiles once per (bucket, canvas).
+480x640 image, 200 ms and 98 MB of temporaries against 318 ms and 334 MB in the other order).
+The resized size (h, w) and the original size (H, W) are traced values; only the
+low-resolution logit size and the output canvas are static, so a dataset compiles once per
+(bucket, canvas).
 """
 
 from __future__ import annotations
