@@ -90,6 +90,10 @@ class EvalConfig:
         JSON (readable as ``proposals=FILE`` by later runs).
       unseen: PhraseCut only: drop the tasks whose category is a COCO class (Global-Local
         CLIP's "unseen" evaluation).
+      precision: matmul precision of the ITM model and the proposer, one of
+        `models.loading.MATMUL_PRECISIONS` ("highest" | "high" | "default", docs/precision.md);
+        None: the precision of the model given to `evaluate` (``model=``), else "highest".
+        Recorded in run_config.json: a resume at another precision is refused.
     """
 
     dataset: str = "shapesref"
@@ -108,6 +112,7 @@ class EvalConfig:
     propose: ProposeConfig = ProposeConfig()
     save_proposals: str | None = None
     unseen: bool = False
+    precision: str | None = None
 
     def replace(self, **kw: Any) -> EvalConfig:
         return dataclasses.replace(self, **kw)
