@@ -77,8 +77,12 @@ def compiled_bytes(compiled: Any) -> int | None:
                - m.alias_size_in_bytes)
 
 
-def gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
+def human_bytes(n: int) -> str:
+    """``1.50 GiB``, ``12.0 MiB``, ``1.0 KiB``, ``100 B``."""
+    for unit, size, fmt in (("GiB", 2**30, ".2f"), ("MiB", 2**20, ".1f"), ("KiB", 2**10, ".1f")):
+        if n >= size:
+            return f"{n / size:{fmt}} {unit}"
+    return f"{n} B"
 
 
 def describe_devices(devices: Sequence[Any]) -> str:
@@ -117,8 +121,8 @@ class MemoryCheck:
         one). Other errors pass through unchanged."""
         found = self.too_large(fn, key, *args)
         if found is not None:
-            raise error(call, f"it needs {gib(found[0])} per device, the {self.device} "
-                              f"device(s) hold {gib(found[1])}")
+            raise error(call, f"it needs {human_bytes(found[0])} per device, the {self.device} "
+                              f"device(s) hold {human_bytes(found[1])}")
         try:
             return fn(*args)
         except jax.errors.JaxRuntimeError as e:
