@@ -77,7 +77,8 @@ class EvalConfig:
         ``results/DATASET-SPLIT`` under the working directory (`default_out`).
       limit: evaluate only the first `limit` images of the split (all their sentences).
       batch_size: images per step (rounded up to a multiple of the local device count);
-        default: the device count, or 8 for canvases <= 128.
+        default: the device count, or 8 for canvases <= 128. A step too large for the device
+        memory is an EvalError naming it (docs/precision.md).
       canvas: square canvas side for every image (default 640 for COCO datasets, else the
         largest image side of the split rounded up to 64).
       convention: metric convention, "standard", "iterprime" or "phrasecut"

@@ -76,7 +76,8 @@ class Proposer:
       devices: devices to shard the image axis over (default: all local devices); params are
         replicated there (no copy when `iterprime_jax.load` already placed them so).
       max_batch: most images per jitted call (a group is padded to a power of two, then to a
-        multiple of the device count, with copies of its last image).
+        multiple of the device count, with copies of its last image); a call too large for
+        the device memory is a `DeviceMemoryError` naming it.
     """
 
     def __init__(self, model: Model, config: ProposeConfig = ProposeConfig(),
