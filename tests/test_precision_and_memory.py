@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -165,6 +166,41 @@ def test_oom_error_is_recognised() -> None:
     assert not memory.is_out_of_memory(jax.errors.JaxRuntimeError("INTERNAL: other"))
     assert not memory.is_out_of_memory(MemoryError(OOM))  # not XLA's
     assert memory.bytes_limit(jax.local_devices()) is None or jax.default_backend() != "cpu"
+
+
+def test_memory_check_compiles_once_and_the_call_reuses_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pre-check's compilation is the one the call runs (no second backend compile), and
+    a shape already checked is not compiled or measured again."""
+    compiles: list[str] = []
+    recording = [False]
+
+    def listen(name: str, secs: float, **kw) -> None:
+        if recording[0] and name.endswith("backend_compile_duration"):
+            compiles.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    f = jax.jit(lambda x: jnp.tanh(x) @ x.T + 1.0)
+    x = jnp.full((37, 41), 0.5)  # a shape no other test compiles
+    monkeypatch.setattr(memory, "memory_stats", lambda d: {"bytes_limit": 2**30})
+    check = memory.MemoryCheck(jax.local_devices())
+    assert check.limit == 2**30
+    recording[0] = True
+    try:
+        assert check.too_large(f, "k", x) is None
+        first = len(compiles)
+        y = jax.block_until_ready(check.run(f, "k", (x,), "call", ValueError))
+        assert check.too_large(f, "k", x) is None
+    finally:
+        recording[0] = False
+    assert first >= 1 and len(compiles) == first
+    np.testing.assert_allclose(np.asarray(y), np.tanh(np.full((37, 41), 0.5)) @
+                               np.full((41, 37), 0.5) + 1.0, rtol=1e-5)
+    monkeypatch.setattr(memory, "memory_stats", lambda d: {"bytes_limit": 16})
+    with pytest.raises(ValueError, match=r"^call: it needs \d+\.\d KiB per device, the 1 x "
+                                         r"\S+ device\(s\) hold 16 B$"):
+        memory.MemoryCheck(jax.local_devices()[:1]).run(
+            f, "k", (x,), "call", lambda call, detail: ValueError(f"{call}: {detail}"))
 
 
 def raising(err: BaseException):
