@@ -81,6 +81,18 @@ def add_proposer_args(parser: argparse.ArgumentParser, save_help: str | None = N
                                      "RLE JSON, usable as --proposals FILE later)")
 
 
+def add_precision_arg(parser: argparse.ArgumentParser) -> None:
+    """``--precision``: the matmul precision of the models a CLI loads (the ITM model and the
+    Mask2Former proposer; `models.loading.MATMUL_PRECISIONS`, docs/precision.md)."""
+    from .models.loading import MATMUL_PRECISIONS
+
+    parser.add_argument(
+        "--precision", default=MATMUL_PRECISIONS[0], choices=MATMUL_PRECISIONS,
+        help="matmul precision of the models: highest (float32 products; the parity tests'), "
+             "high (3 bf16 passes on a TPU, TF32 on a GPU) or default (1 bf16 pass on a TPU, "
+             "TF32 on a GPU); no effect on a CPU; see docs/precision.md (default: %(default)s)")
+
+
 def propose_config_from_args(args: argparse.Namespace) -> Any:
     """`ProposeConfig` from the `add_proposer_args` flags (ValueError naming a bad one)."""
     from .models.mask2former.preprocess import ProposeConfig, check_threshold

@@ -97,11 +97,13 @@ def check_itm_model(model: Any, path: str | Path) -> None:
 
 
 def compute_proposals(weights: str | Path, image: np.ndarray, config: Any,
-                      save: str | Path | None = None) -> np.ndarray:
-    """(Q, H, W) proposals of `image` by the Mask2Former in `weights`; saved to `save`."""
+                      save: str | Path | None = None, precision: str = "highest"
+                      ) -> np.ndarray:
+    """(Q, H, W) proposals of `image` by the Mask2Former in `weights` at the matmul
+    `precision`; saved to `save`."""
     from .evaluation.proposer import encode_masks, open_proposer
 
-    proposer, _ = open_proposer(weights, config, max_batch=1)
+    proposer, _ = open_proposer(weights, config, max_batch=1, precision=precision)
     props = proposer([image])[0]
     log.info("%d proposals from %s (%d non-empty)", len(props), weights,
              int(props.any(axis=(1, 2)).sum()))
@@ -116,6 +118,7 @@ def compute_proposals(weights: str | Path, image: np.ndarray, config: Any,
 def main(argv: list[str] | None = None) -> int:
     from .cli_args import (
         add_method_args,
+        add_precision_arg,
         add_proposer_args,
         method_overrides,
         propose_config_from_args,
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--text", required=True, help="referring expression")
     ap.add_argument("--proposals", default=None, help=".npy/.npz (N,H,W) or RLE .json")
     ap.add_argument("--out", required=True, help="mask PNG path (overlay beside it)")
+    add_precision_arg(ap)
     add_method_args(ap)
     add_proposer_args(ap, "also write the computed proposals to FILE (COCO-style RLE JSON, "
                           "image_id 0)")
@@ -148,12 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.save_proposals is not None and args.proposer_weights is None:
             raise ValueError("--save-proposals needs --proposer-weights (proposals computed "
                              "from the image)")
-        model = load(args.weights)
+        model = load(args.weights, precision=args.precision)
         check_itm_model(model, args.weights)
         image = read_image(args.image)
         if args.proposer_weights is not None:
             props = compute_proposals(args.proposer_weights, image, pconfig,
-                                      args.save_proposals)
+                                      args.save_proposals, args.precision)
         else:
             props = None if args.proposals is None else read_proposals(args.proposals,
                                                                        image.shape[:2])

@@ -13,6 +13,11 @@ from iterprime_jax.models.convert import save_params
 from iterprime_jax.shipped import VOCAB as SHIPPED_VOCAB
 
 DATA = Path(__file__).parent / "data"
+
+# Every test computes at float32 matmul precision, also where it calls the pure functions
+# directly (the public functions enter their model's `precision`, "highest" by default): on
+# a GPU or TPU the parity tolerances (tests/float32.py) hold only there (docs/precision.md).
+jax.config.update("jax_default_matmul_precision", "highest")
 VOCAB = SHIPPED_VOCAB  # bert-base-uncased, the package's own copy
 
 

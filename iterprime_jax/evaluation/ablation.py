@@ -53,6 +53,7 @@ def run_ablation(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | No
     t_start = time.perf_counter()
     config = config.with_defaults()
     model, weights, method = model_and_method(config, model, method)
+    config = config.replace(precision=getattr(model, "precision", "highest"))  # proposer too
     if config.proposals == "heatmap" and config.dataset == PHRASECUT:
         raise EvalError("the ablation's proposal rows need proposals and PhraseCut has no "
                         "oracle ('gt') masks: pass mask2former or a proposals FILE")

@@ -48,7 +48,7 @@ def _shipped_method() -> tuple[dict[str, Any], str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from iterprime_jax.cli_args import add_method_args, add_proposer_args
+    from iterprime_jax.cli_args import add_method_args, add_precision_arg, add_proposer_args
     from iterprime_jax.evaluation import DATASETS, EvalConfig
     from iterprime_jax.evaluation.config import default_data_dir, default_shapesref_dir
     from iterprime_jax.metrics import CONVENTIONS
@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--record", default=None, metavar="FILE",
                     help="also write a JSON record (this command, the configs, the metrics or "
                          "the ablation table) to FILE, e.g. bench/results/NAME.json")
+    add_precision_arg(ap)
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--verbose", action="store_true",
                     help="also show third-party INFO logs (orbax, JAX backends, TFDS)")
@@ -205,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=args.data_dir, weights=args.weights, proposals=args.proposals, out=args.out,
         limit=args.limit, batch_size=args.batch_size, canvas=args.canvas,
         convention=args.convention, proposer_weights=args.proposer_weights,
-        save_proposals=args.save_proposals, propose=propose, unseen=args.unseen
-    ).with_defaults()
+        save_proposals=args.save_proposals, propose=propose, unseen=args.unseen,
+        precision=args.precision).with_defaults()
     pi = jax.process_index()
     bar = _Bar(not args.no_progress, f"eval p{pi}" if jax.process_count() > 1 else "eval")
     try:

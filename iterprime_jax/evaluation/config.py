@@ -77,7 +77,8 @@ class EvalConfig:
         ``results/DATASET-SPLIT`` under the working directory (`default_out`).
       limit: evaluate only the first `limit` images of the split (all their sentences).
       batch_size: images per step (rounded up to a multiple of the local device count);
-        default: the device count, or 8 for canvases <= 128.
+        default: the device count, or 8 for canvases <= 128. A step too large for the device
+        memory is an EvalError naming it (docs/precision.md).
       canvas: square canvas side for every image (default 640 for COCO datasets, else the
         largest image side of the split rounded up to 64).
       convention: metric convention, "standard", "iterprime" or "phrasecut"
@@ -90,6 +91,10 @@ class EvalConfig:
         JSON (readable as ``proposals=FILE`` by later runs).
       unseen: PhraseCut only: drop the tasks whose category is a COCO class (Global-Local
         CLIP's "unseen" evaluation).
+      precision: matmul precision of the ITM model and the proposer, one of
+        `models.loading.MATMUL_PRECISIONS` ("highest" | "high" | "default", docs/precision.md);
+        None: the precision of the model given to `evaluate` (``model=``), else "highest".
+        Recorded in run_config.json: a resume at another precision is refused.
     """
 
     dataset: str = "shapesref"
@@ -108,6 +113,7 @@ class EvalConfig:
     propose: ProposeConfig = ProposeConfig()
     save_proposals: str | None = None
     unseen: bool = False
+    precision: str | None = None
 
     def replace(self, **kw: Any) -> EvalConfig:
         return dataclasses.replace(self, **kw)

@@ -142,7 +142,8 @@ def proposal_source(spec: str, config: EvalConfig | None = None) -> ProposalSour
 
         config = config or EvalConfig()
         proposer, path = open_proposer(config.proposer_weights, config.propose,
-                                       max(8, config.batch_size or 1), EvalError)
+                                       max(8, config.batch_size or 1), EvalError,
+                                       precision=config.precision or "highest")
         return ProposalSource("mask2former", path, proposer=proposer)
     if spec in ("gt", "heatmap"):
         return ProposalSource(spec)

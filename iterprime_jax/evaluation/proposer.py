@@ -25,9 +25,11 @@ PARTS_GLOB = "proposals.p*.jsonl"
 
 
 def open_proposer(weights: str | Path | None, config: ProposeConfig, max_batch: int,
-                  error: type[Exception] = ValueError) -> tuple[Proposer, Path]:
+                  error: type[Exception] = ValueError, precision: str = "highest"
+                  ) -> tuple[Proposer, Path]:
     """`Proposer` over the Mask2Former checkpoint `weights` (a converted directory or a Hugging
-    Face hub id, fetched and converted once) and its directory; errors name `weights`."""
+    Face hub id, fetched and converted once) at the matmul `precision`, and its directory;
+    errors name `weights`."""
     from ..models.checkpoint import CheckpointError
     from ..models.loading import is_hub_id, load, resolve_hub_id
 
@@ -40,7 +42,7 @@ def open_proposer(weights: str | Path | None, config: ProposeConfig, max_batch: 
             path = resolve_hub_id(str(weights))
         if not path.is_dir():
             raise error(f"proposer weights directory {weights} does not exist")
-        model = load(path)
+        model = load(path, precision=precision)
         check_proposer(model, f"proposer weights {weights}")
     except (CheckpointError, ValueError) as e:
         raise error(str(e)) from None

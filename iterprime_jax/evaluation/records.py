@@ -118,15 +118,22 @@ def run_identity(config: EvalConfig, method: IteRPrimEConfig, proposals: Proposa
         "weights_fingerprint": weights_fingerprint(weights),
         "proposals": proposals.describe(),
         "method": dataclasses.asdict(method),
+        "precision": config.precision or "highest",
     }
     if config.dataset == PHRASECUT:
         identity["unseen"] = config.unseen
     return identity
 
 
+#: Fields added to the run identity after version 2, with the value every earlier run had
+#: (a run_config.json without them resumes as that value, not as a different run).
+ADDED_FIELDS: dict[str, Any] = {"precision": "highest"}
+
+
 def check_run_config(out: Path, identity: Mapping[str, Any], write: bool) -> bool:
-    """Compare with ``out/run_config.json`` (EvalError on a difference); write it if missing
-    and `write`. Returns whether a previous run config was found."""
+    """Compare with ``out/run_config.json`` (EvalError on a difference; a field it lacks
+    counts as its `ADDED_FIELDS` value); write it if missing and `write`. Returns whether a
+    previous run config was found."""
     path = out / RUN_CONFIG
     if path.exists():
         try:
@@ -134,6 +141,7 @@ def check_run_config(out: Path, identity: Mapping[str, Any], write: bool) -> boo
         except ValueError as e:
             raise EvalError(f"{path} is not valid JSON ({e}); remove it or use another --out") \
                 from None
+        old = {**ADDED_FIELDS, **old}
         diff = [k for k in identity if old.get(k) != identity[k]]
         if diff:
             details = "; ".join(f"{k}: {old.get(k)!r} -> {identity[k]!r}" for k in diff)

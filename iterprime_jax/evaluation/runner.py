@@ -54,10 +54,12 @@ import numpy as np
 
 from ..buckets import bucket, round_up
 from ..config import IteRPrimEConfig
+from ..memory import DeviceMemoryError, first_line, is_out_of_memory
 from ..method.pipeline import canvas_side
 from ..metrics import CONVENTIONS
 from ..models.loading import (
     Model,
+    check_precision,
     is_hub_id,
     load,
     resolve_hub_id,
@@ -143,14 +145,21 @@ def resolve_weights(name: str) -> Path:
 
 def load_model(config: EvalConfig, model: Model | None) -> tuple[Model, Path]:
     """`model` (or, when None, the checkpoint at ``config.weights``) and the resolved weights
-    directory (`resolve_weights`; with a `model` given, the directory it was loaded from)."""
+    directory (`resolve_weights`; with a `model` given, the directory it was loaded from).
+    The model runs at ``config.precision`` when it is set (else at its own, "highest" when
+    loaded here)."""
+    if config.precision is not None:
+        try:
+            check_precision(config.precision, "precision")
+        except ValueError as e:
+            raise EvalError(str(e)) from None
     if model is None:
         weights = resolve_weights(config.weights)
         if not weights.is_dir():
             hint = (" (train it with `python -m iterprime_jax.training --out "
                     f"{config.weights}`)" if "shapesref" in config.weights else "")
             raise EvalError(f"weights directory {config.weights} does not exist{hint}")
-        model = load(weights)
+        model = load(weights, precision=config.precision or "highest")
     else:
         path = getattr(model, "path", None)
         weights = Path(path).resolve() if path is not None else resolve_weights(config.weights)
@@ -158,13 +167,16 @@ def load_model(config: EvalConfig, model: Model | None) -> tuple[Model, Path]:
         raise EvalError(f"weights {config.weights} hold a {type(model.config).__name__} "
                         "checkpoint; IteRPrimE needs an image-text matching (BLIP) model "
                         "there (a Mask2Former goes to proposer_weights)")
+    if config.precision is not None and getattr(model, "precision", None) != config.precision:
+        model = dataclasses.replace(model, precision=config.precision)
     return model, weights
 
 
 def model_and_method(config: EvalConfig, model: Model | None, method: IteRPrimEConfig | None
                      ) -> tuple[Model, Path, IteRPrimEConfig]:
-    """The model (loaded unless given), its directory and the validated method config (None:
-    `resolve_method` without overrides: the weights' method.json over the defaults)."""
+    """The model (loaded unless given; at ``config.precision`` when set), its directory and
+    the validated method config (None: `resolve_method` without overrides: the weights'
+    method.json over the defaults)."""
     model, weights = load_model(config, model)
     text_config = model.config.text
     try:
@@ -273,6 +285,25 @@ def run_batches(ctx: Context, images: list[ImageMeta], rows: Sequence[AblationRo
     prefetch = Prefetch(loader.make, batches(images, ctx.batch_size))
     truncated = 0
     try:
+        truncated = _device_loop(ctx, prefetch, rows, on_batch, proposal_bucket)
+    finally:
+        prefetch.close()
+    if truncated:
+        log.warning("%d sentences were longer than max_text_length=%d tokens and were "
+                    "truncated", truncated, rows[0].method.max_text_length)
+    return truncated
+
+
+def _device_loop(ctx: Context, prefetch: Prefetch, rows: Sequence[AblationRow],
+                 on_batch: Callable[[HostBatch, list[tuple[np.ndarray, ...]]], None],
+                 proposal_bucket: int) -> int:
+    """The device side of `run_batches`; returns the truncated sentences. A batch too large
+    for the device memory is an EvalError naming batch_size (`device.batch_error`): the steps
+    check theirs (`Device.step`); XLA's out-of-memory error raised elsewhere (preparing a
+    batch, fetching its outputs) and the proposer's (`DeviceMemoryError`) are re-raised so."""
+    truncated = 0
+    error = ctx.device.error(ctx.batch_size)
+    try:
         for host_batch in prefetch:
             embeds = ctx.device.encode(host_batch.pixels)
             outs: dict[tuple[IteRPrimEConfig, bool], Any] = {}
@@ -285,11 +316,15 @@ def run_batches(ctx: Context, images: list[ImageMeta], rows: Sequence[AblationRo
             host = {k: tuple(np.asarray(a) for a in jax.device_get(o)) for k, o in outs.items()}
             truncated += host_batch.truncated
             on_batch(host_batch, [host[r.method, r.use_proposals] for r in rows])
-    finally:
-        prefetch.close()
-    if truncated:
-        log.warning("%d sentences were longer than max_text_length=%d tokens and were "
-                    "truncated", truncated, rows[0].method.max_text_length)
+    except DeviceMemoryError as e:  # the Mask2Former proposer's (on the prefetch thread)
+        raise error(f"the Mask2Former proposals of a batch ({e.call})", e.detail) from e
+    except jax.errors.JaxRuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        raise error(f"a batch of {ctx.batch_size} images (canvas {ctx.canvas}, "
+                    f"{proposal_bucket} proposals per image)",
+                    f"out of memory on the {ctx.device.memory.device} device(s): "
+                    f"{first_line(e)}") from e
     return truncated
 
 
@@ -335,6 +370,7 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
     t_start = time.perf_counter()
     config = config.with_defaults()
     model, weights, method = model_and_method(config, model, method)
+    config = config.replace(precision=getattr(model, "precision", "highest"))  # proposer too
     proposals = proposal_source(config.proposals, config)
     check_dataset_options(config, proposals)
     out = Path(config.out)

@@ -10,6 +10,10 @@ detectron2's padded size), each group runs as one jitted call with the image axi
 the devices, and the real sizes are traced values, so a split compiles once per (bucket,
 batch size, output canvas) -- a handful of times, not once per image. All Q queries are
 returned, in query order; the class logits are not used.
+
+A call too large for the device memory is a `memory.DeviceMemoryError` naming ``max_batch``:
+checked once per compiled shape before running where the backend reports its memory, and
+XLA's out-of-memory error re-raised so (chained) otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import jax
 import numpy as np
 
 from ...buckets import bucket, round_up
+from ...memory import DeviceMemoryError, MemoryCheck
 from ...placement import data_mesh, data_shardings
 from ...types import Array, Params
 from ..loading import Model, matmul_precision
@@ -71,7 +76,8 @@ class Proposer:
       devices: devices to shard the image axis over (default: all local devices); params are
         replicated there (no copy when `iterprime_jax.load` already placed them so).
       max_batch: most images per jitted call (a group is padded to a power of two, then to a
-        multiple of the device count, with copies of its last image).
+        multiple of the device count, with copies of its last image); a call too large for
+        the device memory is a `DeviceMemoryError` naming it.
     """
 
     def __init__(self, model: Model, config: ProposeConfig = ProposeConfig(),
@@ -88,6 +94,15 @@ class Proposer:
         self.params = jax.device_put(model.params, self.repl)
         self.max_batch = max_batch
         self.num_queries = int(model.config.num_queries)
+        self.memory = MemoryCheck(self.devices)  # the devices' memory, when reported
+
+    def _too_large(self, call: str, detail: str) -> DeviceMemoryError:
+        fix = (f"pass a smaller max_batch, e.g. {max(1, self.max_batch // 2)}"
+               if self.max_batch > 1 else "max_batch is already 1: use a smaller "
+               "proposal_short_edge / max_size or devices with more memory")
+        return DeviceMemoryError(
+            f"max_batch {self.max_batch} is too large for the device memory: {call} does not "
+            f"fit ({detail}); {fix}", call, detail, self.memory.device)
 
     def groups(self, sizes: Sequence[tuple[int, int]]) -> list[tuple[tuple[int, int], list[int]]]:
         """Indices of the images per jitted call: same bucket, at most `max_batch`."""
@@ -132,10 +147,14 @@ class Proposer:
             arrays = [np.stack([p.pixels for p in rows]),
                       np.asarray([p.resized_hw for p in rows], np.int32),
                       np.asarray([p.image_hw for p in rows], np.int32)]
+            args = (self.params, self.model_config, out_hw,
+                    *[jax.device_put(a, self.data) for a in arrays],
+                    jax.device_put(np.float32(t), self.repl))
+            call = (f"a Mask2Former call on {b} images of {shape[0]}x{shape[1]} px (masks "
+                    f"{out_hw[0]}x{out_hw[1]})")
             with matmul_precision(self.precision):
-                masks = propose_step(self.params, self.model_config, out_hw,
-                                     *[jax.device_put(a, self.data) for a in arrays],
-                                     jax.device_put(np.float32(t), self.repl))
+                masks = self.memory.run(propose_step, (shape, b, out_hw, self.precision), args,
+                                        call, self._too_large)
             out.append((idx, [p.image_hw for p in preps], masks))
         return out
 
