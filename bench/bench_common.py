@@ -24,6 +24,11 @@ for _p in (str(BENCH), str(ROOT)):
 
 from iterprime_jax.shipped import VOCAB  # noqa: E402  (bert-base-uncased; after the path set-up)
 
+# Against PyTorch's float32: float32 matmuls on every backend (a GPU would otherwise use TF32,
+# a TPU one bf16 pass; docs/precision.md). Set before JAX is imported; worker processes
+# inherit it.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+
 HEAT_TOL = 1e-3        # max |d| on the patch-grid IGRS maps
 FLIP_TOL_P = 1e-4      # |P_i - P_prev| below this: an accept/reject decision is a float-noise tie
 FLIP_TOL_STRETCH = 1e-3  # |stretch(h) - threshold| below this: a keep-mask bit is a tie

@@ -29,6 +29,11 @@ import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+
+# Against PyTorch's float32: float32 matmuls on every backend (a GPU would otherwise use TF32,
+# a TPU one bf16 pass; docs/precision.md). Set before JAX is imported; worker processes
+# inherit it.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 WORDS = ("man", "woman", "dog", "car", "red", "blue", "left", "right", "tall", "small", "the",
          "on", "near", "big", "chair", "table", "green", "white", "old", "young", "shirt")
 
