@@ -25,14 +25,13 @@ def _attend(q: Array, k: Array, v: Array, heads: int, hidden: Array | None = Non
     """Scaled dot-product attention; q (B, T, D) already projected and scaled, k/v (B, S, D).
     `hidden` (B, T, S) bool hides key positions (True = hidden). Returns (B, T, D)."""
     b, t, d = q.shape
-    s = k.shape[1]
     hd = d // heads
-    scores = jnp.einsum("bthd,bshd->bhts", q.reshape(b, t, heads, hd), k.reshape(b, s, heads, hd))
-    scores = scores.astype(jnp.float32)
+    q, k, v = (x.reshape(b, -1, heads, hd).transpose(0, 2, 1, 3) for x in (q, k, v))
+    scores = jnp.einsum("bhtd,bhsd->bhts", q, k).astype(jnp.float32)  # heads-major: faster
     if hidden is not None:
         scores = jnp.where(hidden[:, None], -jnp.inf, scores)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    return jnp.einsum("bhts,bshd->bthd", probs, v.reshape(b, s, heads, hd)).reshape(b, t, d)
+    return jnp.einsum("bhts,bhsd->bhtd", probs, v).transpose(0, 2, 1, 3).reshape(b, t, d)
 
 
 class MultiheadCrossAttention(nn.Module):
