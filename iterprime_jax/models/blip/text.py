@@ -37,18 +37,20 @@ class BlipTextSelfAttention(nn.Module):
         hd = d // h
         b, t, _ = x.shape
         s = kv.shape[1]
-        q = nn.Dense(d, dtype=dt, name="query")(x).reshape(b, t, h, hd)
+        # heads-major operands (B, heads, T, hd): XLA's batched matmuls run faster so on CPU
+        q = nn.Dense(d, dtype=dt, name="query")(x).reshape(b, t, h, hd).transpose(0, 2, 1, 3)
         k = nn.Dense(d, dtype=dt, name="key")(kv).reshape(kv.shape[0], s, h, hd)
         v = nn.Dense(d, dtype=dt, name="value")(kv).reshape(kv.shape[0], s, h, hd)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         # A batch-1 `kv` (one image, many sentences) is shared: keys/values computed once.
-        kv_sub = "khd" if kv.shape[0] == 1 and b > 1 else "bkhd"
-        k, v = (k[0], v[0]) if kv_sub == "khd" else (k, v)
-        scores = jnp.einsum(f"bqhd,{kv_sub}->bhqk", q, k) / jnp.sqrt(jnp.float32(hd)).astype(dt)
+        kv_sub = "hkd" if kv.shape[0] == 1 and b > 1 else "bhkd"
+        k, v = (k[0], v[0]) if kv_sub == "hkd" else (k, v)
+        scores = jnp.einsum(f"bhqd,{kv_sub}->bhqk", q, k) / jnp.sqrt(jnp.float32(hd)).astype(dt)
         probs = masked_softmax(scores, None if mask is None else mask[:, None, None, :])
         if delta is not None:
             probs = probs + delta
-        ctx = jnp.einsum(f"bhqk,{kv_sub}->bqhd", probs.astype(dt), v).reshape(b, t, d)
-        return ctx, probs
+        ctx = jnp.einsum(f"bhqk,{kv_sub}->bhqd", probs.astype(dt), v)
+        return ctx.transpose(0, 2, 1, 3).reshape(b, t, d), probs
 
 
 class BlipTextSelfOutput(nn.Module):

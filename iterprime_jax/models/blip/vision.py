@@ -48,10 +48,11 @@ class BlipAttention(nn.Module):
         b, n, d = x.shape
         h = cfg.num_attention_heads
         qkv = nn.Dense(3 * d, dtype=dt, name="qkv")(x).reshape(b, n, 3, h, d // h)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, heads, hd)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (d // h) ** -0.5
+        # heads-major operands (B, heads, N, hd): XLA's batched matmuls run faster so on CPU
+        q, k, v = qkv.transpose(2, 0, 3, 1, 4)
+        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) * (d // h) ** -0.5
         probs = masked_softmax(scores, None).astype(dt)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, d)
+        ctx = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(b, n, d)
         return nn.Dense(d, dtype=dt, name=self.proj_name)(ctx)
 
 
