@@ -74,6 +74,14 @@ def stats(xs: list[float]) -> dict[str, float]:
             "mean": statistics.fmean(xs), "max": max(xs)}
 
 
+def write_record(out: Path, record: dict[str, Any]) -> Path:
+    """Write a benchmark record as indented JSON (parent dirs created), say where, return it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {out}")
+    return out
+
+
 def clean_json(x: Any) -> Any:
     """numpy scalars -> Python, non-finite floats -> None (strict JSON)."""
     if isinstance(x, dict):

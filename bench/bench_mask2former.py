@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench_common import mem_mib, reset_peak_rss  # noqa: E402  (bench/ is on sys.path)
+from bench_common import mem_mib, reset_peak_rss, write_record  # noqa: E402  (bench/ is on sys.path)
 
 SWIN_L = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12)
 M2F = dict(num_queries=200, num_labels=133, decoder_layers=10, encoder_layers=6,
@@ -370,9 +370,7 @@ def main() -> int:
         "wall_s": time.perf_counter() - t0,
     }
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"m2f-{device}-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_record(out, record)
     return 0
 
 

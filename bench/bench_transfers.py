@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import sys
 from pathlib import Path
@@ -40,6 +39,8 @@ ROOT = BENCH.parent
 for p in (str(ROOT), str(BENCH)):
     if p not in sys.path:
         sys.path.insert(0, p)
+
+from bench_common import write_record  # noqa: E402  (bench/ is on sys.path)
 
 
 class Counter:
@@ -156,9 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                k: runs["host"][k] - runs["device"][k]
                for k in ("host_to_device_bytes_per_image", "device_to_host_bytes_per_image")}}
     out = args.out or BENCH / "results" / f"transfers-cpu-{started.strftime('%Y%m%d-%H%M')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rec, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_record(out, rec)
     return 0
 
 

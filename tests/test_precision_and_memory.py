@@ -24,11 +24,11 @@ from iterprime_jax import memory
 from iterprime_jax.evaluation import device as evd
 from iterprime_jax.evaluation.cli import main as eval_main
 from iterprime_jax.models.mask2former import propose as m2f_propose
-from iterprime_jax.shapesref import ShapesRefConfig, write_shapesref
 from tests.conftest import write_tiny_model
 from tests.notebook_fixtures import tiny_proposer
+from tests.shapes_fixture import built_shapesref_val
 
-SHAPES = ShapesRefConfig(num_train=0, num_val=3, num_test_a=0, num_test_b=0, seed=5)
+NUM_VAL = 3
 SMALL_PROPOSALS = ["--proposal-short-edge", "96", "--proposal-max-size", "160"]
 OOM = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123456789 bytes."
 
@@ -36,10 +36,7 @@ OOM = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123456789 byte
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("precision")
-    write_shapesref(root / "manual", SHAPES)
-    ev.prepare_split(ev.EvalConfig(dataset="shapesref", split="val",
-                                   manual_dir=str(root / "manual"), data_dir=str(root / "tfds")))
-    return {"root": root, "manual": root / "manual", "tfds": root / "tfds",
+    return {**built_shapesref_val(root, NUM_VAL),
             "model": write_tiny_model(root / "model"), "m2f": tiny_proposer(root / "m2f")}
 
 
@@ -282,7 +279,7 @@ def test_precheck_against_reported_memory(env: dict[str, Path], tmp_path: Path,
     monkeypatch.setattr(memory, "compiled_bytes", spy_bytes)
     monkeypatch.setattr(memory, "memory_stats", lambda d: {"bytes_limit": 64 * 2**30})
     out = ev.evaluate(eval_config(env, tmp_path / "roomy", batch_size=1)).out
-    assert len(runs) == SHAPES.num_val and len(keys) == 2 * SHAPES.num_val
+    assert len(runs) == NUM_VAL and len(keys) == 2 * NUM_VAL
     assert len(checked) == len(set(keys)) < len(keys)
     assert (out / "samples.jsonl").read_text() == (unchecked / "samples.jsonl").read_text()
 

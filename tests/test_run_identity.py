@@ -14,20 +14,15 @@ import pytest
 from iterprime_jax import evaluation as ev
 from iterprime_jax.evaluation.cli import main
 from iterprime_jax.evaluation.fingerprint import CACHE_NAME, file_sha256, weights_fingerprint
-from iterprime_jax.shapesref import ShapesRefConfig, write_shapesref
 from tests.conftest import write_tiny_model
+from tests.shapes_fixture import built_shapesref_val
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = ShapesRefConfig(num_train=0, num_val=2, num_test_a=0, num_test_b=0, seed=5)
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("identity")
-    write_shapesref(root / "manual", SHAPES)
-    ev.prepare_split(ev.EvalConfig(dataset="shapesref", split="val",
-                                   manual_dir=str(root / "manual"), data_dir=str(root / "tfds")))
-    return {"manual": root / "manual", "tfds": root / "tfds"}
+    return built_shapesref_val(tmp_path_factory.mktemp("identity"), 2)
 
 
 @pytest.fixture(autouse=True)
