@@ -18,6 +18,20 @@ class CheckpointError(ValueError):
     """A checkpoint directory or tensor does not match the model."""
 
 
+def read_json_object(path: str | Path, name: str | None = None,
+                     holds: str = "a JSON object") -> dict:
+    """The JSON object in `path`; an unreadable file, malformed JSON or another JSON value is a
+    CheckpointError naming the file as `name` (default: the path) and what it must hold."""
+    name = str(path) if name is None else name
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {name}: {e}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{name} must hold {holds}")
+    return value
+
+
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     """Read a `.safetensors` file into numpy arrays with the `safetensors` package's numpy
     backend (no torch; bf16 tensors come back as `ml_dtypes.bfloat16` arrays)."""

@@ -15,7 +15,6 @@ A Hugging Face hub id ("Salesforce/blip-itm-base-coco") is fetched with
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -27,7 +26,7 @@ from ..config import IteRPrimEConfig, field_problem
 from ..types import DType, Params
 from .albef.config import ALBEF_CONFIG_NAME, AlbefConfig
 from .blip.config import BlipConfig
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, read_json_object
 from .convert import CONFIG_NAME, M2F_CONFIG_NAME, convert_hf_checkpoint, restore_params
 from .mask2former.config import Mask2FormerConfig
 
@@ -205,12 +204,7 @@ def read_method_json(path: str | Path) -> dict[str, Any]:
     f = Path(path) / METHOD_JSON
     if not f.exists():
         return {}
-    try:
-        fields = json.loads(f.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {f}: {e}") from None
-    if not isinstance(fields, dict):
-        raise CheckpointError(f"{f} must hold a JSON object of IteRPrimEConfig fields")
+    fields = read_json_object(f, holds="a JSON object of IteRPrimEConfig fields")
     known = {x.name for x in dataclasses.fields(IteRPrimEConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:

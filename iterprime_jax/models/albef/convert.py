@@ -14,7 +14,6 @@ for another image size; otherwise a grid that does not match is an error naming 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ...types import Params
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, read_json_object
 from ..keytable import Path_, flatten, match_state_dict
 from .config import AlbefConfig, AlbefTextConfig, albef_vision
 
@@ -126,12 +125,7 @@ def checkpoint_sizes(sd: Mapping[str, np.ndarray], source: str) -> dict[str, int
 def read_bert_config(path: str | Path) -> AlbefTextConfig:
     """ALBEF's `config_bert.json` -> AlbefTextConfig (errors name the file)."""
     path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read --bert-config {path}: {e}") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"--bert-config {path} must hold a JSON object")
+    d = read_json_object(path, f"--bert-config {path}")
     if "fusion_layer" not in d:
         raise CheckpointError(f"--bert-config {path} has no 'fusion_layer': not ALBEF's "
                               "config_bert.json")
