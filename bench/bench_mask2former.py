@@ -174,18 +174,10 @@ def worker_jax(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def step_gflops(proposer: Any, image: np.ndarray) -> float:
     """XLA's FLOP count of the jitted proposal step (forward + postprocessing) for `image`."""
-    import jax
-
-    from iterprime_jax.buckets import round_up
-    from iterprime_jax.models.mask2former.preprocess import preprocess
     from iterprime_jax.models.mask2former.propose import propose_step
 
-    p = preprocess(image, proposer.config)
-    out_hw = tuple(round_up(int(v), proposer.config.out_multiple) for v in p.image_hw)
-    arrays = [p.pixels[None], np.asarray([p.resized_hw], np.int32),
-              np.asarray([p.image_hw], np.int32), np.float32(0.35)]
-    cost = propose_step.lower(proposer.params, proposer.model_config, out_hw,
-                              *[jax.device_put(a) for a in arrays]).compile().cost_analysis()
+    call = proposer.calls([image])[0]
+    cost = propose_step.lower(*call.args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost.get("flops", 0.0)) / 1e9
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -65,6 +65,18 @@ def propose_step(params: Params, config: Mask2FormerConfig, out_hw: tuple[int, i
                          f"{pixels.shape}")
     return jax.vmap(lambda m, r, i: postprocess_masks(m, r, i, out_hw, threshold))(
         mask_logits, resized_hw, image_hw)
+
+
+class StepCall(NamedTuple):
+    """One jitted call of a `Proposer`: the indices of its images and their (H, W), the
+    arguments of `propose_step` (inputs on the devices), its compiled-shape key and what it
+    is (for error messages)."""
+
+    idx: list[int]
+    image_hw: list[tuple[int, int]]
+    args: tuple[Any, ...]
+    key: tuple[Any, ...]
+    what: str
 
 
 class Proposer:
@@ -128,11 +140,10 @@ class Proposer:
                 results[i] = np.ascontiguousarray(masks[k, :, :h, :w])
         return results  # type: ignore[return-value]
 
-    def device_masks(self, images: Sequence[Any], threshold: float | None = None
-                     ) -> list[tuple[list[int], list[tuple[int, int]], Array]]:
-        """The proposals left on the devices, per jitted call: (indices of its images, their
-        (H, W), masks (b, Q, Ho, Wo) bool with image k's masks in the top-left (H, W) of row
-        k, zero elsewhere; rows past the images repeat the last one)."""
+    def calls(self, images: Sequence[Any], threshold: float | None = None
+              ) -> list[StepCall]:
+        """The jitted calls `device_masks` makes for `images` ((H, W, 3) uint8 RGB or PIL), one
+        per group (`groups`), with their inputs on the devices (`propose_step(*call.args)`)."""
         t = self.config.threshold if threshold is None else check_threshold(threshold)
         rgb = [check_image(im, f"images[{i}]") for i, im in enumerate(images)]
         out = []
@@ -150,12 +161,22 @@ class Proposer:
             args = (self.params, self.model_config, out_hw,
                     *[jax.device_put(a, self.data) for a in arrays],
                     jax.device_put(np.float32(t), self.repl))
-            call = (f"a Mask2Former call on {b} images of {shape[0]}x{shape[1]} px (masks "
-                    f"{out_hw[0]}x{out_hw[1]})")
+            out.append(StepCall(idx=idx, image_hw=[p.image_hw for p in preps], args=args,
+                                key=(shape, b, out_hw, self.precision),
+                                what=(f"a Mask2Former call on {b} images of {shape[0]}x"
+                                      f"{shape[1]} px (masks {out_hw[0]}x{out_hw[1]})")))
+        return out
+
+    def device_masks(self, images: Sequence[Any], threshold: float | None = None
+                     ) -> list[tuple[list[int], list[tuple[int, int]], Array]]:
+        """The proposals left on the devices, per jitted call: (indices of its images, their
+        (H, W), masks (b, Q, Ho, Wo) bool with image k's masks in the top-left (H, W) of row
+        k, zero elsewhere; rows past the images repeat the last one)."""
+        out = []
+        for c in self.calls(images, threshold):
             with matmul_precision(self.precision):
-                masks = self.memory.run(propose_step, (shape, b, out_hw, self.precision), args,
-                                        call, self._too_large)
-            out.append((idx, [p.image_hw for p in preps], masks))
+                masks = self.memory.run(propose_step, c.key, c.args, c.what, self._too_large)
+            out.append((c.idx, c.image_hw, masks))
         return out
 
 
