@@ -21,7 +21,7 @@ from ...types import Array, DType
 from ..blip.common import compute_dtype
 from ..blip.config import VisionConfig
 from ..blip.text import BlipTextEncoder
-from ..blip.vision import TIMM_NAMES, BlipEncoderLayer
+from ..blip.vision import TIMM_NAMES, BlipEncoderLayer, with_class_and_positions
 from .config import AlbefConfig, AlbefTextConfig
 
 
@@ -40,9 +40,7 @@ class AlbefVisionTransformer(nn.Module):
         pos_embed = self.param("pos_embed", nn.initializers.normal(0.02),
                                (1, cfg.num_patches + 1, d))
         patches = PatchEmbed(cfg, self.dtype, name="patch_embed")(pixel_values)
-        b = patches.shape[0]
-        x = jnp.concatenate([jnp.broadcast_to(cls_token.astype(dt), (b, 1, d)), patches], 1)
-        x = x + pos_embed.astype(dt)
+        x = with_class_and_positions(patches, cls_token, pos_embed, dt)
         for i in range(cfg.num_hidden_layers):
             x = BlipEncoderLayer(cfg, self.dtype, TIMM_NAMES, name=f"blocks_{i}")(x)
         return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dt, name="norm")(x)

@@ -100,6 +100,16 @@ class BlipEncoder(nn.Module):
         return x
 
 
+def with_class_and_positions(patches: Array, class_embedding: Array,
+                             position_embedding: Array, dtype: jnp.dtype) -> Array:
+    """(B, N, D) patch embeddings -> (B, 1 + N, D): the class embedding (1, 1, D) prepended and
+    the position embeddings (1, >= 1 + N, D) added (BLIP's and timm's ViT alike)."""
+    b, _, d = patches.shape
+    cls = jnp.broadcast_to(class_embedding.astype(dtype), (b, 1, d))
+    x = jnp.concatenate([cls, patches], axis=1)
+    return x + position_embedding[:, : x.shape[1]].astype(dtype)
+
+
 class BlipVisionEmbeddings(nn.Module):
     config: VisionConfig
     dtype: DType = jnp.float32
@@ -115,11 +125,8 @@ class BlipVisionEmbeddings(nn.Module):
                                         (1, cfg.num_patches + 1, d))
         patches = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=dt,
                           name="patch_embedding")(pixel_values.astype(dt))
-        b = patches.shape[0]
-        patches = patches.reshape(b, -1, d)
-        cls = jnp.broadcast_to(class_embedding.astype(dt), (b, 1, d))
-        x = jnp.concatenate([cls, patches], axis=1)
-        return x + position_embedding[:, : x.shape[1]].astype(dt)
+        patches = patches.reshape(patches.shape[0], -1, d)
+        return with_class_and_positions(patches, class_embedding, position_embedding, dt)
 
 
 class BlipVisionModel(nn.Module):
