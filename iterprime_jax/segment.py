@@ -15,6 +15,7 @@ import logging
 import sys
 import types
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,54 +26,94 @@ log = logging.getLogger("iterprime_jax.segment")
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Any PIL-readable file -> (H, W, 3) uint8; a clear error naming a bad file."""
+    """Any PIL-readable file -> (H, W, 3) uint8 by the library's image intake
+    (`iterprime_jax.image_input.to_rgb_uint8`: grey/RGBA converted, 16-bit rescaled); a clear
+    error naming a bad file."""
+    from .image_input import to_rgb_uint8
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"image file {path} is a directory")
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("RGB"))
+            return to_rgb_uint8(im, f"image file {path}")
     except FileNotFoundError:
         raise ValueError(f"image file {path} does not exist") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"cannot decode image {path}: {e}") from None
 
 
+def _load_numpy(path: Path) -> np.ndarray:
+    """The array of a .npy, or the first array of a .npz (no pickles); ValueError naming the
+    file on anything numpy cannot read."""
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as z:
+            if not z.files:
+                raise ValueError(f"proposals file {path} holds no arrays")
+            return z[z.files[0]]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        if str(e).startswith(f"proposals file {path}"):
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"cannot read proposals file {path} as {path.suffix}: {first}"
+                         ) from None
+
+
 def read_proposals(path: str | Path, hw: tuple[int, int]) -> np.ndarray:
-    """(N, H, W) masks from .npy / .npz (first array) or a COCO-style RLE JSON list
-    (`iterprime_jax.evaluation.proposals.read_proposals_json`, the reader of the evaluator)."""
+    """(N, H, W) bool masks, N >= 1, from .npy / .npz (first array; bool or integer 0/1 or
+    0/255, `method.select.binary_masks`) or a COCO-style RLE JSON list of one image
+    (`iterprime_jax.evaluation.proposals.read_proposals_json`, the reader of the evaluator).
+    ValueError naming the file otherwise."""
+    from .method.select import check_proposals
+
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"proposals file {path} is a directory; give a .npy, .npz or .json "
+                         "file")
     if not path.exists():
         raise ValueError(f"proposals file {path} does not exist")
-    if path.suffix == ".npy":
-        arr = np.load(path)
-    elif path.suffix == ".npz":
-        with np.load(path) as z:
-            arr = z[z.files[0]]
+    if path.suffix in (".npy", ".npz"):
+        arr = _load_numpy(path)
     elif path.suffix == ".json":
         from .evaluation.proposals import read_proposals_json
 
         arr = read_proposals_json(path, hw)
     else:
         raise ValueError(f"proposals file {path}: expected .npy, .npz or .json")
-    arr = np.asarray(arr).astype(bool)
+    arr = np.asarray(arr)
     if arr.ndim != 3 or arr.shape[1:] != hw:
         raise ValueError(f"proposals in {path} have shape {arr.shape}, expected (N, {hw[0]}, "
                          f"{hw[1]}) for the image")
-    return arr
+    if arr.shape[0] == 0:
+        raise ValueError(f"proposals file {path} holds no masks; leave out --proposals for "
+                         "the threshold baseline")
+    return check_proposals(arr, hw, f"proposals in {path}")
+
+
+#: Mask file formats that store the mask exactly (a lossy one such as JPEG would not).
+LOSSLESS_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".pbm", ".pgm", ".ppm", ".pnm")
 
 
 def check_out_path(out: str | Path) -> Path:
-    """The mask path of `--out`, checked before any compute: a known image extension, a folder
-    that is (or can be made) a writable directory. ValueError naming --out otherwise."""
+    """The mask path of `--out`, checked before any compute: a lossless image format
+    (`LOSSLESS_SUFFIXES`; JPEG and other lossy formats are refused, a mask must be exact), a
+    folder that is (or can be made) a writable directory. ValueError naming --out otherwise."""
     import os
     import tempfile
 
     out = Path(out)
-    known = Image.registered_extensions()
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory; give the mask's file name")
-    if out.suffix.lower() not in known:
-        raise ValueError(f"--out {out}: needs an image file extension such as .png "
-                         f"(got {out.suffix or 'none'})")
+    if out.suffix.lower() not in LOSSLESS_SUFFIXES:
+        lossy = out.suffix.lower() in Image.registered_extensions()
+        raise ValueError(f"--out {out}: "
+                         + (f"{out.suffix} is a lossy or unsupported format for masks, which "
+                            "must be stored exactly; " if lossy else
+                            f"needs an image file extension (got {out.suffix or 'none'}); ")
+                         + "use .png")
     parent = out.parent
     for p in (parent, *parent.parents):
         if p.exists() and not p.is_dir():
@@ -116,6 +157,15 @@ def compute_proposals(weights: str | Path, image: np.ndarray, config: Any,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; exit status 0, 2 on bad input, 130 when interrupted (one log line each)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        logging.getLogger("iterprime_jax.segment").error("interrupted")
+        return 130
+
+
+def _main(argv: list[str] | None = None) -> int:
     from .cli_args import (
         add_method_args,
         add_precision_arg,
@@ -131,8 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image", required=True,
                     help="the photo (any format PIL reads: PNG, JPEG, ...)")
     ap.add_argument("--text", required=True, help="referring expression")
-    ap.add_argument("--proposals", default=None, help=".npy/.npz (N,H,W) or RLE .json")
-    ap.add_argument("--out", required=True, help="mask PNG path (overlay beside it)")
+    ap.add_argument("--proposals", default=None,
+                    help=".npy/.npz (N,H,W) bool or 0/1, 0/255 integer masks, or a COCO-style "
+                         "RLE .json of this image")
+    ap.add_argument("--out", required=True,
+                    help="mask path, a lossless format (.png; JPEG refused); overlay beside it")
     add_precision_arg(ap)
     add_method_args(ap)
     add_proposer_args(ap, "also write the computed proposals to FILE (COCO-style RLE JSON, "

@@ -67,15 +67,60 @@ def _read_json_list(path: Path) -> list[Any]:
     return items
 
 
+def rle_string_counts(counts: str) -> list[int]:
+    """The run lengths of a COCO compressed RLE string (pycocotools' ``rleFrString``, in
+    Python, so that a malformed string is caught instead of decoded). ValueError on a
+    character outside the alphabet, a truncated run or a negative run length."""
+    out: list[int] = []
+    p = 0
+    while p < len(counts):
+        x = k = 0
+        more = True
+        while more:
+            if p >= len(counts):
+                raise ValueError("the string ends inside a run length")
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"character {counts[p]!r} is not in the RLE alphabet")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        if x < 0:
+            raise ValueError(f"run {len(out)} has a negative length {x}")
+        out.append(x)
+    return out
+
+
 def _checked_rle(seg: Any, path: Path, k: int, image_id: Any) -> dict[str, Any]:
-    """A ``{"size": [H, W], "counts": str | list}`` RLE, checked; EvalError naming entry k."""
+    """A ``{"size": [H, W], "counts": str | list}`` RLE, checked (its run lengths must be
+    non-negative integers summing to H*W, in the list and in the compressed string form);
+    EvalError naming the file and entry k."""
     size = seg.get("size") if isinstance(seg, dict) else None
     counts = seg.get("counts") if isinstance(seg, dict) else None
+    where = f"proposals file {path}: entry {k} (image {image_id})"
     if (not isinstance(size, list) or len(size) != 2
-            or not all(isinstance(v, int) and v > 0 for v in size)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
             or not isinstance(counts, str | list)):
-        raise EvalError(f"proposals file {path}: entry {k} (image {image_id}) needs an RLE "
-                        "segmentation {'size': [H, W], 'counts': str or list}")
+        raise EvalError(f"{where} needs an RLE segmentation {{'size': [H, W], 'counts': str "
+                        "or list}")
+    if isinstance(counts, str):
+        try:
+            runs = rle_string_counts(counts)
+        except ValueError as e:
+            raise EvalError(f"{where}: malformed compressed RLE counts: {e}") from None
+    else:
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+            raise EvalError(f"{where}: RLE counts must be non-negative integers")
+        runs = counts
+    h, w = size
+    if sum(runs) != h * w:
+        raise EvalError(f"{where}: RLE counts sum to {sum(runs)} pixels, but its size "
+                        f"{h}x{w} has {h * w}: the mask is malformed")
     return {"size": [int(v) for v in size], "counts": counts}
 
 
@@ -96,35 +141,53 @@ def load_proposals_file(path: str | Path) -> dict[int, list[dict[str, Any]]]:
         if isinstance(image_id, bool) or not isinstance(image_id, int):
             raise EvalError(f"proposals file {path}: entry {k} has a non-integer image_id "
                             f"{image_id!r}")
-        out.setdefault(image_id, []).append(_checked_rle(it["segmentation"], path, k, image_id))
+        rle = _checked_rle(it["segmentation"], path, k, image_id)
+        same = out.setdefault(image_id, [])
+        if same and same[0]["size"] != rle["size"]:
+            raise EvalError(f"proposals file {path}: entry {k} (image {image_id}) has size "
+                            f"{tuple(rle['size'])}, an earlier mask of that image "
+                            f"{tuple(same[0]['size'])}")
+        same.append(rle)
     return out
 
 
 def read_proposals_json(path: str | Path, hw: tuple[int, int]) -> np.ndarray:
     """The proposals of one image from a JSON list of COCO results (``{"segmentation": RLE,
-    ...}``; ``image_id`` not needed) or of bare RLEs -> (N, H, W) bool, sizes checked."""
+    ...}``; ``image_id`` not needed, but where given it must be the same in every entry: a
+    file of several images is refused) or of bare RLEs -> (N, H, W) bool, sizes checked."""
     path = Path(path)
+    items = _read_json_list(path)
+    ids = sorted({it["image_id"] for it in items if isinstance(it, dict) and "image_id" in it},
+                 key=repr)
+    if len(ids) > 1:
+        shown = ", ".join(repr(i) for i in ids[:5]) + (" ..." if len(ids) > 5 else "")
+        raise EvalError(f"proposals file {path} holds the proposals of {len(ids)} images "
+                        f"(image_id {shown}); one image's proposals are needed: keep only "
+                        "the entries of this image")
     rles = [_checked_rle(it.get("segmentation", it) if isinstance(it, dict) else it, path, k,
-                         "of the file")
-            for k, it in enumerate(_read_json_list(path))]
-    return decode_rles(rles, hw, path)
+                         ids[0] if ids else "of the file")
+            for k, it in enumerate(items)]
+    return decode_rles(rles, hw, path, ids[0] if ids else None)
 
 
 def decode_rles(rles: Sequence[dict[str, Any]], hw: tuple[int, int], path: Any = "",
-                image_id: int = -1) -> np.ndarray:
-    """RLE dicts -> (N, H, W) bool; the size must equal the image size `hw`."""
+                image_id: Any = None) -> np.ndarray:
+    """RLE dicts (checked by the readers above) -> (N, H, W) bool; the size must equal the
+    image size `hw` (`image_id`: the image they belong to, named in errors; None: the one
+    image of the file)."""
     from tfds_refcoco.refer import decode_segmentation
 
+    which = "the image" if image_id is None else f"image {image_id}"
     masks = np.zeros((len(rles), *hw), bool)
     for k, r in enumerate(rles):
         if tuple(r["size"]) != tuple(hw):
-            raise EvalError(f"proposals file {path}: a mask of image {image_id} has size "
+            raise EvalError(f"proposals file {path}: mask {k} of {which} has size "
                             f"{tuple(r['size'])}, the image is {tuple(hw)}")
         try:
             masks[k] = decode_segmentation(r, *hw).astype(bool)
         except Exception as e:  # noqa: BLE001 - pycocotools raises anything on bad counts
-            raise EvalError(f"proposals file {path}: cannot decode a mask of image "
-                            f"{image_id}: {e}") from None
+            raise EvalError(f"proposals file {path}: cannot decode mask {k} of {which}: {e}"
+                            ) from None
     return masks
 
 

@@ -282,9 +282,13 @@ def segment_batch(model: Model, image: Any, expressions: Sequence[str], proposal
                   config: IteRPrimEConfig = IteRPrimEConfig()) -> list[SegmentResult]:
     """All expressions of one image in one jitted call (image encoded once). The inputs go to
     the parameters' devices in one explicit `jax.device_put`; the outputs come back with
-    `jax.device_get`."""
+    `jax.device_get`. Zero proposals (an (0, H, W) array) are a ValueError: pass None for the
+    threshold baseline."""
     batch = encode_texts(model, expressions, config)
     prep = prepare_image(image, model.config, proposals)
+    if proposals is not None and prep.num_proposals == 0:
+        raise ValueError(f"proposals hold no masks (shape {np.shape(proposals)}); pass "
+                         "proposals=None for the threshold baseline (the thresholded heat map)")
     text = pad_text(batch, bucket(len(batch.items)),
                     text_length_bucket(batch.attention_mask, batch.input_ids.shape[1]))
     method, floats = jit_method(config)
@@ -300,9 +304,12 @@ def segment_batch(model: Model, image: Any, expressions: Sequence[str], proposal
 
 def segment(model: Model, image_uint8: Any, expression: str, proposals: Any = None,
             config: IteRPrimEConfig = IteRPrimEConfig()) -> SegmentResult:
-    """Segment the object `expression` refers to in `image_uint8` (H, W, 3).
+    """Segment the object `expression` refers to in `image_uint8` (an image as
+    `iterprime_jax.image_input.to_rgb_uint8` accepts it: (H, W, 3) / grey / RGBA uint8 or
+    uint16 arrays, PIL images; a path is a TypeError).
 
-    proposals: (N, H, W) class-agnostic masks, or None for the threshold baseline.
+    proposals: (N, H, W) class-agnostic masks, bool or integer 0/1 or 0/255 (soft masks are a
+    ValueError: threshold them), N >= 1; or None for the threshold baseline.
     """
     return segment_batch(model, image_uint8, [expression], proposals, config)[0]
 
@@ -310,7 +317,13 @@ def segment(model: Model, image_uint8: Any, expression: str, proposals: Any = No
 def segment_images(model: Model, images: Sequence[Any], expressions: Sequence[Sequence[str]],
                    proposals: Sequence[Any] | None = None,
                    config: IteRPrimEConfig = IteRPrimEConfig()) -> list[list[SegmentResult]]:
-    """Several images at once (vmap over images): per image, all its expressions."""
+    """Several images at once (vmap over images): per image, all its expressions.
+
+    An image whose proposals hold no masks gets no candidate, as in the evaluator (the mask
+    is empty by the authors' rule, `IteRPrimEConfig.empty_if_no_candidate`; proposal_index
+    -1, has_candidate False); `segment` / `segment_batch` refuse zero proposals instead."""
+    if len(images) == 0:
+        raise ValueError("segment_images: no images given")
     if len(images) != len(expressions):
         raise ValueError(f"{len(images)} images but {len(expressions)} expression lists")
     if proposals is not None and len(proposals) != len(images):

@@ -6,7 +6,7 @@ counting (`count_components`) and shape checks (`check_proposals`) run outside j
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +15,7 @@ from scipy import ndimage
 
 __all__ = [
     "Selection",
+    "binary_masks",
     "check_proposals",
     "count_components",
     "count_components_device",
@@ -40,25 +41,56 @@ class Selection(NamedTuple):
     has_candidate: jnp.ndarray
 
 
-def check_proposals(proposals, image_hw: tuple[int, int]) -> np.ndarray:
+def binary_masks(masks: Any, name: str = "proposals") -> np.ndarray:
+    """Masks as bool, refusing anything that is not plainly binary: bool, or integers whose
+    values are all in {0, 1} or all in {0, 255}. Floats (probabilities, logits; even 0.0/1.0),
+    NaN and other integer values are a ValueError naming `name`, the dtype and the value
+    range: a soft mask's threshold is the caller's decision (e.g. ``masks > 0.5``). The one
+    check of the API (`segment*`), the one-image CLI and the proposals readers."""
+    arr = np.asarray(masks)
+    if arr.dtype == bool:
+        return arr
+    hint = "threshold them explicitly, e.g. masks > 0.5"
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and arr.size:
+            finite = arr[np.isfinite(arr)]
+            rng = (f"values in [{finite.min():.4g}, {finite.max():.4g}]" if finite.size
+                   else "no finite values")
+            nan = ", and NaN" if np.isnan(arr).any() else ""
+            raise ValueError(f"{name} are {arr.dtype} with {rng}{nan}; masks must be boolean "
+                             f"(or integer 0/1 or 0/255): {hint}")
+        raise ValueError(f"{name} have dtype {arr.dtype}; masks must be boolean (or integer "
+                         f"0/1 or 0/255): {hint}")
+    if arr.size == 0:
+        return arr.astype(bool)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo >= 0 and (hi <= 1 or (hi == 255 and bool(((arr == 0) | (arr == 255)).all()))):
+        return arr != 0
+    raise ValueError(f"{name} are {arr.dtype} with values in [{lo}, {hi}]; integer masks must "
+                     f"hold only 0/1 or only 0/255: {hint}")
+
+
+def check_proposals(proposals: Any, image_hw: tuple[int, int],
+                    name: str = "proposals") -> np.ndarray:
     """Validate proposals against the image size; returns them as a (N, H, W) bool numpy array.
 
     Raises:
-      ValueError: wrong ndim or spatial size (the message gives both shapes).
+      ValueError: wrong ndim or spatial size (the message gives both shapes), or masks that
+        are not binary (`binary_masks`).
     """
     arr = np.asarray(proposals)
     h, w = (int(x) for x in image_hw)
     if arr.ndim != 3:
         raise ValueError(
-            f"proposals must have shape (N, H, W) = (N, {h}, {w}); got ndim={arr.ndim}, "
+            f"{name} must have shape (N, H, W) = (N, {h}, {w}); got ndim={arr.ndim}, "
             f"shape {arr.shape}"
         )
     if arr.shape[1:] != (h, w):
         raise ValueError(
-            f"proposals have spatial size {arr.shape[1:]} (shape {arr.shape}), expected the "
+            f"{name} have spatial size {arr.shape[1:]} (shape {arr.shape}), expected the "
             f"image size {(h, w)}"
         )
-    return arr.astype(bool, copy=False)
+    return binary_masks(arr, name)
 
 
 def count_components(proposals) -> np.ndarray:

@@ -8,27 +8,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ...image_input import to_rgb_uint8
 from .config import BlipConfig
 
 
 def as_rgb_uint8(image: Any, name: str = "image") -> np.ndarray:
-    """Accept (H, W, 3) uint8, (H, W) / (H, W, 1) grayscale or (H, W, 4) RGBA uint8, or a PIL
-    image; return (H, W, 3) uint8 RGB. Anything else is a ValueError naming `name`."""
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"{name} must be uint8 (H, W, 3), got dtype {arr.dtype}")
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4) or min(arr.shape[:2]) < 1:
-        raise ValueError(f"{name} must be (H, W, 3) RGB, (H, W) gray or (H, W, 4) RGBA; "
-                         f"got shape {arr.shape}")
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    elif arr.shape[-1] == 4:
-        arr = np.asarray(Image.fromarray(arr, "RGBA").convert("RGB"))
-    return arr
+    """An image -> (H, W, 3) uint8 RGB by the library's one intake rule
+    (`iterprime_jax.image_input.to_rgb_uint8`: uint8/uint16 grey, RGB or RGBA arrays, PIL
+    images, 16-bit ones rescaled); anything else is a ValueError naming `name`."""
+    return to_rgb_uint8(image, name)
 
 
 def preprocess_image(image_uint8_hwc: Any, config: BlipConfig) -> np.ndarray:

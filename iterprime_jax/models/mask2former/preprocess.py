@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ...buckets import round_up
+from ...image_input import to_rgb_uint8
 
 MIN_IMAGE_SIDE = 2
 
@@ -89,33 +90,16 @@ def check_threshold(threshold: Any, name: str = "threshold") -> float:
 
 
 def check_image(image: Any, name: str = "image") -> np.ndarray:
-    """An RGB image for the proposal network -> (H, W, 3) uint8.
-
-    Accepted: a (H, W, 3) uint8 array, or a PIL image (converted with ``.convert("RGB")``, as
-    detectron2's ``read_image`` does for files). Arrays that are grayscale (H, W) / (H, W, 1)
-    or RGBA (H, W, 4), of another dtype, or smaller than 2 pixels on a side are refused with
-    a ValueError naming `name`: the proposal rule is defined on RGB images, and which colour an
-    alpha channel stands for is the caller's decision.
-    """
-    if isinstance(image, Image.Image):
-        image = image.convert("RGB")
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"{name} must be an RGB uint8 array (H, W, 3), got dtype {arr.dtype}")
-    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 1):
-        raise ValueError(f"{name} is grayscale {arr.shape}; the proposal network needs RGB "
-                         "(H, W, 3): convert it, e.g. PIL's image.convert('RGB') or "
-                         "np.repeat(gray[..., None], 3, axis=-1)")
-    if arr.ndim == 3 and arr.shape[-1] == 4:
-        raise ValueError(f"{name} is RGBA {arr.shape}; the proposal network needs RGB "
-                         "(H, W, 3): drop or composite the alpha channel first, e.g. PIL's "
-                         "image.convert('RGB') (drops it, as detectron2's read_image)")
-    if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise ValueError(f"{name} must be an RGB uint8 array (H, W, 3), got shape {arr.shape}")
+    """An image for the proposal network -> (H, W, 3) uint8 RGB, by the library's one intake
+    rule (`iterprime_jax.image_input.to_rgb_uint8`: grey and RGBA are converted as PIL's
+    ``convert("RGB")`` does, which is also detectron2's ``read_image``; 16-bit images are
+    rescaled). Images smaller than `MIN_IMAGE_SIDE` pixels on a side are refused with a
+    ValueError naming `name`, as is anything `to_rgb_uint8` refuses."""
+    arr = to_rgb_uint8(image, name)
     if min(arr.shape[:2]) < MIN_IMAGE_SIDE:
         raise ValueError(f"{name} is {arr.shape[0]}x{arr.shape[1]} pixels; proposals need at "
                          f"least {MIN_IMAGE_SIDE} pixels on each side")
-    return np.ascontiguousarray(arr)
+    return arr
 
 
 def resized_shape(height: int, width: int, short_edge: int = 800, max_size: int = 1333
