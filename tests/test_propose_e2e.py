@@ -155,13 +155,27 @@ def test_wrong_architecture_as_proposer(m2f, tiny_model):
 
 @pytest.mark.parametrize("bad,msg", [
     (np.zeros((1, 1, 3), np.uint8), "1x1 pixels"),
-    (np.zeros((30, 40, 4), np.uint8), "RGBA"),
-    (np.zeros((30, 40), np.uint8), "grayscale"),
+    (np.zeros((30, 40, 3), np.float32), "dtype float32"),
+    (np.zeros((30, 40, 2), np.uint8), "shape"),
 ])
 def test_propose_bad_image(m2f, bad, msg):
     with pytest.raises(ValueError, match=msg) as e:
         ij.propose(m2f["model"], bad)
     assert "image" in str(e.value)
+
+
+def test_propose_accepts_grey_rgba_and_16bit_like_segment(m2f):
+    """Issue #27: one image intake for `segment` and `propose` (grey / RGBA converted, uint16
+    rescaled to 8 bits); a path is a TypeError."""
+    (rgb,) = _images((40, 50))
+    grey = rgb[..., 0]
+    want = ij.propose(m2f["model"], np.repeat(grey[..., None], 3, -1))
+    np.testing.assert_array_equal(ij.propose(m2f["model"], grey), want)
+    np.testing.assert_array_equal(ij.propose(m2f["model"], grey.astype(np.uint16) * 257), want)
+    rgba = np.concatenate([rgb, np.full((40, 50, 1), 3, np.uint8)], -1)
+    np.testing.assert_array_equal(ij.propose(m2f["model"], rgba), ij.propose(m2f["model"], rgb))
+    with pytest.raises(TypeError, match="load it first"):
+        ij.propose(m2f["model"], "photo.jpg")
 
 
 @pytest.mark.parametrize("t", [0.0, 1.0, -1.0, 2.0])
