@@ -16,7 +16,7 @@ from .models.blip.config import BlipConfig, TextConfig, VisionConfig
 from .models.blip.modeling import encode_image, init_params, itm_logits, match_from_embeds
 from .models.blip.preprocess import preprocess_image, tokenize
 from .models.checkpoint import CheckpointError
-from .models.convert import convert_albef_checkpoint, convert_hf_checkpoint
+from .models.conversion import convert_albef_checkpoint, convert_hf_checkpoint
 from .models.loading import Model, load, method_config
 from .models.mask2former import Mask2FormerConfig, mask2former_forward
 from .models.mask2former.preprocess import ProposeConfig

@@ -27,7 +27,7 @@ from ..types import DType, Params
 from .albef.config import ALBEF_CONFIG_NAME, AlbefConfig
 from .blip.config import BlipConfig
 from .checkpoint import CheckpointError, read_json_object
-from .convert import CONFIG_NAME, M2F_CONFIG_NAME, convert_hf_checkpoint, restore_params
+from .conversion import CONFIG_NAME, M2F_CONFIG_NAME, convert_hf_checkpoint, restore_params
 from .mask2former.config import Mask2FormerConfig
 
 CACHE_ENV = "ITERPRIME_CACHE"
@@ -142,6 +142,18 @@ def resolve_hub_id(repo_id: str, revision: str | None = None) -> Path:
     return dst
 
 
+def _read_config(cls: Any, path: Path) -> Any:
+    """A converted checkpoint's config file -> `cls` (BlipConfig, AlbefConfig,
+    Mask2FormerConfig); invalid JSON or fields are a CheckpointError naming the file."""
+    fields = read_json_object(path, holds=f"a JSON object of {cls.__name__} fields")
+    try:
+        return cls.from_dict(fields)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path} is not a valid {cls.__name__} ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); convert the "
+                              "checkpoint again") from None
+
+
 def load(path: str | Path, dtype: DType | str | None = None,
          revision: str | None = None, sharding: Any = None,
          precision: str = "highest") -> Model:
@@ -163,6 +175,9 @@ def load(path: str | Path, dtype: DType | str | None = None,
         place_params({}, sharding)  # check `sharding` before reading any file
     except ValueError as e:
         raise ValueError(f"load({str(path)!r}): {e}") from None
+    if str(path).strip() == "":
+        raise CheckpointError("load: the weights path is empty; give a converted checkpoint "
+                              "directory or a hub id")
     if is_hub_id(path):
         path = resolve_hub_id(str(path), revision)
     path = Path(path)
@@ -173,7 +188,7 @@ def load(path: str | Path, dtype: DType | str | None = None,
     if not path.is_dir():
         raise CheckpointError(f"weights directory {path} does not exist")
     if (path / M2F_CONFIG_NAME).exists():
-        m2f = Mask2FormerConfig.load(path / M2F_CONFIG_NAME)
+        m2f = _read_config(Mask2FormerConfig, path / M2F_CONFIG_NAME)
         if dtype is not None:
             m2f = m2f.replace(dtype=dtype)
         return Model(config=m2f, params=place_params(restore_params(path, m2f), sharding),
@@ -185,7 +200,7 @@ def load(path: str | Path, dtype: DType | str | None = None,
             if any(path.glob("*.pth")) else ""
         raise CheckpointError(f"{cfg_path} (or {ALBEF_CONFIG_NAME}, {M2F_CONFIG_NAME}) missing: "
                               f"not a converted iterprime-jax checkpoint{hint}")
-    config = arch.load(cfg_path)
+    config = _read_config(arch, cfg_path)
     if dtype is not None:
         config = config.replace(dtype=dtype)
     params = place_params(restore_params(path, config), sharding)

@@ -48,7 +48,7 @@ import optax
 
 from ..models.blip.config import BlipConfig
 from ..models.blip.modeling import itm_logits
-from ..models.convert import restore_params, save_params
+from ..models.conversion import restore_params, save_params
 from ..models.loading import METHOD_JSON
 from ..types import Params
 from .config import DEFAULT_VOCAB, LOG_NAME, TrainConfig, make_tokenizer, model_config

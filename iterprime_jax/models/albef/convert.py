@@ -15,6 +15,7 @@ for another image size; otherwise a grid that does not match is an error naming 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,34 @@ def convert_albef_state_dict(sd: Mapping[str, Any], source: str,
     return config, match_state_dict(kept, abstract, f"ALBEF ({source})")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes in torch's messages
+
+
+def is_pickled_file(path: str | Path) -> bool:
+    """Whether `path` is a well-formed `torch.save` file: a zip archive whose ``data.pkl`` is
+    a complete pickle, or a legacy file starting with one. Read with `pickletools` only
+    (nothing is unpickled or executed)."""
+    import io
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                names = [n for n in z.namelist() if n.endswith("data.pkl")]
+                if not names:
+                    return False
+                data = z.read(names[0])
+        else:
+            with open(path, "rb") as f:
+                data = f.read(1 << 20)
+        for _ in pickletools.genops(io.BytesIO(data)):
+            pass
+    except Exception:  # noqa: BLE001 - any parse failure: not a pickle
+        return False
+    return True
+
+
 def read_pth(path: str | Path, allow_pickle: bool = False) -> Any:
     """`torch.load` an `.pth` on CPU (tensors as numpy). Needs torch (the `convert` extra);
     `allow_pickle` permits arbitrary pickled objects (only for files you trust)."""
@@ -236,11 +265,14 @@ def read_pth(path: str | Path, allow_pickle: bool = False) -> Any:
     try:
         raw = torch.load(str(path), map_location="cpu", weights_only=not allow_pickle)
     except Exception as e:  # noqa: BLE001 - torch raises pickle/zip/runtime errors
-        hint = ("" if allow_pickle else "; if the file is trusted and holds other pickled "
-                "objects, pass --allow-pickle")
+        if not is_pickled_file(path):
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save "
+                                  "archive nor a pickle); is it the right file?") from None
+        hint = ("" if allow_pickle else "; it holds pickled objects other than tensors: if "
+                "the file is trusted, pass --allow-pickle")
+        first = _ANSI.sub("", str(e)).splitlines()[0][:200] if str(e) else ""
         raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0][:200]}{hint}"
-                              ) from None
+                              f"{type(e).__name__}: {first}{hint}") from None
 
     def to_np(v: Any) -> Any:
         return v.detach().float().numpy() if isinstance(v, torch.Tensor) else v
