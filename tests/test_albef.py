@@ -322,7 +322,10 @@ def test_albef_converted_dir_roundtrip_keeps_dst_on_failure(tmp_path):
     before = sorted(p.name for p in dst.iterdir())
     del sd["itm_head.bias"]
     save_pth(sd, tmp_path / "broken.pth")
-    _refused(tmp_path, cli_args(s, tmp_path / "broken.pth", dst, bert), "itm_head.bias")
+    _refused(tmp_path, cli_args(s, tmp_path / "broken.pth", dst, bert), "not empty",
+             "--overwrite")
+    _refused(tmp_path, cli_args(s, tmp_path / "broken.pth", dst, bert) + ["--overwrite"],
+             "itm_head.bias")
     assert sorted(p.name for p in dst.iterdir()) == before
     ij.load(dst)
     shutil.rmtree(dst)

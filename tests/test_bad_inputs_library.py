@@ -221,3 +221,104 @@ def test_cli_ctrl_c_is_one_line(monkeypatch, caplog, tiny_model_dir, tmp_path):
     assert rc == 130
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
         "interrupted"]
+
+
+# --------------------------------------------------------------------------- 4. convert
+def _hf_stub(tmp_path):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "blip"}))
+    return hf
+
+
+def test_convert_refuses_non_empty_file_and_uncreatable_dst(tmp_path):
+    from iterprime_jax.models.convert import main
+
+    hf = _hf_stub(tmp_path)
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "notes.txt").write_text("mine")
+    for args, needle in [([str(hf), str(dst)], "not empty"),
+                         ([str(hf), str(dst / "notes.txt")], "is a file"),
+                         ([str(hf), str(dst / "notes.txt" / "x")], "cannot create")]:
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert needle in str(e.value) and "\n" not in str(e.value)
+    assert (dst / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "out"]
+
+
+def test_convert_overwrite_replaces_the_folder_as_a_whole(tmp_path):
+    from iterprime_jax.models.convert import main
+
+    from .torch_ref import build_model, hf_config
+
+    from iterprime_jax.shipped import VOCAB
+
+    build_model(hf_config(), seed=0).save_pretrained(str(tmp_path / "hf"))
+    (tmp_path / "hf" / "vocab.txt").write_bytes(VOCAB.read_bytes())
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "notes.txt").write_text("old")
+    (dst / "mask2former_config.json").write_text("{}")  # another model's leftovers
+    main([str(tmp_path / "hf"), str(dst), "--overwrite"])
+    assert not (dst / "notes.txt").exists() and not (dst / "mask2former_config.json").exists()
+    assert (dst / "blip_config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "out"]  # no temporary left
+    assert ij.load(dst).config.vision.grid == (4, 4)
+
+
+def test_pth_that_is_not_a_checkpoint_gets_no_pickle_advice(tmp_path):
+    import argparse
+
+    import torch
+
+    from iterprime_jax.models.albef.convert import read_pth
+
+    (tmp_path / "random.pth").write_bytes(np.random.default_rng(0).bytes(300))
+    (tmp_path / "text.pth").write_text("hello world\n")
+    for name in ("random.pth", "text.pth"):
+        with pytest.raises(ij.CheckpointError, match="not a PyTorch checkpoint") as e:
+            read_pth(tmp_path / name)
+        assert "allow-pickle" not in str(e.value) and name in str(e.value)
+    torch.save({"model": {"a": torch.zeros(2)}, "args": argparse.Namespace(lr=1)},
+               tmp_path / "pickled.pth")
+    with pytest.raises(ij.CheckpointError, match="--allow-pickle") as e:
+        read_pth(tmp_path / "pickled.pth")
+    assert "\x1b" not in str(e.value)
+
+
+def test_convert_cli_has_no_runpy_warning(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-W", "default", "-m", "iterprime_jax.models.convert",
+                          str(tmp_path / "missing"), str(tmp_path / "out")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 1
+    assert "found in sys.modules" not in out.stderr, out.stderr
+    assert "does not exist" in out.stderr
+
+
+# --------------------------------------------------------------------------- 5. loading
+def test_load_messages(tiny_model_dir, tmp_path):
+    import shutil
+
+    with pytest.raises(ij.CheckpointError, match="empty"):
+        ij.load("")
+    bad = shutil.copytree(tiny_model_dir, tmp_path / "badcfg")
+    (bad / "blip_config.json").write_text("{not json")
+    with pytest.raises(ij.CheckpointError, match="blip_config.json"):
+        ij.load(bad)
+    (bad / "blip_config.json").write_text(json.dumps({"vision": 3}))
+    with pytest.raises(ij.CheckpointError, match="blip_config.json"):
+        ij.load(bad)
+    nometa = shutil.copytree(tiny_model_dir, tmp_path / "nometa")
+    (nometa / "params" / "_METADATA").unlink()
+    with pytest.raises(ij.CheckpointError, match="damaged or incomplete") as e:
+        ij.load(nometa)
+    assert "params" in str(e.value) and "do not match" not in str(e.value)

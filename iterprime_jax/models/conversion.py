@@ -162,6 +162,10 @@ def restore_params(src_dir: str | Path, config: AnyConfig) -> Params:
     if not path.exists():
         raise CheckpointError(f"no converted params at {path} (run python -m "
                               "iterprime_jax.models.convert on an HF checkpoint first)")
+    if not path.is_dir() or not (path / "_METADATA").is_file():
+        raise CheckpointError(f"params at {path} are damaged or incomplete (no orbax _METADATA "
+                              "file: the conversion was interrupted or files were removed); "
+                              "convert the checkpoint again")
     target = _abstract_params(config)
     ckpt = ocp.StandardCheckpointer()
     try:
