@@ -250,10 +250,9 @@ def test_convert_refuses_non_empty_file_and_uncreatable_dst(tmp_path):
 
 def test_convert_overwrite_replaces_the_folder_as_a_whole(tmp_path):
     from iterprime_jax.models.convert import main
+    from iterprime_jax.shipped import VOCAB
 
     from .torch_ref import build_model, hf_config
-
-    from iterprime_jax.shipped import VOCAB
 
     build_model(hf_config(), seed=0).save_pretrained(str(tmp_path / "hf"))
     (tmp_path / "hf" / "vocab.txt").write_bytes(VOCAB.read_bytes())
