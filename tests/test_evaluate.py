@@ -155,6 +155,7 @@ def test_end_to_end_files_and_metrics(env: dict, baseline: Path) -> None:
         assert m[f"prec@{x:g}"] == pytest.approx((iou >= x).mean())
     assert set(m) == {"n", "oIoU", "mIoU", *(f"prec@{x:g}" for x in (0.5, 0.6, 0.7, 0.8, 0.9))}
     assert rec["no_candidate"] == sum(not x["has_candidate"] for x in lines)
+    assert rec["truncated_expressions"] == 0
     assert rec["num_images"] == SHAPES.num_val
     # Per expression kind (ShapesRef): rows carry the ref's kind; by_kind recomputed here, with
     # the chance level of a random object (objects are disjoint: 1 / objects in the image).
@@ -462,6 +463,21 @@ def test_unknown_split(env: dict, caplog: pytest.LogCaptureFixture) -> None:
 
 
 # --------------------------------------------------------------------------- method config
+def test_truncated_expressions_are_counted(env: dict, tmp_path: Path,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A prompt cut to max_text_length is marked in samples.jsonl, counted in metrics.json and
+    logged (no truncation is silent)."""
+    out = tmp_path / "cut"
+    with caplog.at_level(logging.WARNING):
+        assert run_eval.main(shapes_args(env, out, "--max-text-length", "6")) == 0
+    lines = read_lines(out / "samples.jsonl")
+    cut = [x for x in lines if x.get("truncated")]
+    assert cut and all(x["truncated"] is True for x in cut)
+    rec = json.loads((out / "metrics.json").read_text())
+    assert rec["truncated_expressions"] == len(cut)
+    assert f"{len(cut)} expressions were longer than max_text_length=6" in caplog.text
+
+
 def test_method_json_and_explicit_flags(env: dict, tmp_path: Path) -> None:
     weights = tmp_path / "weights"
     shutil.copytree(env["model"], weights)
@@ -493,7 +509,7 @@ def test_every_method_field_has_a_flag() -> None:
             "--stretch-center", "0.25", "--mask-threshold", "0.75", "--keep-rejected",
             "--max-components", "3", "--heat-threshold", "0.4", "--max-text-length", "32",
             "--spacy-model", "x", "--no-empty-if-no-candidate", "--no-primary-tokens", "focus",
-            "--no-append-sep", "--no-authors-code"]
+            "--no-append-sep", "--no-authors-code", "--parser", "stanza"]
     got = method_overrides(parser.parse_args(argv))
     assert set(got) == {f.name for f in fields}
     want = IteRPrimEConfig(layer=2, use_template=False, template="a {}", use_pwe=False,
@@ -501,7 +517,7 @@ def test_every_method_field_has_a_flag() -> None:
                            mask_threshold=0.75, keep_rejected=True, max_components=3,
                            heat_threshold=0.4, max_text_length=32, spacy_model="x",
                            empty_if_no_candidate=False, no_primary_tokens="focus",
-                           append_sep=False, authors_code=False)
+                           append_sep=False, authors_code=False, parser="stanza")
     assert IteRPrimEConfig(**got) == want
     assert method_overrides(parser.parse_args([])) == {}
     helps = {a.dest: a.help for a in parser._actions}  # noqa: SLF001

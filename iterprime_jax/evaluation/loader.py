@@ -42,6 +42,7 @@ class HostBatch:
     no_props: list[Any]              # the same with 0 proposals (heat-map rows)
     gt: list[Any]                    # gt, sentence_ref
     truncated: int
+    truncated_at: list[list[bool]] = dataclasses.field(default_factory=list)  # per image, sentence
     proposal_rles: list[list[dict[str, Any]]] | None = None  # per image (save_proposals)
 
 
@@ -193,6 +194,7 @@ class Loader:
             pixels=d.put([pixels])[0], common=d.put(common), props=props, no_props=no_props,
             gt=d.put([gt, sentence_ref]),
             truncated=sum(t.truncated for it in items for t in it["text"].items),
+            truncated_at=[[t.truncated for t in it["text"].items] for it in items],
             proposal_rles=rles)
 
 

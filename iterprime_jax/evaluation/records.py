@@ -128,12 +128,15 @@ def run_identity(config: EvalConfig, method: IteRPrimEConfig, proposals: Proposa
 #: Fields added to the run identity after version 2, with the value every earlier run had
 #: (a run_config.json without them resumes as that value, not as a different run).
 ADDED_FIELDS: dict[str, Any] = {"precision": "highest"}
+#: `IteRPrimEConfig` fields added to the identity's "method" later, with the value every
+#: earlier run had.
+ADDED_METHOD_FIELDS: dict[str, Any] = {"parser": "spacy"}
 
 
 def check_run_config(out: Path, identity: Mapping[str, Any], write: bool) -> bool:
     """Compare with ``out/run_config.json`` (EvalError on a difference; a field it lacks
-    counts as its `ADDED_FIELDS` value); write it if missing and `write`. Returns whether a
-    previous run config was found."""
+    counts as its `ADDED_FIELDS` / `ADDED_METHOD_FIELDS` value); write it if missing and
+    `write`. Returns whether a previous run config was found."""
     path = out / RUN_CONFIG
     if path.exists():
         try:
@@ -142,6 +145,8 @@ def check_run_config(out: Path, identity: Mapping[str, Any], write: bool) -> boo
             raise EvalError(f"{path} is not valid JSON ({e}); remove it or use another --out") \
                 from None
         old = {**ADDED_FIELDS, **old}
+        if isinstance(old.get("method"), dict):
+            old["method"] = {**ADDED_METHOD_FIELDS, **old["method"]}
         diff = [k for k in identity if old.get(k) != identity[k]]
         if diff:
             details = "; ".join(f"{k}: {old.get(k)!r} -> {identity[k]!r}" for k in diff)

@@ -18,8 +18,9 @@ under `EvalConfig.out`:
   is the task's position in the split, ``sent_id`` 0 and ``ann_id`` -1.
 * ``metrics.json``: ``{"dataset", "split", "proposals", "convention", "weights", "method",
   "metrics": {split: {"oIoU", "mIoU", "prec@0.5".."prec@0.9", "n"}}, "num_images",
-  "num_samples", "no_candidate"}``, computed from the samples' I and U (int64) with
-  `iterprime_jax.metrics.summarize`. A sample without a candidate is a miss, never dropped.
+  "num_samples", "no_candidate", "truncated_expressions"}``, computed from the samples' I and
+  U (int64) with `iterprime_jax.metrics.summarize`. A sample without a candidate is a miss,
+  never dropped.
   PhraseCut adds ``"subsets": {subset: {...}}`` (official subsets) and ``"unseen"``.
 * ``run_config.json``: what the run is (dataset, split, weights, proposals, method config),
   written on first start; a restart with the same ``out`` resumes (finished images are
@@ -270,7 +271,8 @@ def run_batches(ctx: Context, images: list[ImageMeta], rows: Sequence[AblationRo
     if not images:
         return 0
     text_keys = {(r.method.use_template, r.method.template, r.method.max_text_length,
-                  r.method.spacy_model) for r in rows}
+                  r.method.parser, r.method.spacy_model, r.method.authors_code,
+                  r.method.append_sep) for r in rows}
     if len(text_keys) != 1:
         raise EvalError("rows of one run must share the text settings")
     proposal_bucket = 0
@@ -289,8 +291,9 @@ def run_batches(ctx: Context, images: list[ImageMeta], rows: Sequence[AblationRo
     finally:
         prefetch.close()
     if truncated:
-        log.warning("%d sentences were longer than max_text_length=%d tokens and were "
-                    "truncated", truncated, rows[0].method.max_text_length)
+        log.warning("%d expressions were longer than max_text_length=%d tokens and were "
+                    "truncated (truncated_expressions in metrics.json)", truncated,
+                    rows[0].method.max_text_length)
     return truncated
 
 
@@ -331,12 +334,15 @@ def _device_loop(ctx: Context, prefetch: Prefetch, rows: Sequence[AblationRow],
 def sample_records(host_batch: HostBatch, out: tuple[np.ndarray, ...]
                    ) -> list[list[dict[str, Any]]]:
     """Per image of the batch, the sample records of its sentences (the samples.jsonl lines)
-    from the step outputs (I, U, passes, proposal index, has candidate)."""
+    from the step outputs (I, U, passes, proposal index, has candidate); a sentence whose
+    prompt was cut to max_text_length gets ``"truncated": true`` (others no such key)."""
     inter, union, iters, index, has = out
     per_image = []
     for k, meta in enumerate(host_batch.images):
         recs, s = [], 0
         ids = host_batch.proposal_ids[k]
+        cut = (host_batch.truncated_at[k] if k < len(host_batch.truncated_at)
+               else [False] * meta.num_sentences)
         for ref in meta.refs:
             for sid, sent in zip(ref.sent_ids, ref.sentences, strict=True):
                 i, u = int(inter[k, s]), int(union[k, s])
@@ -348,6 +354,7 @@ def sample_records(host_batch: HostBatch, out: tuple[np.ndarray, ...]
                     "primary_word": host_batch.primary_words[k][s],
                     "proposal": int(ids[j]) if 0 <= j < len(ids) else -1,
                     "has_candidate": bool(has[k, s]),
+                    **({"truncated": True} if cut[s] else {}),
                     **dict(ref.extra),
                 })
                 s += 1
@@ -464,11 +471,13 @@ def write_metrics(config: EvalConfig, ctx: Context, method: IteRPrimEConfig,
     chosen = sorted((by_key[k] for k in wanted), key=sort_key)
     metrics = {config.split: metrics_from_samples(chosen, config.convention)}
     no_cand = sum(not r["has_candidate"] for r in chosen) if proposals.uses_proposals else 0
+    cut = sum(bool(r.get("truncated")) for r in chosen)
     record = {
         "dataset": config.dataset, "split": config.split, "proposals": proposals.describe(),
         "convention": config.convention, "weights": str(ctx.weights),
         "method": dataclasses.asdict(method), "metrics": metrics,
         "num_images": len(ctx.images), "num_samples": len(chosen), "no_candidate": no_cand,
+        "truncated_expressions": cut,
     }
     subsets = None
     if config.dataset == PHRASECUT:

@@ -1,15 +1,26 @@
 """Language side of Primary Word Emphasis (docs/method.md section 2).
 
-Parse a referring expression with spaCy, pick its focus words (POS in NOUN, VERB, ADJ, PROPN, NUM)
-and its primary word (the head noun of the first noun phrase), and map every word to its WordPiece
-positions in the prompt fed to the ITM text encoder. Everything here runs outside `jax.jit` and
-returns numpy arrays of a fixed length `config.max_text_length`.
+Parse a referring expression, pick its focus words (POS in NOUN, VERB, ADJ, PROPN, NUM) and its
+primary word, and map every word to its WordPiece positions in the prompt fed to the ITM text
+encoder. Two parsers (`IteRPrimEConfig.parser`, `load_parser`):
+
+* ``spacy``: spaCy tokens, the primary word is the root of the first noun chunk; with
+  ``authors_code`` the LAST occurrence of that word's text, and whitespace words joined as the
+  authors join them (`authors_language.join_pieces`).
+* ``stanza``: the authors' rule (`authors_language`): Stanza words joined into whitespace words,
+  the primary word from the constituency tree (innermost NP's rightmost NN).
+
+A parser is any `ExpressionParser` (``parse(text) -> Parse``), so tests and benchmarks can pass a
+stub or prebuilt documents (`StanzaParser` takes any callable ``text -> Stanza-shaped doc``).
+Everything here runs outside `jax.jit` and returns numpy arrays of a fixed length
+`config.max_text_length`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 import warnings
 from collections.abc import Sequence
@@ -18,16 +29,23 @@ from typing import Any
 import numpy as np
 
 from ..config import IteRPrimEConfig
+from .authors_language import agent_word, find_agent, join_pieces
 
 __all__ = [
     "FOCUS_POS",
     "PRIMARY_POS",
+    "ExpressionParser",
     "Parse",
+    "ParserUnavailableError",
+    "SpacyParser",
+    "StanzaParser",
     "TextBatch",
     "TextInputs",
     "encode_batch",
     "encode_expression",
+    "load_parser",
     "load_spacy",
+    "load_stanza",
     "normalize_expression",
     "parse_expression",
     "stack_text_inputs",
@@ -122,13 +140,170 @@ def _primary_index(doc: Any) -> int | None:
 
 
 def parse_expression(nlp: Any, expression: str) -> Parse:
-    """Parse `expression` with the spaCy pipeline `nlp` into focus words and the primary word."""
+    """Parse `expression` with the spaCy pipeline `nlp` into focus words and the primary word
+    (each spaCy token on its own, the first noun chunk's root)."""
     text = normalize_expression(expression)
     doc = nlp(text)
     words = tuple(t.text for t in doc)
     pos = tuple(t.pos_ for t in doc)
     focus = tuple(p in FOCUS_POS for p in pos)
     return Parse(text=text, words=words, pos=pos, focus=focus, primary=_primary_index(doc))
+
+
+def _joined_parse(text: str, pieces: Sequence[tuple[int, str, str]], agent_id: int) -> Parse:
+    """A `Parse` over the whitespace words of `text`: the pieces joined (`join_pieces`), the
+    primary word the joined word of `agent_id` (`agent_word`). Whitespace words the pieces do
+    not spell get POS "" (neither focus nor primary)."""
+    joined = join_pieces(pieces, text)
+    words = tuple(text.split())
+    pos = tuple(w.pos for w in joined) + ("",) * (len(words) - len(joined))
+    focus = tuple(p in FOCUS_POS for p in pos)
+    primary = agent_word(agent_id, joined, len(pieces))
+    return Parse(text=text, words=words, pos=pos, focus=focus, primary=primary)
+
+
+class ExpressionParser:
+    """A parser of expressions: ``parse(expression) -> Parse`` (focus and primary words).
+    Subclasses: `SpacyParser`, `StanzaParser`; a stub for tests subclasses it too."""
+
+    def parse(self, expression: str) -> Parse:
+        raise NotImplementedError
+
+
+class SpacyParser(ExpressionParser):
+    """spaCy's parse (`parse_expression`); with `authors` (``authors_code``): the last
+    occurrence of the primary word's text and the whitespace words joined as the authors join
+    them (a primary word that was a piece becomes the joined word)."""
+
+    def __init__(self, nlp: Any, authors: bool = False):
+        self.nlp, self.authors = nlp, bool(authors)
+
+    def parse(self, expression: str) -> Parse:
+        if not self.authors:
+            return parse_expression(self.nlp, expression)
+        text = normalize_expression(expression)
+        doc = self.nlp(text)
+        pieces = [(t.i + 1, t.text, t.pos_) for t in doc]  # 1-based ids, as Stanza's
+        first = _primary_index(doc)
+        agent_id = -1
+        if first is not None:
+            agent_id = max(i for i, t, _ in pieces if t == doc[first].text)
+        return _joined_parse(text, pieces, agent_id)
+
+
+class StanzaParser(ExpressionParser):
+    """The authors' Stanza rule (`authors_language`) over documents from `nlp`, any callable
+    ``text -> doc`` with ``doc.sentences[0].words`` (``.id``, ``.text``, ``.pos``) and
+    ``doc.sentences[0].constituency`` (a Stanza pipeline, or a stub returning prebuilt docs).
+    Each distinct expression is parsed once (cached on the instance).
+
+    An expression without a usable parse (no sentence, no words, no tree, or the pipeline
+    raising on it) gets the authors' fallback: the last NOUN if any, else no primary word, and
+    a warning naming it; never an exception mid-evaluation.
+    """
+
+    def __init__(self, nlp: Any, cache_size: int = 1 << 16):
+        self.nlp, self.cache_size = nlp, int(cache_size)
+        self._cache: dict[str, Parse] = {}
+
+    def parse(self, expression: str) -> Parse:
+        text = normalize_expression(expression)
+        hit = self._cache.get(text)
+        if hit is None:
+            hit = self._parse(text)
+            if len(self._cache) >= self.cache_size:
+                self._cache.clear()
+            self._cache[text] = hit
+        return hit
+
+    def _parse(self, text: str) -> Parse:
+        try:
+            doc = self.nlp(text)
+            sentences = list(getattr(doc, "sentences", None) or [])
+            words = list(sentences[0].words) if sentences else []
+            tree = getattr(sentences[0], "constituency", None) if sentences else None
+        except Exception as e:  # noqa: BLE001 - any parser failure: the no-primary fallback
+            warnings.warn(f"Stanza could not parse the expression {text!r} ({e}); it has no "
+                          "focus or primary word", stacklevel=3)
+            words, tree = [], None
+        if not words:
+            return _joined_parse(text, [], -1)
+        if tree is None:
+            warnings.warn(f"Stanza gave no constituency tree for {text!r}; its primary word "
+                          "is the last NOUN (the authors' fallback)", stacklevel=3)
+        _, agent_id = find_agent(words, tree)
+        pieces = [(int(w.id), str(w.text), str(w.pos)) for w in words]
+        return _joined_parse(text, pieces, agent_id)
+
+
+class ParserUnavailableError(RuntimeError):
+    """The configured parser cannot be loaded (package or models missing)."""
+
+
+def _stanza_dir(resources_dir: str | os.PathLike[str] | None) -> str:
+    if resources_dir is not None:
+        return str(resources_dir)
+    env = os.environ.get("STANZA_RESOURCES_DIR")
+    if env:
+        return env
+    from stanza.resources.common import DEFAULT_MODEL_DIR
+
+    return str(DEFAULT_MODEL_DIR)
+
+
+def load_stanza(resources_dir: str | os.PathLike[str] | None = None) -> Any:
+    """Stanza's English pipeline (tokenize, pos, constituency) from `resources_dir` (default:
+    $STANZA_RESOURCES_DIR, else Stanza's default directory); never downloads.
+
+    Raises:
+      ParserUnavailableError: stanza is not installed, the directory does not exist, or it
+        lacks the English models (one message saying what and how to fix it).
+    """
+    fix = ("install the models with `python -c 'import stanza; stanza.download(\"en\")'` "
+           "(or set $STANZA_RESOURCES_DIR to a directory holding them), or use `--parser spacy`")
+    try:
+        import stanza
+    except ImportError as e:
+        raise ParserUnavailableError(
+            f"parser 'stanza' needs the stanza package (pip install 'iterprime-jax[stanza]'), "
+            f"then its English models: {fix} ({e})") from None
+    where = _stanza_dir(resources_dir)
+    if not os.path.isdir(where):
+        raise ParserUnavailableError(f"Stanza resources directory {where} does not exist: {fix}")
+    try:
+        return stanza.Pipeline("en", processors="tokenize,pos,constituency", dir=where,
+                               download_method=None, logging_level="WARN")
+    except Exception as e:  # noqa: BLE001 - stanza's errors for missing models vary by version
+        raise ParserUnavailableError(
+            f"Stanza's English models (tokenize, pos, constituency) are not usable from {where}: "
+            f"{fix} ({type(e).__name__}: {e})") from None
+
+
+def load_parser(config: IteRPrimEConfig,
+                stanza_dir: str | os.PathLike[str] | None = None) -> ExpressionParser:
+    """The parser `config` asks for (cached per setting): `SpacyParser` of
+    ``config.spacy_model`` (authors' rules with ``authors_code``) or `StanzaParser` over
+    `load_stanza` (`stanza_dir`, default $STANZA_RESOURCES_DIR / Stanza's default)."""
+    if config.parser == "stanza":
+        return _stanza_parser(_stanza_dir_or_none(stanza_dir))
+    return _spacy_parser(config.spacy_model, config.authors_code)
+
+
+def _stanza_dir_or_none(stanza_dir: str | os.PathLike[str] | None) -> str | None:
+    try:
+        return _stanza_dir(stanza_dir)
+    except ImportError:
+        return None  # load_stanza reports the missing package
+
+
+@functools.lru_cache(maxsize=4)
+def _spacy_parser(name: str, authors: bool) -> SpacyParser:
+    return SpacyParser(load_spacy(name), authors=authors)
+
+
+@functools.lru_cache(maxsize=4)
+def _stanza_parser(resources_dir: str | None) -> StanzaParser:
+    return StanzaParser(load_stanza(resources_dir))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -190,15 +365,18 @@ def encode_expression(
     """Tokenise `expression` (with the prompt template if `config.use_template`) to length
     `config.max_text_length`, with focus / primary WordPiece masks.
 
-    WordPieces are built per spaCy word (`tokenizer.tokenize(word)`), so the word -> piece map is
-    exact; for ordinary expressions the ids equal `tokenizer(prompt)`. A prompt longer than T is
+    `nlp` is an `ExpressionParser` or a spaCy pipeline (then `SpacyParser(nlp,
+    config.authors_code)`). WordPieces are built per parsed word (`tokenizer.tokenize(word)`),
+    so the word -> piece map is exact; for ordinary expressions the ids equal
+    `tokenizer(prompt)`. A prompt longer than T is
     truncated (the last position stays [SEP]) with a warning. With `config.append_sep` off
     (ALBEF as the authors run it) the prompt is `[CLS]` + pieces, no trailing [SEP].
     """
     T = int(config.max_text_length)
     if T < 2:
         raise ValueError(f"max_text_length must be >= 2 ([CLS] and [SEP]), got {T}")
-    parse = parse_expression(nlp, expression)
+    parser = nlp if isinstance(nlp, ExpressionParser) else SpacyParser(nlp, config.authors_code)
+    parse = parser.parse(expression)
     if config.use_template:
         prefix, suffix = _split_template(config.template)
         prompt = config.template.format(parse.text)

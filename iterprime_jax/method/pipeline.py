@@ -32,12 +32,12 @@ from ..config import IteRPrimEConfig
 from ..models.blip.config import BlipConfig
 from ..models.blip.modeling import encode_image
 from ..models.blip.preprocess import as_rgb_uint8, preprocess_image
-from ..models.loading import Model, matmul_precision
+from ..models.loading import Model, matmul_precision, method_config
 from ..placement import put_inputs
 from ..types import Array, Params
 from .gradcam import gradcam_from_embeds
 from .heat import heat_map, resize_heatmap
-from .language import TextBatch, encode_batch, load_spacy
+from .language import TextBatch, encode_batch, load_parser
 from .refine import FloatSettings, IGRSResult, igrs, static_config, stretch
 from .select import check_proposals, count_components, select_proposal
 
@@ -46,7 +46,7 @@ TEXT_MULTIPLE = 8  # text lengths are bucketed to multiples of this (see text_le
 
 
 __all__ = ["CANVAS_MULTIPLE", "TEXT_MULTIPLE", "CoreOutput", "FloatSettings", "PreparedImage",
-           "SegmentResult", "bucket", "canvas_side", "encode_texts", "pad_text",
+           "SegmentResult", "bucket", "canvas_side", "default_config", "encode_texts", "pad_text",
            "prepare_image", "segment", "segment_batch", "segment_core", "segment_images",
            "text_length_bucket", "upsample_heat"]
 
@@ -267,7 +267,8 @@ def _results(out: CoreOutput, batch: TextBatch, hw: tuple[int, int]) -> list[Seg
 
 
 def encode_texts(model: Model, expressions: Sequence[str], config: IteRPrimEConfig) -> TextBatch:
-    """spaCy + WordPiece with the prompt template -> fixed-length (B, T) arrays."""
+    """Parser (`config.parser`) + WordPiece with the prompt template -> fixed-length (B, T)
+    arrays."""
     if isinstance(expressions, str):
         expressions = [expressions]
     if len(expressions) == 0:
@@ -275,15 +276,25 @@ def encode_texts(model: Model, expressions: Sequence[str], config: IteRPrimEConf
     if config.max_text_length > model.config.text.max_position_embeddings:
         raise ValueError(f"max_text_length {config.max_text_length} exceeds the model's "
                          f"{model.config.text.max_position_embeddings} positions")
-    return encode_batch(model.tokenizer, load_spacy(config.spacy_model), expressions, config)
+    return encode_batch(model.tokenizer, load_parser(config), expressions, config)
+
+
+def default_config(model: Model, config: IteRPrimEConfig | None) -> IteRPrimEConfig:
+    """`config`, or when None the model's own method (`method_config`: its directory's
+    method.json over the paper's defaults; the defaults for a model without a directory)."""
+    if config is not None:
+        return config
+    path = getattr(model, "path", None)
+    return IteRPrimEConfig() if path is None else method_config(path)
 
 
 def segment_batch(model: Model, image: Any, expressions: Sequence[str], proposals: Any = None,
-                  config: IteRPrimEConfig = IteRPrimEConfig()) -> list[SegmentResult]:
+                  config: IteRPrimEConfig | None = None) -> list[SegmentResult]:
     """All expressions of one image in one jitted call (image encoded once). The inputs go to
     the parameters' devices in one explicit `jax.device_put`; the outputs come back with
     `jax.device_get`. Zero proposals (an (0, H, W) array) are a ValueError: pass None for the
-    threshold baseline."""
+    threshold baseline. `config` None: the model's own method (`default_config`)."""
+    config = default_config(model, config)
     batch = encode_texts(model, expressions, config)
     prep = prepare_image(image, model.config, proposals)
     if proposals is not None and prep.num_proposals == 0:
@@ -303,27 +314,30 @@ def segment_batch(model: Model, image: Any, expressions: Sequence[str], proposal
 
 
 def segment(model: Model, image_uint8: Any, expression: str, proposals: Any = None,
-            config: IteRPrimEConfig = IteRPrimEConfig()) -> SegmentResult:
+            config: IteRPrimEConfig | None = None) -> SegmentResult:
     """Segment the object `expression` refers to in `image_uint8` (an image as
     `iterprime_jax.image_input.to_rgb_uint8` accepts it: (H, W, 3) / grey / RGBA uint8 or
     uint16 arrays, PIL images; a path is a TypeError).
 
     proposals: (N, H, W) class-agnostic masks, bool or integer 0/1 or 0/255 (soft masks are a
     ValueError: threshold them), N >= 1; or None for the threshold baseline.
+    config: the method; None: the model's own (`ij.method_config(model)`, `default_config`).
     """
     return segment_batch(model, image_uint8, [expression], proposals, config)[0]
 
 
 def segment_images(model: Model, images: Sequence[Any], expressions: Sequence[Sequence[str]],
                    proposals: Sequence[Any] | None = None,
-                   config: IteRPrimEConfig = IteRPrimEConfig()) -> list[list[SegmentResult]]:
-    """Several images at once (vmap over images): per image, all its expressions.
+                   config: IteRPrimEConfig | None = None) -> list[list[SegmentResult]]:
+    """Several images at once (vmap over images): per image, all its expressions. `config`
+    None: the model's own method (`default_config`).
 
     An image whose proposals hold no masks gets no candidate, as in the evaluator (the mask
     is empty by the authors' rule, `IteRPrimEConfig.empty_if_no_candidate`; proposal_index
     -1, has_candidate False); `segment` / `segment_batch` refuse zero proposals instead."""
     if len(images) == 0:
         raise ValueError("segment_images: no images given")
+    config = default_config(model, config)
     if len(images) != len(expressions):
         raise ValueError(f"{len(images)} images but {len(expressions)} expression lists")
     if proposals is not None and len(proposals) != len(images):

@@ -35,8 +35,10 @@ SKIPPED_BUFFERS = ("text_encoder.bert.embeddings.position_ids",
                    "text_encoder.embeddings.position_ids")
 
 #: The IteRPrimE authors' method settings for ALBEF (written to the converted `method.json`).
+#: The prompt is never cut short of the model's positions (`authors_method` adds
+#: ``max_text_length``); the text-length buckets keep the cost to the longest real prompt.
 AUTHORS_METHOD = {"layer": 8, "use_template": True, "template": "there is a {}",
-                  "append_sep": False, "authors_code": True}
+                  "append_sep": False, "authors_code": True, "parser": "stanza"}
 
 
 def is_skipped(key: str) -> bool:
@@ -284,6 +286,8 @@ def read_pth(path: str | Path, allow_pickle: bool = False) -> Any:
 
 def authors_method(config: AlbefConfig) -> dict[str, Any]:
     """The converted checkpoint's `method.json`: the authors' settings (layer 8, clipped to the
-    model's last layer for small models)."""
+    model's last layer for small models; the Stanza parser; prompts up to the model's text
+    positions, so none that fits is truncated, as the authors' tokenizer does not truncate)."""
     layer = min(AUTHORS_METHOD["layer"], config.text.num_hidden_layers - 1)
-    return {**AUTHORS_METHOD, "layer": max(layer, config.text.fusion_layer)}
+    return {**AUTHORS_METHOD, "layer": max(layer, config.text.fusion_layer),
+            "max_text_length": int(config.text.max_position_embeddings)}
