@@ -160,7 +160,7 @@ def config_differences(old: Mapping[str, Any], identity: Mapping[str, Any]) -> l
     lines = []
     for k in identity:
         a, b = _compared(old.get(k)), _compared(identity[k])
-        if a == b:
+        if a == b or k in _LOCATIONS:
             continue
         if isinstance(a, Mapping) and isinstance(b, Mapping) and k == "method":
             lines += [f"{k}.{f}: {a.get(f)!r} -> {b.get(f)!r}"
