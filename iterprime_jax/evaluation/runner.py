@@ -22,8 +22,12 @@ under `EvalConfig.out`:
   `iterprime_jax.metrics.summarize`. A sample without a candidate is a miss, never dropped.
   PhraseCut adds ``"subsets": {subset: {...}}`` (official subsets) and ``"unseen"``.
 * ``run_config.json``: what the run is (dataset, split, weights, proposals, method config),
-  written on first start; a restart with the same ``out`` resumes (finished images are
-  skipped) and refuses a different run config.
+  written once every input is checked (`checks`, the split, the proposals file, spaCy), just
+  before the first sample; a restart with the same ``out`` resumes (finished images are
+  skipped) and refuses a different run config (weights and proposals compared by content),
+  unless ``out`` holds no finished sample. A run that fails before its first sample removes
+  what it wrote. A run over fewer images than ``out`` holds samples of is refused
+  (metrics.json describes all of samples.jsonl).
 
 `run_ablation(...)` runs the paper's ablation on the same data (image embeddings and host-side
 inputs computed once per batch and shared by every row) and writes ``ablation.json``.
