@@ -134,6 +134,10 @@ def test_proposals_fixed_in_place(env: dict, tmp_path: Path,
     assert "no entry for any of the 1 evaluated images" in msg
     first = images[0]
     h, w = first.hw
+    # A mask of the wrong size fails on the first batch: what the run wrote is removed.
+    props.write_text(json.dumps([{"image_id": first.image_id,
+                                  "segmentation": {"size": [h + 1, w], "counts": [h * w + w]}}]))
+    assert str(props) in fails(env, out, caplog, "--limit", "1", "--proposals", str(props))
     props.write_text(json.dumps([{"image_id": first.image_id,
                                   "segmentation": {"size": [h, w], "counts": [h * w]}}]))
     assert run_eval.main(args_for(env, out, "--limit", "1", "--proposals", str(props))) == 0
