@@ -17,6 +17,7 @@ from ..config import IteRPrimEConfig
 from ..metrics import summarize
 from ..models.loading import Model
 from .bootstrap import paired_bootstrap
+from .checks import check_settings
 from .config import ABLATION, PHRASECUT, AblationRow, EvalConfig, EvalError, Progress
 from .distributed import barrier, process_share
 from .loader import HostBatch
@@ -52,6 +53,7 @@ def run_ablation(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | No
     """
     t_start = time.perf_counter()
     config = config.with_defaults()
+    check_settings(config)
     model, weights, method = model_and_method(config, model, method)
     config = config.replace(precision=getattr(model, "precision", "highest"))  # proposer too
     if config.proposals == "heatmap" and config.dataset == PHRASECUT:

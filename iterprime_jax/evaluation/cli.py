@@ -169,7 +169,46 @@ def check_out_dir(out: str | Path) -> None:
             raise ValueError(f"--out {out}: {q} is a file; --out names the run's output folder")
 
 
+def check_distributed_args(args: argparse.Namespace) -> None:
+    """ValueError naming the multi-process flags when they cannot describe a process."""
+    given = [f for f, v in (("--coordinator", args.coordinator),
+                            ("--num-processes", args.num_processes),
+                            ("--process-id", args.process_id)) if v is not None]
+    if given and not args.distributed:
+        raise ValueError(f"{', '.join(given)} given without --distributed")
+    if args.num_processes is not None and args.num_processes < 1:
+        raise ValueError(f"--num-processes must be >= 1, got {args.num_processes}")
+    if args.process_id is not None and args.process_id < 0:
+        raise ValueError(f"--process-id must be >= 0, got {args.process_id}")
+    if (args.process_id is not None and args.num_processes is not None
+            and args.process_id >= args.num_processes):
+        raise ValueError(f"--process-id {args.process_id} must be < --num-processes "
+                         f"{args.num_processes} (processes are numbered from 0)")
+
+
+def start_distributed(args: argparse.Namespace) -> None:
+    """`initialize_distributed` with its failure as one ValueError naming the flags."""
+    from iterprime_jax.evaluation import initialize_distributed
+    from iterprime_jax.memory import first_line
+
+    try:
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    except Exception as e:  # noqa: BLE001 - JAX raises several types; one line for all
+        raise ValueError(f"--distributed: jax.distributed.initialize failed ({first_line(e)});"
+                         " outside a cluster JAX detects, pass --coordinator HOST:PORT, "
+                         "--num-processes N and --process-id I") from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; Ctrl-C ends it with one line and exit status 130 (finished samples kept)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        log.error("interrupted; rerun the same command to resume")
+        return 130
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -179,16 +218,20 @@ def main(argv: list[str] | None = None) -> int:
         quiet_third_party_logs()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
-    if args.distributed:
-        from iterprime_jax.evaluation import initialize_distributed
-
-        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    try:
+        check_distributed_args(args)
+        if args.distributed:
+            start_distributed(args)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
     import jax
     import tensorflow_datasets as tfds
 
     from iterprime_jax.cli_args import method_overrides, propose_config_from_args
     from iterprime_jax.evaluation import EvalConfig, EvalError, evaluate, load_model, run_ablation
     from iterprime_jax.evaluation.by_kind import format_by_kind
+    from iterprime_jax.evaluation.checks import check_file, check_settings
     from iterprime_jax.evaluation.config import default_out
     from iterprime_jax.metrics import format_table
     from iterprime_jax.models.checkpoint import CheckpointError
@@ -198,16 +241,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_out_dir(args.out or default_out(args.dataset, args.split))
         propose = propose_config_from_args(args)
+        config = EvalConfig(
+            dataset=args.dataset, split=args.split, manual_dir=args.manual_dir,
+            data_dir=args.data_dir, weights=args.weights, proposals=args.proposals,
+            out=args.out, limit=args.limit, batch_size=args.batch_size, canvas=args.canvas,
+            convention=args.convention, proposer_weights=args.proposer_weights,
+            save_proposals=args.save_proposals, propose=propose, unseen=args.unseen,
+            precision=args.precision).with_defaults()
+        check_settings(config)  # again in evaluate: here before the model is loaded
+        if args.record:
+            check_file(args.record, "--record")
     except ValueError as e:
         log.error("%s", e)
         return 2
-    config = EvalConfig(
-        dataset=args.dataset, split=args.split, manual_dir=args.manual_dir,
-        data_dir=args.data_dir, weights=args.weights, proposals=args.proposals, out=args.out,
-        limit=args.limit, batch_size=args.batch_size, canvas=args.canvas,
-        convention=args.convention, proposer_weights=args.proposer_weights,
-        save_proposals=args.save_proposals, propose=propose, unseen=args.unseen,
-        precision=args.precision).with_defaults()
     pi = jax.process_index()
     bar = _Bar(not args.no_progress, f"eval p{pi}" if jax.process_count() > 1 else "eval")
     try:
@@ -253,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
         log.error("%s", e)
         return 2
+    except KeyboardInterrupt:
+        bar.close()
+        raise
     log.info("done in %.1fs", time.perf_counter() - t0)
     return 0
 

@@ -132,27 +132,75 @@ ADDED_FIELDS: dict[str, Any] = {"precision": "highest"}
 #: earlier run had.
 ADDED_METHOD_FIELDS: dict[str, Any] = {"parser": "spacy"}
 
+#: Where a checkpoint or a proposals file is: recorded in run_config.json, not compared (the
+#: run is identified by their contents: ``weights_fingerprint``, the proposals' ``sha256``).
+_LOCATIONS = ("weights", "file", "mask2former")
+
+
+def _compared(value: Any) -> Any:
+    """`value` without its `_LOCATIONS` keys (the identity, or its ``proposals`` dict)."""
+    if isinstance(value, Mapping):
+        return {k: _compared(v) for k, v in value.items() if k not in _LOCATIONS}
+    return value
+
+
+def has_samples(out: Path) -> bool:
+    """Whether a samples file of `out` holds at least one finished line."""
+    for f in sample_files(out):
+        try:
+            with f.open("rb") as fh:
+                if b"\n" in fh.read(1 << 16):
+                    return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def config_differences(old: Mapping[str, Any], identity: Mapping[str, Any]) -> list[str]:
+    """One line per field of `identity` whose content differs in `old` ("field: old -> new";
+    method fields one by one)."""
+    old = {**ADDED_FIELDS, **old}
+    if isinstance(old.get("method"), Mapping):
+        old["method"] = {**ADDED_METHOD_FIELDS, **old["method"]}
+    lines = []
+    for k in identity:
+        a, b = _compared(old.get(k)), _compared(identity[k])
+        if a == b or k in _LOCATIONS:
+            continue
+        if isinstance(a, Mapping) and isinstance(b, Mapping) and k == "method":
+            lines += [f"{k}.{f}: {a.get(f)!r} -> {b.get(f)!r}"
+                      for f in dict.fromkeys([*a, *b]) if a.get(f) != b.get(f)]
+        else:
+            lines.append(f"{k}: {a!r} -> {b!r}")
+    return lines
+
 
 def check_run_config(out: Path, identity: Mapping[str, Any], write: bool) -> bool:
-    """Compare with ``out/run_config.json`` (EvalError on a difference; a field it lacks
-    counts as its `ADDED_FIELDS` / `ADDED_METHOD_FIELDS` value); write it if missing and
-    `write`. Returns whether a previous run config was found."""
+    """Compare with ``out/run_config.json`` by content (a checkpoint or proposals file at
+    another path with the same bytes is the same run; a field it lacks counts as its
+    `ADDED_FIELDS` / `ADDED_METHOD_FIELDS` value): an EvalError listing the differing fields,
+    one per line, unless `out` holds no finished sample (a run that failed before its first
+    sample), whose run_config.json is replaced when `write`. Writes it if missing and `write`.
+    Returns whether the run config found there is this run's (a resume)."""
     path = out / RUN_CONFIG
     if path.exists():
         try:
             old = json.loads(path.read_text())
         except ValueError as e:
-            raise EvalError(f"{path} is not valid JSON ({e}); remove it or use another --out") \
-                from None
-        old = {**ADDED_FIELDS, **old}
-        if isinstance(old.get("method"), dict):
-            old["method"] = {**ADDED_METHOD_FIELDS, **old["method"]}
-        diff = [k for k in identity if old.get(k) != identity[k]]
-        if diff:
-            details = "; ".join(f"{k}: {old.get(k)!r} -> {identity[k]!r}" for k in diff)
-            raise EvalError(f"{out} holds a run with a different configuration ({details}); "
-                            "use another --out or remove it to start over")
-        return True
+            old = None
+            error = f"{path} is not valid JSON ({e}); remove it or use another --out"
+        else:
+            diff = config_differences(old, identity) if isinstance(old, dict) \
+                else [f"{RUN_CONFIG} holds {type(old).__name__}, not a JSON object"]
+            if not diff:
+                return True
+            error = (f"{out} holds a run with a different configuration; use another --out "
+                     "or remove it to start over. Differences (run_config.json -> this run):"
+                     + "".join(f"\n  {d}" for d in diff))
+        if has_samples(out):
+            raise EvalError(error)
+        if not write:
+            return False
     if write:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(dict(identity), indent=2) + "\n")

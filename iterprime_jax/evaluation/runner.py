@@ -23,8 +23,12 @@ under `EvalConfig.out`:
   never dropped.
   PhraseCut adds ``"subsets": {subset: {...}}`` (official subsets) and ``"unseen"``.
 * ``run_config.json``: what the run is (dataset, split, weights, proposals, method config),
-  written on first start; a restart with the same ``out`` resumes (finished images are
-  skipped) and refuses a different run config.
+  written once every input is checked (`checks`, the split, the proposals file, spaCy), just
+  before the first sample; a restart with the same ``out`` resumes (finished images are
+  skipped) and refuses a different run config (weights and proposals compared by content),
+  unless ``out`` holds no finished sample. A run that fails before its first sample removes
+  what it wrote. A run over fewer images than ``out`` holds samples of is refused
+  (metrics.json describes all of samples.jsonl).
 
 `run_ablation(...)` runs the paper's ablation on the same data (image embeddings and host-side
 inputs computed once per batch and shared by every row) and writes ``ablation.json``.
@@ -70,6 +74,7 @@ from ..models.loading import (
 from ..shipped import SHAPESREF_MODEL
 from . import phrasecut
 from .by_kind import annotate_kinds
+from .checks import check_settings, check_values
 from .config import (
     COCO_CANVAS,
     COCO_DATASETS,
@@ -77,6 +82,7 @@ from .config import (
     METRICS,
     MIN_PROPOSAL_BUCKET,
     PHRASECUT,
+    RUN_CONFIG,
     SAMPLES,
     SHIPPED_WEIGHTS,
     TINY_CANVAS,
@@ -95,6 +101,7 @@ from .records import (
     atomic_write,
     check_run_config,
     dumps_sample,
+    has_samples,
     merge_samples,
     metrics_from_samples,
     read_samples,
@@ -208,8 +215,7 @@ def make_context(config: EvalConfig, model: Model, proposals: ProposalSource, we
         raise EvalError(f"unknown dataset {config.dataset!r}; one of {DATASETS}")
     if config.convention not in CONVENTIONS:
         raise EvalError(f"convention must be one of {CONVENTIONS}, got {config.convention!r}")
-    if config.limit is not None and config.limit < 1:
-        raise EvalError(f"limit must be >= 1, got {config.limit}")
+    check_values(config)
     check_dataset_options(config, proposals)
     from tfds_refcoco import canonical_config_name
 
@@ -220,6 +226,7 @@ def make_context(config: EvalConfig, model: Model, proposals: ProposalSource, we
     sources = open_split(config)
     t0 = time.perf_counter()
     images = build_index(sources.light, sources.name)
+    split_ids = {m.image_id for m in images}
     if config.unseen:
         n_all = sum(m.num_sentences for m in images)
         images = phrasecut.drop_seen(images)
@@ -243,22 +250,43 @@ def make_context(config: EvalConfig, model: Model, proposals: ProposalSource, we
     if too_big:
         raise EvalError(f"canvas {canvas} is smaller than {len(too_big)} images (e.g. image "
                         f"{too_big[0]}); pass a larger --canvas")
+    if proposals.kind == "file":
+        check_proposals_match(proposals, split_ids, images, sources.name)
     device = Device(model)
-    bs = config.batch_size or default_batch_size(device.count, canvas)
-    if bs < 1:
-        raise EvalError(f"batch_size must be >= 1, got {bs}")
+    share = max(1, len(process_share(images)))
+    if config.batch_size is None:
+        bs = min(default_batch_size(device.count, canvas), round_up(share, device.count))
+    else:
+        bs = config.batch_size
+        if bs > share:
+            log.info("batch size %d capped to the %d images of this process", bs, share)
+            bs = share
     if bs % device.count:
         log.info("batch size %d rounded up to %d (a multiple of %d local devices)", bs,
                  round_up(bs, device.count), device.count)
         bs = round_up(bs, device.count)
-    if proposals.kind == "file":
-        missing = sum(m.image_id not in proposals.by_image for m in images)  # type: ignore
-        if missing:
-            log.warning("%d of %d images have no entry in %s: their %d sentences get no "
-                        "proposal (counted as misses, no candidate)", missing, len(images),
-                        proposals.path, sum(m.num_sentences for m in images
-                                            if m.image_id not in proposals.by_image))  # type: ignore
     return Context(config, model, device, sources, images, proposals, canvas, bs, weights)
+
+
+def check_proposals_match(proposals: ProposalSource, split_ids: set[int],
+                          images: list[ImageMeta], name: str) -> None:
+    """A proposals file must be of this split: an EvalError for an entry whose image_id is no
+    image of the split, or a file with no entry for any evaluated image; a WARNING counts the
+    evaluated images without an entry (their sentences are misses)."""
+    assert proposals.by_image is not None
+    foreign = sorted(i for i in proposals.by_image if i not in split_ids)
+    if foreign:
+        raise EvalError(f"--proposals {proposals.path}: {len(foreign)} of its "
+                        f"{len(proposals.by_image)} image_ids are no image of {name} (e.g. "
+                        f"image_id {foreign[0]}); is it the proposals file of another split?")
+    missing = [m for m in images if m.image_id not in proposals.by_image]
+    if len(missing) == len(images):
+        raise EvalError(f"--proposals {proposals.path} has no entry for any of the "
+                        f"{len(images)} evaluated images of {name}")
+    if missing:
+        log.warning("%d of %d images have no entry in %s: their %d sentences get no "
+                    "proposal (counted as misses, no candidate)", len(missing), len(images),
+                    proposals.path, sum(m.num_sentences for m in missing))
 
 
 def batches(images: list[ImageMeta], size: int) -> list[list[ImageMeta]]:
@@ -376,27 +404,89 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
     """
     t_start = time.perf_counter()
     config = config.with_defaults()
+    check_settings(config)
     model, weights, method = model_and_method(config, model, method)
     config = config.replace(precision=getattr(model, "precision", "highest"))  # proposer too
     proposals = proposal_source(config.proposals, config)
     check_dataset_options(config, proposals)
     out = Path(config.out)
     identity = run_identity(config, method, proposals, weights)
-    pi, pc = jax.process_index(), jax.process_count()
-    resumed = False
-    if pi == 0:  # one writer; the others check once the dataset barrier has passed
-        resumed = check_run_config(out, identity, write=True)
+    pi = jax.process_index()
+    # Everything that can fail on the settings or the inputs is checked before the run
+    # config is written: a refused resume, the split, the proposals, the spaCy pipeline.
+    if pi == 0:
+        check_run_config(out, identity, write=False)
     ctx = make_context(config, model, proposals, weights)
+    check_spacy(method)
+    done: set[tuple[int, int]] = set()
+    for f in sample_files(out):
+        done.update(sample_key(r) for r in read_samples(f))
+    check_no_other_samples(out, done, ctx.images)
+    created = [q for q in (out, *out.parents) if not q.exists()]
+    resumed = False
+    if pi == 0:  # one writer; the others check once it is written
+        resumed = check_run_config(out, identity, write=True)
+    barrier("iterprime_eval_run_config_written")
     if pi != 0:
         resumed = check_run_config(out, identity, write=False)
+    try:
+        return _evaluate(config, method, ctx, out, done, resumed, progress, t_start)
+    except BaseException:
+        if pi == 0 and not resumed and not has_samples(out):
+            _undo_start(out, created)  # failed before its first sample: --out as it was
+        raise
+
+
+def check_spacy(method: IteRPrimEConfig) -> None:
+    """The method's spaCy pipeline loads (cached for the run): else an EvalError naming it."""
+    from ..method.language import load_spacy
+
+    try:
+        load_spacy(method.spacy_model)
+    except (OSError, ImportError) as e:
+        raise EvalError(f"--spacy-model: {e}".replace("\n", " ")) from None
+
+
+def check_no_other_samples(out: Path, done: set[tuple[int, int]], images: list[ImageMeta]
+                           ) -> None:
+    """metrics.json describes all of samples.jsonl: a run over fewer images than `out`
+    already holds samples of (a smaller --limit) is refused."""
+    wanted = {k for m in images for k in m.keys()}
+    extra = len(done - wanted)
+    if extra:
+        raise EvalError(f"{out} already holds {len(done)} samples, {extra} of them of images "
+                        f"this run does not evaluate (a smaller --limit than before?); its "
+                        "metrics.json describes all of samples.jsonl: rerun without --limit or "
+                        "with one covering them, or use another --out")
+
+
+def _undo_start(out: Path, created: list[Path]) -> None:
+    """Remove what a run that failed before its first sample wrote: run_config.json, empty
+    samples files and the folders it created (when empty)."""
+    for f in (out / RUN_CONFIG, *sample_files(out)):
+        try:
+            if f.name == RUN_CONFIG or f.stat().st_size == 0:
+                f.unlink()
+        except OSError:
+            pass
+    for q in created:  # deepest first
+        try:
+            q.rmdir()
+        except OSError:
+            break
+
+
+def _evaluate(config: EvalConfig, method: IteRPrimEConfig, ctx: Context, out: Path,
+              done: set[tuple[int, int]], resumed: bool, progress: Progress | None,
+              t_start: float) -> EvalResult:
+    """`evaluate` once the run config is written: compute what is missing, merge, metrics."""
+    proposals = ctx.proposals
+    pi, pc = jax.process_index(), jax.process_count()
     out.mkdir(parents=True, exist_ok=True)
     own = out / (SAMPLES if pc == 1 else f"samples.p{pi}.jsonl")
     cut = truncate_partial_line(own)
     if cut:
         log.warning("%s: removed a half-written last line (%d bytes)", own, cut)
-    done: set[tuple[int, int]] = set()
-    for f in sample_files(out):
-        done.update(sample_key(r) for r in read_samples(f))
     mine = process_share(ctx.images)
     todo = [m for m in mine if not all(k in done for k in m.keys())]
     total = sum(m.num_sentences for m in mine)
