@@ -193,6 +193,7 @@ def _main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     quiet_third_party_logs()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from .method.language import ParserUnavailableError
     from .method.pipeline import segment
     from .models.loading import load, resolve_method
     from .visualize import overlay
@@ -222,7 +223,7 @@ def _main(argv: list[str] | None = None) -> int:
             res = segment(model, image, args.text, props, cfg)
         for w in caught:  # one log line each (e.g. a truncated expression), no source line
             log.warning("%s", w.message)
-    except ValueError as e:
+    except (ValueError, ParserUnavailableError) as e:
         log.error("%s", e)
         return 2
     Image.fromarray((res.mask * 255).astype(np.uint8)).save(out)

@@ -223,6 +223,23 @@ def test_cli_ctrl_c_is_one_line(monkeypatch, caplog, tiny_model_dir, tmp_path):
         "interrupted"]
 
 
+def test_cli_missing_stanza_models_is_one_line(monkeypatch, caplog, tiny_model_dir, tmp_path):
+    pytest.importorskip("stanza")
+    import iterprime_jax.segment as seg
+    from iterprime_jax.method import language
+
+    monkeypatch.setenv("STANZA_RESOURCES_DIR", str(tmp_path / "none"))
+    language._stanza_parser.cache_clear()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "img.png")
+    with caplog.at_level(logging.ERROR, logger="iterprime_jax.segment"):
+        rc = seg.main(["--weights", str(tiny_model_dir), "--image", str(tmp_path / "img.png"),
+                       "--text", "a cat", "--out", str(tmp_path / "m.png"),
+                       "--parser", "stanza"])
+    errs = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert rc == 2 and len(errs) == 1 and str(tmp_path / "none") in errs[0]
+    assert "--parser spacy" in errs[0] and not (tmp_path / "m.png").exists()
+
+
 # --------------------------------------------------------------------------- 4. convert
 def _hf_stub(tmp_path):
     hf = tmp_path / "hf"

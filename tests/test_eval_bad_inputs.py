@@ -89,6 +89,23 @@ def test_bad_split_spacy_and_dataset_leave_out_untouched(env: dict, tmp_path: Pa
     assert (out / "metrics.json").is_file()
 
 
+def test_missing_stanza_models_refused_before_writing(env: dict, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--parser stanza`` without Stanza's English models: one line naming the flag, the
+    directory searched and the fixes, before run_config.json is written."""
+    pytest.importorskip("stanza")
+    from iterprime_jax.method import language
+
+    where = tmp_path / "no_stanza_models"
+    monkeypatch.setenv("STANZA_RESOURCES_DIR", str(where))
+    language._stanza_parser.cache_clear()
+    out = tmp_path / "run"
+    msg = fails(env, out, caplog, "--limit", "1", "--parser", "stanza")
+    assert msg.startswith("--parser stanza") and str(where) in msg
+    assert 'stanza.download("en")' in msg and "--parser spacy" in msg
+
+
 def test_failed_start_reinitialised(env: dict, tmp_path: Path,
                                     caplog: pytest.LogCaptureFixture) -> None:
     """A run dir left by a run that failed before its first sample (an older version wrote

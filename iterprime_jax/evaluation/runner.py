@@ -413,11 +413,11 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
     identity = run_identity(config, method, proposals, weights)
     pi = jax.process_index()
     # Everything that can fail on the settings or the inputs is checked before the run
-    # config is written: a refused resume, the split, the proposals, the spaCy pipeline.
+    # config is written: a refused resume, the split, the proposals, the parser.
     if pi == 0:
         check_run_config(out, identity, write=False)
     ctx = make_context(config, model, proposals, weights)
-    check_spacy(method)
+    check_parser(method)
     done: set[tuple[int, int]] = set()
     for f in sample_files(out):
         done.update(sample_key(r) for r in read_samples(f))
@@ -437,12 +437,15 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
         raise
 
 
-def check_spacy(method: IteRPrimEConfig) -> None:
-    """The method's spaCy pipeline loads (cached for the run): else an EvalError naming it."""
-    from ..method.language import load_spacy
+def check_parser(method: IteRPrimEConfig) -> None:
+    """The method's parser loads (cached for the run: spaCy's `spacy_model`, or Stanza's
+    English models): else an EvalError naming the setting and how to fix it."""
+    from ..method.language import ParserUnavailableError, load_parser
 
     try:
-        load_spacy(method.spacy_model)
+        load_parser(method)
+    except ParserUnavailableError as e:
+        raise EvalError(f"--parser {method.parser}: {e}".replace("\n", " ")) from None
     except (OSError, ImportError) as e:
         raise EvalError(f"--spacy-model: {e}".replace("\n", " ")) from None
 
