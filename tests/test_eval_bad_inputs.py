@@ -133,7 +133,7 @@ def test_proposals_fixed_in_place(env: dict, tmp_path: Path,
     """A proposals file of another split is refused before anything is written; once fixed,
     the same command runs."""
     props = tmp_path / "props.json"
-    rle = {"size": [64, 64], "counts": "0"}
+    rle = {"size": [64, 64], "counts": [64 * 64]}
     props.write_text(json.dumps([{"image_id": 987654, "segmentation": rle}]))
     out = tmp_path / "run"
     msg = fails(env, out, caplog, "--limit", "1", "--proposals", str(props))
