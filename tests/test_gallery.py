@@ -24,9 +24,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("gallery")
     fx = write_refer_fixture(root / "manual")
     model = ij.load(write_tiny_model(root / "model"))
-    # proposals file: every annotation of the image, then the same masks shifted by 3 px
+    # proposals file of the val split: every annotation of the image, then the same masks
+    # shifted by 3 px
+    val_images = {r["image_id"] for r in fx["splits"]["val"]}
     items = []
-    for ann in fx["anns"].values():
+    for ann in (a for a in fx["anns"].values() if a["image_id"] in val_images):
         for shift in (0, 3):
             m = np.roll(ann["mask"], shift, axis=1)
             rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))

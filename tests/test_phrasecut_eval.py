@@ -37,11 +37,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict:
     data_dir = root / "tfds"
     ev.prepare_split(ev.EvalConfig(dataset="phrasecut", split="val",
                                    manual_dir=str(root / "manual"), data_dir=str(data_dir)))
-    # A proposals file: per image, the GT of its first task, a box and the whole image (a
-    # candidate wherever the heat map peaks), as RLEs.
+    # A proposals file of the val split: per image, the GT of its first task, a box and the
+    # whole image (a candidate wherever the heat map peaks), as RLEs.
     props: dict[int, list[np.ndarray]] = {}
     items = []
-    for split in ("val", "test"):
+    for split in ("val",):
         for t in fx["splits"][split]:
             if t["image_id"] in props:
                 continue

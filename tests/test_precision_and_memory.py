@@ -91,7 +91,8 @@ def test_eval_cli_precision_reaches_both_models_and_the_run_identity(
     before = (high / "samples.jsonl").read_text()
     caplog.clear()
     assert eval_main(eval_args(env, high, *m2f)) == 2
-    assert "different configuration (precision: 'high' -> 'highest')" in caplog.text
+    assert "different configuration" in caplog.text
+    assert "\n  precision: 'high' -> 'highest'" in caplog.text
     assert (high / "samples.jsonl").read_text() == before
 
 

@@ -292,6 +292,7 @@ def test_parser_flag_and_old_run_dirs_resume_as_spacy(tmp_path: Path):
     method = dataclasses.asdict(IteRPrimEConfig())
     old = {"version": 3, "method": {k: v for k, v in method.items() if k != "parser"}}
     (tmp_path / "run_config.json").write_text(json.dumps(old))
+    (tmp_path / "samples.jsonl").write_text('{"sent_id": 1}\n')  # a run with samples
     assert check_run_config(tmp_path, {**old, "method": method}, write=False)
     stanza_method = dataclasses.asdict(IteRPrimEConfig(parser="stanza"))
     with pytest.raises(EvalError, match="stanza"):
