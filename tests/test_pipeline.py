@@ -286,7 +286,7 @@ def test_cli_writes_mask_and_overlay(tiny_model_dir, tmp_path):
     Image.fromarray(_image()).save(img_path)
     np.save(tmp_path / "props.npy", _proposals())
     out = tmp_path / "out" / "mask.png"
-    cmd = [sys.executable, "-m", "iterprime_jax.segment", "--weights", str(tiny_model_dir),
+    cmd = [sys.executable, "-m", "iterprime_jax.segment_cli", "--weights", str(tiny_model_dir),
            "--image", str(img_path), "--text", "the dog on the left", "--proposals",
            str(tmp_path / "props.npy"), "--out", str(out), "--layer", "0",
            "--max-text-length", "16"]
@@ -302,7 +302,7 @@ def test_cli_writes_mask_and_overlay(tiny_model_dir, tmp_path):
 def test_cli_bad_image(tiny_model_dir, tmp_path):
     bad = tmp_path / "corrupt.jpg"
     bad.write_bytes(b"\xff\xd8not a jpeg")
-    cmd = [sys.executable, "-m", "iterprime_jax.segment", "--weights", str(tiny_model_dir),
+    cmd = [sys.executable, "-m", "iterprime_jax.segment_cli", "--weights", str(tiny_model_dir),
            "--image", str(bad), "--text", "dog", "--out", str(tmp_path / "m.png")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "corrupt.jpg" in done.stderr
@@ -314,7 +314,7 @@ def test_cli_reads_method_json(tiny_model_dir, tmp_path, caplog):
     and an explicit flag beats it."""
     import shutil
 
-    from iterprime_jax.segment import main
+    from iterprime_jax.segment_cli import main
 
     weights = tmp_path / "w"
     shutil.copytree(tiny_model_dir, weights)
@@ -336,7 +336,7 @@ def test_cli_reads_method_json(tiny_model_dir, tmp_path, caplog):
 
 def test_cli_bad_out_paths_fail_before_loading(tmp_path, caplog):
     """--out is checked first: with weights that do not exist, the error is about --out."""
-    from iterprime_jax.segment import main
+    from iterprime_jax.segment_cli import main
 
     (tmp_path / "afile").write_text("x")
     args = ["--weights", str(tmp_path / "no-weights"), "--image", str(tmp_path / "no.png"),
@@ -372,7 +372,7 @@ def test_cli_method_settings_out_of_range_name_their_source(tiny_model_dir, tmp_
     import json
     import shutil
 
-    from iterprime_jax.segment import main
+    from iterprime_jax.segment_cli import main
 
     weights = tmp_path / "w"
     shutil.copytree(tiny_model_dir, weights)
@@ -400,7 +400,7 @@ def test_config_rejects_out_of_range_settings():
 
 
 def test_cli_long_expression_warns_once_in_one_short_line(tiny_model_dir, tmp_path, caplog):
-    from iterprime_jax.segment import main
+    from iterprime_jax.segment_cli import main
 
     Image.fromarray(_image()).save(tmp_path / "img.png")
     text = " ".join(["dog"] * 500)

@@ -281,7 +281,7 @@ def test_run_eval_bad_proposer_flags(m2f, shapes, tiny_model_dir, caplog):
 
 # --------------------------------------------------------------------------- one-image CLI
 def test_segment_cli_with_proposer(m2f, tiny_model_dir, tmp_path):
-    cli = importlib.import_module("iterprime_jax.segment")  # the module, not the function
+    cli = importlib.import_module("iterprime_jax.segment_cli")
 
     image = _images((48, 64), seed=9)[0]
     Image.fromarray(image).save(tmp_path / "photo.png")

@@ -1,10 +1,12 @@
-"""One-image CLI: `python -m iterprime_jax.segment --weights DIR --image PATH --text "..."
+"""One-image CLI: `python -m iterprime_jax.segment_cli --weights DIR --image PATH --text "..."
 [--proposals FILE | --proposer-weights M2F_DIR] --out OUT.png` writes the mask PNG and
 `OUT.overlay.png` (heat map and mask outline on the image). With `--proposer-weights` the
 proposals are computed from the image by a converted Mask2Former (docs/method.md section 4);
 `--save-proposals FILE` also writes them as COCO-style RLE JSON (image_id 0).
 
-(The library function is `iterprime_jax.segment`, defined in `iterprime_jax.method.pipeline`.)
+(The library function of the same job is `iterprime_jax.segment`, defined in
+`iterprime_jax.method.pipeline`; this module is named apart from it so that importing the CLI
+never shadows the function.)
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import argparse
 import json
 import logging
 import sys
-import types
 import warnings
 import zipfile
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-log = logging.getLogger("iterprime_jax.segment")
+log = logging.getLogger(__name__)
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:
-        logging.getLogger("iterprime_jax.segment").error("interrupted")
+        log.error("interrupted")
         return 130
 
 
@@ -175,7 +176,7 @@ def _main(argv: list[str] | None = None) -> int:
         quiet_third_party_logs,
     )
 
-    ap = argparse.ArgumentParser(prog="python -m iterprime_jax.segment",
+    ap = argparse.ArgumentParser(prog="python -m iterprime_jax.segment_cli",
                                  description="IteRPrimE: segment one object in one image.")
     ap.add_argument("--weights", required=True, help="converted weights dir")
     ap.add_argument("--image", required=True,
@@ -233,19 +234,6 @@ def _main(argv: list[str] | None = None) -> int:
              res.primary_word, res.iterations, res.proposal_index, int(res.mask.sum()), out, ov)
     return 0
 
-
-class _CallableModule(types.ModuleType):
-    """Importing this module binds it to the package's name `segment`, which would hide the
-    library function `iterprime_jax.segment` for the rest of the process; calling the module
-    calls that function, so `iterprime_jax.segment(...)` works either way."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from .method.pipeline import segment
-
-        return segment(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())
