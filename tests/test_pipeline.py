@@ -83,9 +83,8 @@ def test_text_length_bucket_drops_only_padding(tiny_model):
 
     def run(text):
         return jax.device_get(pipeline.segment_core_jit(
-            tiny_model.params, tiny_model.config, cfg, prep.canvas, emb, *text,
-            np.asarray(prep.hw, np.int32), prep.proposals, prep.proposal_valid,
-            prep.num_components))
+            tiny_model.params, tiny_model.config, cfg, prep.canvas, pipeline.CoreInputs(
+                emb, text, np.asarray(prep.hw, np.int32), prep.proposal_arrays)))
 
     full = run(pipeline.pad_text(batch, 4))
     cut = run(pipeline.pad_text(batch, 4, 16))
