@@ -166,15 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _main(argv: list[str] | None = None) -> int:
-    from .cli_args import (
-        add_method_args,
-        add_precision_arg,
-        add_proposer_args,
-        method_overrides,
-        propose_config_from_args,
-        quiet_third_party_logs,
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's flags (the method's and the proposer's from `iterprime_jax.cli_args`)."""
+    from .cli_args import add_method_args, add_precision_arg, add_proposer_args
 
     ap = argparse.ArgumentParser(prog="python -m iterprime_jax.segment_cli",
                                  description="IteRPrimE: segment one object in one image.")
@@ -191,39 +185,20 @@ def _main(argv: list[str] | None = None) -> int:
     add_method_args(ap)
     add_proposer_args(ap, "also write the computed proposals to FILE (COCO-style RLE JSON, "
                           "image_id 0)")
-    args = ap.parse_args(argv)
-    quiet_third_party_logs()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return ap
+
+
+def _main(argv: list[str] | None = None) -> int:
+    from .cli_args import quiet_third_party_logs
     from .method.language import ParserUnavailableError
-    from .method.pipeline import segment
-    from .models.loading import load, resolve_method
     from .visualize import overlay
 
+    args = build_parser().parse_args(argv)
+    quiet_third_party_logs()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         out = check_out_path(args.out)
-        pconfig = propose_config_from_args(args)
-        if args.proposals is not None and args.proposer_weights is not None:
-            raise ValueError("give either --proposals FILE or --proposer-weights DIR, not both")
-        if args.save_proposals is not None and args.proposer_weights is None:
-            raise ValueError("--save-proposals needs --proposer-weights (proposals computed "
-                             "from the image)")
-        model = load(args.weights, precision=args.precision)
-        check_itm_model(model, args.weights)
-        image = read_image(args.image)
-        if args.proposer_weights is not None:
-            props = compute_proposals(args.proposer_weights, image, pconfig,
-                                      args.save_proposals, args.precision)
-        else:
-            props = None if args.proposals is None else read_proposals(args.proposals,
-                                                                       image.shape[:2])
-        text_config = model.config.text
-        cfg = resolve_method(args.weights, text_config.num_hidden_layers,
-                             method_overrides(args), text_config.max_position_embeddings)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            res = segment(model, image, args.text, props, cfg)
-        for w in caught:  # one log line each (e.g. a truncated expression), no source line
-            log.warning("%s", w.message)
+        image, res = _segment(args)
     except (ValueError, ParserUnavailableError) as e:
         log.error("%s", e)
         return 2
@@ -233,6 +208,39 @@ def _main(argv: list[str] | None = None) -> int:
     log.info("primary word %r, %d IGRS passes accepted, proposal %d, mask area %d px -> %s, %s",
              res.primary_word, res.iterations, res.proposal_index, int(res.mask.sum()), out, ov)
     return 0
+
+
+def _segment(args: argparse.Namespace) -> tuple[np.ndarray, Any]:
+    """The checked flags -> (the image (H, W, 3) uint8, its `SegmentResult`); ValueError on a
+    bad input, warnings logged one line each."""
+    from .cli_args import method_overrides, propose_config_from_args
+    from .method.pipeline import segment
+    from .models.loading import load, resolve_method
+
+    pconfig = propose_config_from_args(args)
+    if args.proposals is not None and args.proposer_weights is not None:
+        raise ValueError("give either --proposals FILE or --proposer-weights DIR, not both")
+    if args.save_proposals is not None and args.proposer_weights is None:
+        raise ValueError("--save-proposals needs --proposer-weights (proposals computed "
+                         "from the image)")
+    model = load(args.weights, precision=args.precision)
+    check_itm_model(model, args.weights)
+    image = read_image(args.image)
+    if args.proposer_weights is not None:
+        props = compute_proposals(args.proposer_weights, image, pconfig,
+                                  args.save_proposals, args.precision)
+    else:
+        props = None if args.proposals is None else read_proposals(args.proposals,
+                                                                   image.shape[:2])
+    text_config = model.config.text
+    cfg = resolve_method(args.weights, text_config.num_hidden_layers,
+                         method_overrides(args), text_config.max_position_embeddings)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = segment(model, image, args.text, props, cfg)
+    for w in caught:  # one log line each (e.g. a truncated expression), no source line
+        log.warning("%s", w.message)
+    return image, res
 
 
 if __name__ == "__main__":
