@@ -1,7 +1,8 @@
 """Device side of an evaluation: a `Mesh` over the local devices (image axis ``"data"``
 sharded, parameters replicated; `iterprime_jax.placement`) and the jitted steps: the image
-encoder and `eval_step` (IteRPrimE on a batch of images with their sentences, then I and U
-against the referred masks).
+encoder and `eval_step` (IteRPrimE on a batch of images with their sentences, `StepInputs`,
+then I and U against the referred masks by `iterprime_jax.metrics.intersection_union`, the
+host metrics' own definition; `StepOutput`).
 
 The steps are module-level `jax.jit` functions with the structural configs and the canvas as
 static arguments and the float settings traced (`FloatSettings`), so JAX's own compilation
@@ -44,8 +45,9 @@ T = TypeVar("T")
 
 
 class GroundTruth(NamedTuple):
-    """One image's referred masks: masks (R, canvas, canvas) bool, one per ref (padded);
-    sentence_ref (Sb,) int32, the ref of each sentence."""
+    """One image's referred masks: masks (R, canvas, canvas) bool, one per ref (padded: R is
+    the sentence bucket in the evaluator); sentence_ref (Sb,) int32, the ref of each
+    sentence."""
 
     masks: jax.Array
     sentence_ref: jax.Array
