@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from iterprime_jax.config import IteRPrimEConfig
     from iterprime_jax.method.language import encode_batch, load_spacy
-    from iterprime_jax.method.pipeline import text_heatmaps
+    from iterprime_jax.method.pipeline import TextArrays, text_heatmaps
     from iterprime_jax.models.albef.config import AlbefTextConfig
     from iterprime_jax.models.albef.convert import AUTHORS_METHOD, convert_albef_state_dict
     from iterprime_jax.models.blip.modeling import encode_image
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def ours():
         emb = enc(params, config, jnp.asarray(pixels[None]))
-        return jax.block_until_ready(heat_fn(params, config, mcfg, emb, ids, am, focus,
-                                             primary))
+        return jax.block_until_ready(heat_fn(params, config, mcfg, emb,
+                                             TextArrays(ids, am, focus, primary)))
 
     authors = AlbefAuthors(ref_model, layer=mcfg.layer, iterations=mcfg.iterations,
                            alpha=mcfg.alpha)

@@ -126,14 +126,18 @@ class Ours:
         return self._get(f"encode_image[{pixels.shape[0]}]", ("enc", self.cfg, pixels.shape),
                          lambda: encode_image_jit.lower(self.params, self.cfg, pixels))
 
-    def core(self, canvas: int, args: tuple) -> Any:
+    def core(self, canvas: int, args: Any) -> Any:
+        import jax
+
         from iterprime_jax.method.pipeline import segment_core_jit
 
-        b, t = args[1].shape
-        key = ("core", self.cfg, self.mcfg, canvas) + tuple(np.shape(a) for a in args)
-        return self._get(f"segment_core[B={b},T={t},N={args[6].shape[0]},canvas={canvas}]", key,
+        b, t = args.text.input_ids.shape
+        key = ("core", self.cfg, self.mcfg, canvas) + tuple(
+            np.shape(a) for a in jax.tree_util.tree_leaves(args))
+        n = args.proposals.masks.shape[0]
+        return self._get(f"segment_core[B={b},T={t},N={n},canvas={canvas}]", key,
                          lambda: segment_core_jit.lower(self.params, self.cfg, self.mcfg,
-                                                        canvas, *args))
+                                                        canvas, args))
 
     def run_image(self, image: np.ndarray, proposals: np.ndarray, text: tuple[np.ndarray, ...],
                   text_len: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
@@ -141,7 +145,7 @@ class Ours:
         text_len token positions (trailing padding only)."""
         import jax
 
-        from iterprime_jax.method.pipeline import prepare_image
+        from iterprime_jax.method.pipeline import CoreInputs, TextArrays, prepare_image
 
         s = text[0].shape[0]
         t0 = time.perf_counter()
@@ -155,11 +159,11 @@ class Ours:
         emb = enc(self.params, px)
         emb.block_until_ready()
         t3 = time.perf_counter()
-        args = (emb, *rows, np.asarray(prep.hw, np.int32), prep.proposals, prep.proposal_valid,
-                prep.num_components)
+        args = CoreInputs(emb, TextArrays(*rows), np.asarray(prep.hw, np.int32),
+                          prep.proposal_arrays)
         core = self.core(prep.canvas, args)
         t4 = time.perf_counter()
-        out = jax.device_get(core(self.params, *args))
+        out = jax.device_get(core(self.params, args))
         t5 = time.perf_counter()
         h, w = prep.hw
         rec = {"heat": out.igrs.heat[:s], "heats": out.igrs.heats[:s],
@@ -322,7 +326,7 @@ def component_costs(ours: Ours, data: dict[str, np.ndarray], args: argparse.Name
         return match_from_embeds(params, cfg, emb, ids, am, keep)[0]
 
     def igrs_only(params, emb, ids, am, focus, prim):
-        return pl.text_heatmaps(params, cfg, mcfg, emb, ids, am, focus, prim)
+        return pl.text_heatmaps(params, cfg, mcfg, emb, pl.TextArrays(ids, am, focus, prim))
 
     def localize(heat, hw, props, valid, ncomp):
         def one(h):
@@ -521,11 +525,11 @@ def worker_devices(args: argparse.Namespace, wd: Path) -> dict[str, Any]:
 
     def step() -> Any:
         d = {key: jax.device_put(v, shard) for key, v in host.items()}
-        tx = [jax.device_put(t, shard) for t in text]
+        tx = pl.TextArrays(*(jax.device_put(t, shard) for t in text))
         emb = pl.encode_image_jit(params, cfg, d["pixels"])[:, None]
-        return jax.device_get(pl.segment_images_core(params, cfg, mcfg, side, emb, *tx,
-                                                      d["hw"], d["props"], d["valid"],
-                                                      d["ncomp"]))
+        props = pl.ProposalArrays(d["props"], d["valid"], d["ncomp"])
+        return jax.device_get(pl.segment_images_core(
+            params, cfg, mcfg, side, pl.CoreInputs(emb, tx, d["hw"], props)))
 
     t0 = time.perf_counter()
     out = step()

@@ -105,9 +105,8 @@ def ours_records(model: Any, mcfg: Any, image: np.ndarray, sentences: list[str],
     text = pl.pad_text(batch, pl.bucket(len(sentences)),
                        pl.text_length_bucket(batch.attention_mask, batch.input_ids.shape[1]))
     out = jax.device_get(pl.segment_core_jit(
-        model.params, model.config, mcfg, prep.canvas, emb, *text,
-        np.asarray(prep.hw, np.int32), prep.proposals, prep.proposal_valid,
-        prep.num_components))
+        model.params, model.config, mcfg, prep.canvas,
+        pl.CoreInputs(emb, text, np.asarray(prep.hw, np.int32), prep.proposal_arrays)))
     s, (h, w) = len(sentences), prep.hw
     rec = {"heat": out.igrs.heat[:s], "heats": out.igrs.heats[:s],
            "scores": out.igrs.scores[:s], "iterations": out.igrs.iterations[:s],

@@ -1,7 +1,10 @@
-"""Referring-segmentation metrics: per-sample I/U, oIoU, mIoU, Prec@X (pure numpy).
+"""Referring-segmentation metrics: per-sample I/U, oIoU, mIoU, Prec@X: the one definition
+used by the evaluator (its device-side I and U, `intersection_union` with jax.numpy; its
+split metrics, `summarize`), the ablation's bootstrap intervals and the per-kind reports.
+Pure numpy; `intersection_union` also runs traced with ``xp=jax.numpy``.
 
 Every sentence is one sample; a sample whose prediction is empty (e.g. no proposal candidate)
-still counts, with I = 0. Two conventions, chosen explicitly:
+still counts, with I = 0. Three conventions, chosen explicitly:
 
 * ``"standard"`` (default; LAVT, Global-Local CLIP): IoU = I / U, and 0 when U == 0;
   Prec@X counts IoU >= X.
@@ -14,14 +17,14 @@ still counts, with I = 0. Two conventions, chosen explicitly:
 PhraseCut's official subsets (`phrasecut_subsets`) split the tasks by instance count, by the
 ground truth's area relative to the image, and by whether the category is a COCO class.
 
-In both, oIoU = sum(I) / sum(U) over the split (0 when sum(U) == 0). Values are fractions in
-[0, 1]; :func:`format_table` prints them as percentages.
+In every convention, oIoU = sum(I) / sum(U) over the split (0 when sum(U) == 0). Values are
+fractions in [0, 1]; :func:`format_table` prints them as percentages.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -31,19 +34,28 @@ THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
 EPS = 1e-6
 
 
-def intersection_union(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
-    """Pixel counts of pred AND gt and pred OR gt.
+def intersection_union(pred: Any, gt: Any, xp: Any = np) -> tuple[Any, Any]:
+    """Pixel counts of pred AND gt and pred OR gt over the last two axes: the one definition
+    of a sample's I and U, on the host (numpy) and on the device (``xp=jax.numpy``, traced
+    under `jax.jit` / `jax.vmap`: the evaluator's step, `evaluation.device`).
 
     Args:
-      pred: (H, W) mask, bool or {0, 1}.
-      gt: (H, W) mask, same shape.
+      pred: (..., H, W) mask, bool or {0, 1}.
+      gt: same shape.
+      xp: the array module, numpy (default) or jax.numpy.
     Returns:
-      (I, U) as python ints.
+      (I, U): python ints for one (H, W) pair on the host; arrays of shape (...) otherwise
+      (int64 with numpy, int32 with jax.numpy).
     """
-    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
+    pred, gt = xp.asarray(pred).astype(bool), xp.asarray(gt).astype(bool)
     if pred.shape != gt.shape:
         raise ValueError(f"pred shape {pred.shape} != gt shape {gt.shape}")
-    return int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred | gt))
+    dtype = np.int64 if xp is np else xp.int32
+    inter = xp.sum(pred & gt, axis=(-2, -1), dtype=dtype)
+    union = xp.sum(pred | gt, axis=(-2, -1), dtype=dtype)
+    if xp is np and pred.ndim == 2:
+        return int(inter), int(union)
+    return inter, union
 
 
 def _check_convention(convention: str) -> None:
@@ -71,6 +83,28 @@ def per_sample_iou(
     return np.divide(i, u, out=np.zeros_like(i), where=u > 0)
 
 
+def overall_iou(intersection: np.ndarray, union: np.ndarray) -> np.ndarray | float:
+    """oIoU = sum(I) / sum(U) over the last axis (0 where sum(U) == 0), the same under every
+    convention.
+
+    Args:
+      intersection, union: (..., N) integer counts (summed as int64).
+    Returns:
+      (...) float64 (a python float for (N,) inputs).
+    """
+    i = np.asarray(intersection, np.int64).sum(-1)
+    u = np.asarray(union, np.int64).sum(-1)
+    out = np.divide(i, u, out=np.zeros(np.shape(u), np.float64), where=u > 0)
+    return float(out) if out.ndim == 0 else out
+
+
+def precision_at(iou: np.ndarray, x: float, convention: Convention = "standard") -> np.ndarray:
+    """Whether each sample counts for Prec@X: IoU >= X under "standard", the strict IoU > X
+    under "iterprime" and "phrasecut". iou: (..., N) -> (..., N) bool."""
+    _check_convention(convention)
+    return iou >= x if convention == "standard" else iou > x
+
+
 def summarize(
     intersection: np.ndarray,
     union: np.ndarray,
@@ -81,7 +115,7 @@ def summarize(
 
     Args:
       intersection, union: (N,) integer counts, one per sample (accumulated as int64).
-      convention: "standard" or "iterprime" (see the module docstring).
+      convention: one of `CONVENTIONS` (see the module docstring).
       thresholds: IoU thresholds X of the Prec@X entries.
     Returns:
       {"oIoU", "mIoU", "prec@0.5", ..., "prec@0.9": float in [0, 1], "n": int}; the float
@@ -99,12 +133,10 @@ def summarize(
     if n == 0:
         out["oIoU"] = out["mIoU"] = float("nan")
     else:
-        total_u = int(u.sum())
-        out["oIoU"] = int(i.sum()) / total_u if total_u > 0 else 0.0
+        out["oIoU"] = overall_iou(i, u)
         out["mIoU"] = float(iou.mean())
     for x in thresholds:
-        hit = iou >= x if convention == "standard" else iou > x
-        out[f"prec@{x:g}"] = float(hit.mean()) if n else float("nan")
+        out[f"prec@{x:g}"] = float(precision_at(iou, x, convention).mean()) if n else float("nan")
     out["n"] = n
     return out
 
@@ -184,50 +216,6 @@ def summarize_subsets(
         if keep.any():
             out[name] = summarize(i[keep], u[keep], convention)
     return out
-
-
-class MetricsAccumulator:
-    """Accumulates per-sample I and U (int64) per split; summarises on demand.
-
-    >>> acc = MetricsAccumulator()
-    >>> acc.add("val", pred, gt)          # (H, W) masks
-    >>> acc.summary()["val"]["oIoU"]
-    """
-
-    def __init__(self, convention: Convention = "standard"):
-        _check_convention(convention)
-        self.convention: Convention = convention
-        self._i: dict[str, list[int]] = {}
-        self._u: dict[str, list[int]] = {}
-
-    @property
-    def splits(self) -> list[str]:
-        """Splits in the order they were first seen."""
-        return list(self._i)
-
-    def add_counts(self, split: str, intersection: int, union: int) -> None:
-        """Records one sample's counts."""
-        if not 0 <= intersection <= union:
-            raise ValueError(f"need 0 <= I <= U, got I={intersection}, U={union}")
-        self._i.setdefault(split, []).append(int(intersection))
-        self._u.setdefault(split, []).append(int(union))
-
-    def add(self, split: str, pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
-        """Records one sample from (H, W) masks; returns its (I, U)."""
-        i, u = intersection_union(pred, gt)
-        self.add_counts(split, i, u)
-        return i, u
-
-    def counts(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """(N,) int64 intersections and unions of one split."""
-        return (
-            np.asarray(self._i.get(split, []), np.int64),
-            np.asarray(self._u.get(split, []), np.int64),
-        )
-
-    def summary(self) -> dict[str, dict[str, float | int]]:
-        """{split: summarize(...)} for every split seen."""
-        return {s: summarize(*self.counts(s), convention=self.convention) for s in self.splits}
 
 
 def format_table(metrics_by_split: Mapping[str, Mapping[str, float | int]], digits: int = 2) -> str:

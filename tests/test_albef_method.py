@@ -17,7 +17,7 @@ from transformers import BertTokenizer
 from iterprime_jax.config import IteRPrimEConfig
 from iterprime_jax.method.heat import heat_map
 from iterprime_jax.method.language import encode_batch, load_spacy
-from iterprime_jax.method.pipeline import text_heatmaps
+from iterprime_jax.method.pipeline import TextArrays, text_heatmaps
 from iterprime_jax.method.refine import igrs
 from iterprime_jax.models.albef.convert import convert_albef_state_dict
 from iterprime_jax.models.blip.modeling import encode_image
@@ -143,9 +143,9 @@ def test_albef_heat_maps_match_the_authors_way():
     batch = encode_batch(tok, load_spacy(), sentences, mcfg)
     pix = np.random.default_rng(2).normal(size=(s.image, s.image, 3)).astype(np.float32)
     emb = encode_image(params, config, jnp.asarray(pix[None]))
-    res = text_heatmaps(params, config, mcfg, emb, jnp.asarray(batch.input_ids),
-                        jnp.asarray(batch.attention_mask), jnp.asarray(batch.focus),
-                        jnp.asarray(batch.primary))
+    res = text_heatmaps(params, config, mcfg, emb, TextArrays(
+        jnp.asarray(batch.input_ids), jnp.asarray(batch.attention_mask),
+        jnp.asarray(batch.focus), jnp.asarray(batch.primary)))
     ref = AlbefAuthors(TorchAlbef(s, sd), layer=layer)
     assert 102 not in batch.input_ids.tolist()[0]
     for i, item in enumerate(batch.items):

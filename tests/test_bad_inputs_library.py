@@ -20,7 +20,7 @@ from iterprime_jax.evaluation.proposals import (
 from iterprime_jax.image_input import to_rgb_uint8
 from iterprime_jax.method.select import binary_masks, check_proposals
 from iterprime_jax.models.mask2former.preprocess import check_image
-from iterprime_jax.segment import check_out_path, read_image, read_proposals
+from iterprime_jax.segment_cli import check_out_path, read_image, read_proposals
 
 
 # --------------------------------------------------------------------------- 1. RLE proposals
@@ -207,15 +207,28 @@ def test_lossy_out_refused(tmp_path, name):
     assert check_out_path(tmp_path / "m.png").name == "m.png"
 
 
+def test_cli_module_does_not_shadow_the_function():
+    """The one-image CLI lives in its own module (`segment_cli`): importing it leaves
+    `iterprime_jax.segment` the library function, with no callable-module patch."""
+    import types
+
+    import iterprime_jax.segment_cli as cli
+    from iterprime_jax.method.pipeline import segment
+
+    assert ij.segment is segment and not isinstance(ij.segment, types.ModuleType)
+    assert type(cli) is types.ModuleType and callable(cli.main)
+    assert not hasattr(cli, "_CallableModule")
+
+
 def test_cli_ctrl_c_is_one_line(monkeypatch, caplog, tiny_model_dir, tmp_path):
-    import iterprime_jax.segment as seg
+    import iterprime_jax.segment_cli as seg
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "img.png")
     monkeypatch.setattr(seg, "read_image", interrupt)
-    with caplog.at_level(logging.ERROR, logger="iterprime_jax.segment"):
+    with caplog.at_level(logging.ERROR, logger="iterprime_jax.segment_cli"):
         rc = seg.main(["--weights", str(tiny_model_dir), "--image", str(tmp_path / "img.png"),
                        "--text", "a cat", "--out", str(tmp_path / "m.png")])
     assert rc == 130
@@ -225,13 +238,13 @@ def test_cli_ctrl_c_is_one_line(monkeypatch, caplog, tiny_model_dir, tmp_path):
 
 def test_cli_missing_stanza_models_is_one_line(monkeypatch, caplog, tiny_model_dir, tmp_path):
     pytest.importorskip("stanza")
-    import iterprime_jax.segment as seg
+    import iterprime_jax.segment_cli as seg
     from iterprime_jax.method import language
 
     monkeypatch.setenv("STANZA_RESOURCES_DIR", str(tmp_path / "none"))
     language._stanza_parser.cache_clear()
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "img.png")
-    with caplog.at_level(logging.ERROR, logger="iterprime_jax.segment"):
+    with caplog.at_level(logging.ERROR, logger="iterprime_jax.segment_cli"):
         rc = seg.main(["--weights", str(tiny_model_dir), "--image", str(tmp_path / "img.png"),
                        "--text", "a cat", "--out", str(tmp_path / "m.png"),
                        "--parser", "stanza"])

@@ -145,9 +145,8 @@ def test_float_setting_sweep_compiles_once(tiny_model):
         embeds = pipeline.encode_image_jit(tiny_model.params, tiny_model.config,
                                            prep.pixels[None])
         const = jax.jit(lambda *a: pipeline.segment_core(*a), static_argnums=(1, 2, 3))(
-            tiny_model.params, tiny_model.config, cfg, prep.canvas, embeds, *text,
-            np.asarray(prep.hw, np.int32), prep.proposals, prep.proposal_valid,
-            prep.num_components)
+            tiny_model.params, tiny_model.config, cfg, prep.canvas, pipeline.CoreInputs(
+                embeds, text, np.asarray(prep.hw, np.int32), prep.proposal_arrays))
         np.testing.assert_allclose(r.heatmap, np.asarray(const.heat[0, :48, :40]), atol=1e-6)
         assert r.iterations == int(const.igrs.iterations[0])
         assert np.array_equal(t.mask, t.heatmap >= cfg.heat_threshold)
@@ -317,7 +316,7 @@ def test_compile_budget_over_a_refcoco_like_split(tiny_model):
     samples = []
 
     def on_batch(batch, outs):
-        seen.append(tuple(batch.common[0].shape[1:]))  # (sentence bucket, text length)
+        seen.append(tuple(batch.text.input_ids.shape[1:]))  # (sentence bucket, text length)
         samples.extend(r for recs in runner.sample_records(batch, outs[0]) for r in recs)
 
     before = eval_step._cache_size()

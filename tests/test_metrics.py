@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from iterprime_jax.metrics import (
-    MetricsAccumulator,
     format_table,
     intersection_union,
+    overall_iou,
     per_sample_iou,
     summarize,
 )
@@ -76,12 +76,12 @@ def test_strict_vs_inclusive_threshold_exact_hit():
 
 
 def test_empty_prediction_counts_and_no_sample_dropped():
-    acc = MetricsAccumulator()
     gt = np.zeros((4, 4), bool)
     gt[:2, :2] = True
-    acc.add("val", np.zeros((4, 4), bool), gt)  # no candidate -> empty mask -> IoU 0
-    acc.add("val", gt, gt)
-    m = acc.summary()["val"]
+    # no candidate -> empty mask -> IoU 0, still a sample
+    i, u = intersection_union(np.stack([np.zeros((4, 4), bool), gt]), np.stack([gt, gt]))
+    assert i.tolist() == [0, 4] and u.tolist() == [4, 4] and i.dtype == np.int64
+    m = summarize(i, u)
     assert m["n"] == 2 and m["mIoU"] == pytest.approx(0.5) and m["oIoU"] == pytest.approx(4 / 8)
 
 
@@ -100,22 +100,17 @@ def test_empty_split_and_bad_input():
     with pytest.raises(ValueError):
         summarize([1], [2], convention="nope")
     with pytest.raises(ValueError):
-        MetricsAccumulator(convention="nope")
+        per_sample_iou([1], [2], convention="nope")
 
 
-def test_accumulator_per_split_int64():
-    acc = MetricsAccumulator(convention="iterprime")
+def test_counts_beyond_int32():
     big = 3_000_000_000  # beyond int32
-    acc.add_counts("testA", big, big)
-    acc.add_counts("val", 1, 4)
-    acc.add_counts("testA", 0, big)
-    assert acc.splits == ["testA", "val"]
-    i, u = acc.counts("testA")
-    assert i.dtype == np.int64 and u.dtype == np.int64
-    assert i.tolist() == [big, 0] and u.tolist() == [big, big]
-    s = acc.summary()
-    assert s["testA"]["oIoU"] == pytest.approx(0.5) and s["testA"]["n"] == 2
-    assert s["val"]["mIoU"] == pytest.approx((1 + 1e-6) / (4 + 1e-6))
+    m = summarize([big, 0], [big, big], convention="iterprime")
+    assert m["oIoU"] == pytest.approx(0.5) and m["n"] == 2
+    assert summarize([1], [4], convention="iterprime")["mIoU"] == pytest.approx(
+        (1 + 1e-6) / (4 + 1e-6))
+    assert overall_iou([big, 0], [big, big]) == pytest.approx(0.5)
+    assert overall_iou([[1, 1], [0, 0]], [[2, 2], [0, 0]]).tolist() == [0.5, 0.0]
 
 
 def test_format_table():

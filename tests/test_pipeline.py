@@ -83,9 +83,8 @@ def test_text_length_bucket_drops_only_padding(tiny_model):
 
     def run(text):
         return jax.device_get(pipeline.segment_core_jit(
-            tiny_model.params, tiny_model.config, cfg, prep.canvas, emb, *text,
-            np.asarray(prep.hw, np.int32), prep.proposals, prep.proposal_valid,
-            prep.num_components))
+            tiny_model.params, tiny_model.config, cfg, prep.canvas, pipeline.CoreInputs(
+                emb, text, np.asarray(prep.hw, np.int32), prep.proposal_arrays)))
 
     full = run(pipeline.pad_text(batch, 4))
     cut = run(pipeline.pad_text(batch, 4, 16))
@@ -286,7 +285,7 @@ def test_cli_writes_mask_and_overlay(tiny_model_dir, tmp_path):
     Image.fromarray(_image()).save(img_path)
     np.save(tmp_path / "props.npy", _proposals())
     out = tmp_path / "out" / "mask.png"
-    cmd = [sys.executable, "-m", "iterprime_jax.segment", "--weights", str(tiny_model_dir),
+    cmd = [sys.executable, "-m", "iterprime_jax.segment_cli", "--weights", str(tiny_model_dir),
            "--image", str(img_path), "--text", "the dog on the left", "--proposals",
            str(tmp_path / "props.npy"), "--out", str(out), "--layer", "0",
            "--max-text-length", "16"]
@@ -302,7 +301,7 @@ def test_cli_writes_mask_and_overlay(tiny_model_dir, tmp_path):
 def test_cli_bad_image(tiny_model_dir, tmp_path):
     bad = tmp_path / "corrupt.jpg"
     bad.write_bytes(b"\xff\xd8not a jpeg")
-    cmd = [sys.executable, "-m", "iterprime_jax.segment", "--weights", str(tiny_model_dir),
+    cmd = [sys.executable, "-m", "iterprime_jax.segment_cli", "--weights", str(tiny_model_dir),
            "--image", str(bad), "--text", "dog", "--out", str(tmp_path / "m.png")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "corrupt.jpg" in done.stderr
@@ -314,7 +313,7 @@ def test_cli_reads_method_json(tiny_model_dir, tmp_path, caplog):
     and an explicit flag beats it."""
     import shutil
 
-    from iterprime_jax.segment import main
+    from iterprime_jax.segment_cli import main
 
     weights = tmp_path / "w"
     shutil.copytree(tiny_model_dir, weights)
@@ -336,7 +335,7 @@ def test_cli_reads_method_json(tiny_model_dir, tmp_path, caplog):
 
 def test_cli_bad_out_paths_fail_before_loading(tmp_path, caplog):
     """--out is checked first: with weights that do not exist, the error is about --out."""
-    from iterprime_jax.segment import main
+    from iterprime_jax.segment_cli import main
 
     (tmp_path / "afile").write_text("x")
     args = ["--weights", str(tmp_path / "no-weights"), "--image", str(tmp_path / "no.png"),
@@ -372,7 +371,7 @@ def test_cli_method_settings_out_of_range_name_their_source(tiny_model_dir, tmp_
     import json
     import shutil
 
-    from iterprime_jax.segment import main
+    from iterprime_jax.segment_cli import main
 
     weights = tmp_path / "w"
     shutil.copytree(tiny_model_dir, weights)
@@ -400,7 +399,7 @@ def test_config_rejects_out_of_range_settings():
 
 
 def test_cli_long_expression_warns_once_in_one_short_line(tiny_model_dir, tmp_path, caplog):
-    from iterprime_jax.segment import main
+    from iterprime_jax.segment_cli import main
 
     Image.fromarray(_image()).save(tmp_path / "img.png")
     text = " ".join(["dog"] * 500)

@@ -115,7 +115,7 @@ def test_run_config_without_precision_resumes_at_the_default(
 
 def test_bad_precision_names_the_setting(env: dict[str, Path], tmp_path: Path,
                                          capsys: pytest.CaptureFixture) -> None:
-    from iterprime_jax.segment import main as segment_main
+    from iterprime_jax.segment_cli import main as segment_main
 
     with pytest.raises(SystemExit) as e:
         eval_main(eval_args(env, tmp_path / "x", "--precision", "fastest"))
@@ -135,7 +135,7 @@ def test_bad_precision_names_the_setting(env: dict[str, Path], tmp_path: Path,
 def test_segment_cli_precision_reaches_both_models(env: dict[str, Path], tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from iterprime_jax.models import loading
-    from iterprime_jax.segment import main as segment_main
+    from iterprime_jax.segment_cli import main as segment_main
 
     loaded: list[tuple[str, str]] = []
     real_load = loading.load

@@ -281,7 +281,7 @@ def test_run_eval_bad_proposer_flags(m2f, shapes, tiny_model_dir, caplog):
 
 # --------------------------------------------------------------------------- one-image CLI
 def test_segment_cli_with_proposer(m2f, tiny_model_dir, tmp_path):
-    cli = importlib.import_module("iterprime_jax.segment")  # the module, not the function
+    cli = importlib.import_module("iterprime_jax.segment_cli")
 
     image = _images((48, 64), seed=9)[0]
     Image.fromarray(image).save(tmp_path / "photo.png")
@@ -300,8 +300,8 @@ def test_segment_cli_with_proposer(m2f, tiny_model_dir, tmp_path):
     np.testing.assert_array_equal(props, expected)
     mask = np.asarray(Image.open(out)) > 0
     # the CLI's mask is the library's answer on the same inputs, and a proposal was chosen
-    # (the imported CLI module took the package's name `segment`; calling it calls the function)
-    want = cli(ij.load(tiny_model_dir), image, "the red circle", expected,
+    # (importing the CLI module `segment_cli` leaves `ij.segment` the library function)
+    want = ij.segment(ij.load(tiny_model_dir), image, "the red circle", expected,
                       ij.method_config(tiny_model_dir, layer=0, max_text_length=16,
                                        max_components=1000))
     assert want.proposal_index >= 0 and want.mask.any()

@@ -22,8 +22,8 @@ from .config import ABLATION, PHRASECUT, AblationRow, EvalConfig, EvalError, Pro
 from .distributed import barrier, process_share
 from .loader import HostBatch
 from .proposals import proposal_source
-from .records import atomic_write, sort_key
-from .runner import make_context, model_and_method, run_batches, sample_records
+from .records import atomic_write, merge_parts, sort_key, write_part
+from .runner import Context, make_context, model_and_method, run_batches, sample_records
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,41 @@ def run_ablation(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | No
     Proposal rows use ``config.proposals`` (``gt`` when it is ``heatmap``). Not resumable.
     """
     t_start = time.perf_counter()
+    config, model, weights, method = _settings(config, model, method)
+    proposals = proposal_source(config.proposals, config)
+    ctx = make_context(config, model, proposals, weights)
+    rows = ablation_rows(method)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_part(out, ABLATION, jax.process_index(), _counts(ctx, rows, progress))
+    barrier("iterprime_ablation_written")
+    if jax.process_index() != 0:
+        return None
+    merged: dict[str, list[list[int]]] = {r.name: [] for r in rows}
+    for part in merge_parts(out, ABLATION, jax.process_count()):
+        for name, v in part.items():
+            merged[name] += v
+    table = ablation_table(rows, merged, config.convention)
+    record = {
+        "dataset": config.dataset, "split": config.split, "proposals": proposals.describe(),
+        "convention": config.convention, "weights": str(weights),
+        "num_images": len(ctx.images), "num_samples": sum(m.num_sentences for m in ctx.images),
+        "intervals": "95% percentile bootstrap over sentences (2000 resamples shared by all "
+                     "rows); d_mIoU = change of mIoU over the previous row, paired",
+        "rows": [{"name": r.name, "proposals": proposals.describe() if r.use_proposals
+                  else "heatmap", "method": dataclasses.asdict(r.method),
+                  "metrics": table[r.name]} for r in rows],
+    }
+    atomic_write(out / ABLATION, json.dumps(record, indent=2) + "\n")
+    log.info("ablation: %d rows over %d sentences in %.1fs", len(rows), record["num_samples"],
+             time.perf_counter() - t_start)
+    return table
+
+
+def _settings(config: EvalConfig, model: Model | None, method: IteRPrimEConfig | None
+              ) -> tuple[EvalConfig, Model, Path, IteRPrimEConfig]:
+    """The checked settings of an ablation: (config with defaults, the proposals it uses and
+    the model's precision; the model; its weights directory; the method)."""
     config = config.with_defaults()
     check_settings(config)
     model, weights, method = model_and_method(config, model, method)
@@ -64,12 +99,13 @@ def run_ablation(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | No
     if config.save_proposals is not None:
         raise EvalError("save_proposals is not supported by the ablation: save them with a "
                         "plain run, then pass the file as proposals")
-    proposals = proposal_source(config.proposals, config)
-    ctx = make_context(config, model, proposals, weights)
-    rows = ablation_rows(method)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    pi, pc = jax.process_index(), jax.process_count()
+    return config, model, weights, method
+
+
+def _counts(ctx: Context, rows: list[AblationRow], progress: Progress | None
+            ) -> dict[str, list[list[int]]]:
+    """Every row over this process's images: {row name: [[image_id, ref_id, sent_id, I, U],
+    ...]}; `progress(done, total)` in sentences."""
     mine = process_share(ctx.images)
     total, done = sum(m.num_sentences for m in mine), 0
     counts: dict[str, list[list[int]]] = {r.name: [] for r in rows}
@@ -86,42 +122,27 @@ def run_ablation(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | No
             progress(done, total)
 
     run_batches(ctx, mine, rows, on_batch)
-    part = out / f"ablation.p{pi}.json"
-    atomic_write(part, json.dumps(counts))
-    barrier("iterprime_ablation_written")
-    if pi != 0:
-        return None
-    merged: dict[str, list[list[int]]] = {r.name: [] for r in rows}
-    for p in range(pc):
-        f = out / f"ablation.p{p}.json"
-        for name, v in json.loads(f.read_text()).items():
-            merged[name] += v
-        f.unlink()
+    return counts
+
+
+def ablation_table(rows: list[AblationRow], counts: dict[str, list[list[int]]],
+                   convention: str) -> dict[str, dict[str, float | int]]:
+    """{row name: `summarize` of its sentences' I and U under `convention`, with the paired
+    95% bootstrap intervals (`paired_bootstrap`) after oIoU, mIoU, prec@0.5 and prec@0.9}.
+    counts: {row name: [[image_id, ref_id, sent_id, I, U], ...]} (any order)."""
     table: dict[str, dict[str, float | int]] = {}
     per_sentence: dict[str, tuple[list[int], list[int]]] = {}
     for r in rows:
-        v = sorted(merged[r.name])
+        v = sorted(counts[r.name])
         per_sentence[r.name] = ([x[3] for x in v], [x[4] for x in v])
-        table[r.name] = summarize(np.asarray([x[3] for x in v], np.int64),
-                                  np.asarray([x[4] for x in v], np.int64),
-                                  convention=config.convention)  # type: ignore[arg-type]
-    intervals = paired_bootstrap(per_sentence)
+        table[r.name] = summarize(np.asarray(per_sentence[r.name][0], np.int64),
+                                  np.asarray(per_sentence[r.name][1], np.int64),
+                                  convention=convention)  # type: ignore[arg-type]
+    intervals = paired_bootstrap(per_sentence,
+                                 convention=convention)  # type: ignore[arg-type]
     first = ("oIoU", "mIoU", "prec@0.5", "prec@0.9")
     for r in rows:  # 95% bootstrap intervals over sentences, next to the point values
         m = table[r.name]
         table[r.name] = ({k: m[k] for k in first if k in m} | intervals[r.name]
                          | {k: v for k, v in m.items() if k not in first})
-    record = {
-        "dataset": config.dataset, "split": config.split, "proposals": proposals.describe(),
-        "convention": config.convention, "weights": str(weights),
-        "num_images": len(ctx.images), "num_samples": sum(m.num_sentences for m in ctx.images),
-        "intervals": "95% percentile bootstrap over sentences (2000 resamples shared by all "
-                     "rows); d_mIoU = change of mIoU over the previous row, paired",
-        "rows": [{"name": r.name, "proposals": proposals.describe() if r.use_proposals
-                  else "heatmap", "method": dataclasses.asdict(r.method),
-                  "metrics": table[r.name]} for r in rows],
-    }
-    atomic_write(out / ABLATION, json.dumps(record, indent=2) + "\n")
-    log.info("ablation: %d rows over %d sentences in %.1fs", len(rows), record["num_samples"],
-             time.perf_counter() - t_start)
     return table

@@ -11,25 +11,28 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..metrics import Convention, overall_iou, per_sample_iou
 
-def _stats(inter: np.ndarray, union: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, ...]:
-    """mIoU and oIoU of the resamples `idx` (n_boot, n) of per-sentence I and U (int64)."""
-    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-    miou = iou[idx].mean(1)
-    usum = union[idx].sum(1)
-    oiou = np.where(usum > 0, inter[idx].sum(1) / np.maximum(usum, 1), 0.0)
-    return miou, oiou
+
+def _stats(inter: np.ndarray, union: np.ndarray, idx: np.ndarray,
+           convention: Convention = "standard") -> tuple[np.ndarray, np.ndarray]:
+    """mIoU and oIoU, each (n_boot,), of the resamples `idx` (n_boot, n) of per-sentence I and
+    U (int64), by `iterprime_jax.metrics` under `convention`."""
+    miou = per_sample_iou(inter, union, convention)[idx].mean(1)
+    return miou, overall_iou(inter[idx], union[idx])
 
 
 def paired_bootstrap(rows: Mapping[str, tuple[Sequence[int], Sequence[int]]],
-                     n_boot: int = 2000, seed: int = 0, level: float = 0.95
-                     ) -> dict[str, dict[str, float]]:
+                     n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                     convention: Convention = "standard") -> dict[str, dict[str, float]]:
     """Percentile intervals for each row and for its difference to the previous row.
 
     Args:
       rows: {name: (I, U)} per sentence, in the same sentence order for every row, in table
         order.
       n_boot: resamples (sentence indices drawn with replacement, shared by all rows).
+      convention: the metric convention of the IoU (`iterprime_jax.metrics`), as in the
+        point values of the table.
     Returns:
       {name: {"mIoU_lo", "mIoU_hi", "oIoU_lo", "oIoU_hi"} and, from the second row on,
       {"d_mIoU", "d_mIoU_lo", "d_mIoU_hi"}: the change of mIoU over the previous row with its
@@ -48,8 +51,8 @@ def paired_bootstrap(rows: Mapping[str, tuple[Sequence[int], Sequence[int]]],
     for name in names:
         inter = np.asarray(rows[name][0], np.int64)
         union = np.asarray(rows[name][1], np.int64)
-        miou, oiou = _stats(inter, union, idx)
-        iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+        miou, oiou = _stats(inter, union, idx, convention)
+        iou = per_sample_iou(inter, union, convention)
         r = {"mIoU_lo": float(np.percentile(miou, lo_q)),
              "mIoU_hi": float(np.percentile(miou, hi_q)),
              "oIoU_lo": float(np.percentile(oiou, lo_q)),

@@ -21,29 +21,71 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..config import IteRPrimEConfig
-from ..method.pipeline import bucket, encode_texts, pad_text, prepare_image, text_length_bucket
+from ..method.language import TextBatch
+from ..method.pipeline import (
+    PreparedImage,
+    ProposalArrays,
+    TextArrays,
+    bucket,
+    encode_texts,
+    pad_text,
+    prepare_image,
+    text_length_bucket,
+)
 from ..method.select import count_components_device
 from ..models.loading import Model
 from .config import MIN_SENTENCE_BUCKET, EvalError
-from .device import Device
+from .device import Device, GroundTruth, StepInputs
 from .index import ImageMeta, SplitSources
 from .proposals import ProposalSource, decode_rles
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class HostBatch:
-    images: list[ImageMeta]          # real images (dummies excluded)
+    """One batch of B images (the last real one repeated to fill the batch) prepared for the
+    devices: metadata on the host, arrays already on the mesh (sharded over the image axis).
+
+    images: the real images (dummies excluded); primary_words / truncated_at: per real image
+    and sentence; proposal_ids: per real image, the sample "proposal" value of each proposal
+    index; sentences: real sentences; pixels (B, S, S, 3); text: (B, Sb, T) arrays;
+    image_hw (B, 2) int32; proposals (B, P, canvas, canvas) (None when no row uses them);
+    no_proposals: the same with P = 0 (heat-map rows; None when no row needs them); gt: the
+    referred masks; truncated: sentences cut to max_text_length; proposal_rles: per real
+    image, the computed proposals as RLE (``save_proposals`` only)."""
+
+    images: list[ImageMeta]
     primary_words: list[list[str | None]]
-    proposal_ids: list[np.ndarray]   # per image: sample "proposal" value of each index
+    proposal_ids: list[np.ndarray]
     sentences: int
-    pixels: Any
-    common: list[Any]                # ids, attn, focus, primary, hw (device arrays)
-    props: list[Any]                 # proposals, valid, num_components
-    no_props: list[Any]              # the same with 0 proposals (heat-map rows)
-    gt: list[Any]                    # gt, sentence_ref
+    pixels: jax.Array
+    text: TextArrays
+    image_hw: jax.Array
+    proposals: ProposalArrays | None
+    no_proposals: ProposalArrays | None
+    gt: GroundTruth
     truncated: int
-    truncated_at: list[list[bool]] = dataclasses.field(default_factory=list)  # per image, sentence
-    proposal_rles: list[list[dict[str, Any]]] | None = None  # per image (save_proposals)
+    truncated_at: list[list[bool]] = dataclasses.field(default_factory=list)
+    proposal_rles: list[list[dict[str, Any]]] | None = None
+
+    def step_inputs(self, image_embeds: jax.Array, use_proposals: bool) -> StepInputs:
+        """The `Device.step` inputs of a row with (or without) proposals; image_embeds
+        (B, S, D) from `Device.encode`."""
+        props = self.proposals if use_proposals else self.no_proposals
+        if props is None:
+            raise ValueError(f"this batch was prepared without the arrays of a row with "
+                             f"use_proposals={use_proposals}")
+        return StepInputs(image_embeds, self.text, self.image_hw, props, self.gt)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Image:
+    """Host-side inputs of one image of a batch (`Loader._image`)."""
+
+    prep: PreparedImage
+    gts: list[np.ndarray]        # the referred masks, one per ref, (H, W)
+    text: TextBatch
+    sentence_ref: np.ndarray     # (sentences,) int32: the ref of each sentence
+    ids: np.ndarray              # the sample "proposal" value of each proposal index
 
 
 def _on_canvas(masks: jax.Array, canvas: int, n_padded: int) -> tuple[jax.Array, jax.Array]:
@@ -70,9 +112,9 @@ def _arrange(groups: tuple[jax.Array, ...], rows: jax.Array, canvas: int, n_padd
 
 
 def proposals_on_canvas(groups: Sequence[tuple[list[int], Any, jax.Array]], rows: Sequence[int],
-                        canvas: int, n_padded: int, sharding: Any) -> list[jax.Array]:
-    """`Proposer.device_masks` groups -> [masks (R, n_padded, canvas, canvas), valid
-    (R, n_padded), component counts (R, n_padded)] for the images `rows` (indices into the
+                        canvas: int, n_padded: int, sharding: Any) -> ProposalArrays:
+    """`Proposer.device_masks` groups -> `ProposalArrays`: masks (R, n_padded, canvas, canvas),
+    valid (R, n_padded), component counts (R, n_padded) for the images `rows` (indices into the
     proposer's images; repeats allowed), placed with `sharding`; the masks never leave the
     devices (the row indices and the validity row are the only host -> device transfers)."""
     position: dict[int, int] = {}
@@ -89,8 +131,7 @@ def proposals_on_canvas(groups: Sequence[tuple[list[int], Any, jax.Array]], rows
     take = jax.device_put(np.asarray([position[i] for i in rows], np.int32), where)
     masks, components = _arrange(group_arrays, take, canvas, n_padded)
     valid = np.broadcast_to(np.arange(n_padded) < q, (len(rows), n_padded))
-    return [jax.device_put(masks, sharding), jax.device_put(valid, sharding),
-            jax.device_put(components, sharding)]
+    return jax.device_put(ProposalArrays(masks, valid, components), sharding)
 
 
 class Loader:
@@ -114,7 +155,7 @@ class Loader:
                             f"{first['image_id']}, the index says {meta.image_id}")
         return first
 
-    def _image(self, meta: ImageMeta, first: Any) -> dict[str, Any]:
+    def _image(self, meta: ImageMeta, first: Any) -> _Image:
         gts = [first["mask"]] + [self.sources.mask_only[r.index]["mask"] for r in meta.refs[1:]]
         props, ids = None, np.zeros((0,), np.int64)
         if self.proposals.kind == "gt":
@@ -138,64 +179,87 @@ class Loader:
             text = encode_texts(self.model, sentences, self.text_config)
         sentence_ref = np.concatenate([np.full(len(r.sent_ids), k, np.int32)
                                        for k, r in enumerate(meta.refs)])
-        return {"prep": prep, "gts": gts, "text": text, "sentence_ref": sentence_ref,
-                "ids": ids}
+        return _Image(prep=prep, gts=gts, text=text, sentence_ref=sentence_ref, ids=ids)
 
     def make(self, metas: list[ImageMeta]) -> HostBatch:
+        """The `HostBatch` of `metas` (at most `batch_size` images)."""
         firsts = [self._first(m) for m in metas]
-        rles = None
-        b = self.batch_size
-        on_device = None
-        if self.proposals.kind == "mask2former" and self.need_props:
-            groups = self.proposals.proposer.device_masks([f["image"] for f in firsts])
-            on_device = proposals_on_canvas(
-                groups, [min(k, len(metas) - 1) for k in range(b)], self.canvas,
-                self.proposal_bucket, self.device.data)
-            if self.save_proposals:
-                from .proposer import encode_masks
-
-                rles = [None] * len(metas)
-                for idx, hws, masks in groups:
-                    host = np.asarray(jax.device_get(masks))
-                    for k, i in enumerate(idx):
-                        rles[i] = encode_masks(host[k, :, : hws[k][0], : hws[k][1]])
+        on_device, rles = self._mask2former(firsts)
         items = [self._image(m, f) for m, f in zip(metas, firsts, strict=True)]
+        rows = [items[min(k, len(items) - 1)] for k in range(self.batch_size)]  # dummies
         n_sentences = bucket(max(m.num_sentences for m in metas), MIN_SENTENCE_BUCKET)
-        c = self.canvas
-        rows = [items[min(k, len(items) - 1)] for k in range(b)]  # dummies repeat the last
-        text_length = max(text_length_bucket(it["text"].attention_mask,
-                                             it["text"].input_ids.shape[1]) for it in items)
-        texts = [pad_text(it["text"], n_sentences, text_length) for it in rows]
-        common = [np.stack([t[j] for t in texts]) for j in range(4)]
-        common.append(np.asarray([it["prep"].hw for it in rows], np.int32))
-        pixels = np.stack([it["prep"].pixels for it in rows])
-        gt = np.zeros((b, n_sentences, c, c), bool)
-        sentence_ref = np.zeros((b, n_sentences), np.int32)
-        for k, it in enumerate(rows):
-            for r, m in enumerate(it["gts"]):
-                gt[k, r, : m.shape[0], : m.shape[1]] = m.astype(bool)
-            sentence_ref[k, : len(it["sentence_ref"])] = it["sentence_ref"]
         d = self.device
-        props = no_props = []
-        if on_device is not None:
-            props = on_device
-        elif self.need_props:
-            props = d.put([np.stack([it["prep"].proposals for it in rows]),
-                           np.stack([it["prep"].proposal_valid for it in rows]),
-                           np.stack([it["prep"].num_components for it in rows])])
-        if self.need_no_props:
-            no_props = d.put([np.zeros((b, 0, c, c), bool), np.zeros((b, 0), bool),
-                              np.zeros((b, 0), np.int32)])
         return HostBatch(
             images=list(metas),
-            primary_words=[[t.primary_word for t in it["text"].items] for it in items],
-            proposal_ids=[it["ids"] for it in items],
+            primary_words=[[t.primary_word for t in it.text.items] for it in items],
+            proposal_ids=[it.ids for it in items],
             sentences=sum(m.num_sentences for m in metas),
-            pixels=d.put([pixels])[0], common=d.put(common), props=props, no_props=no_props,
-            gt=d.put([gt, sentence_ref]),
-            truncated=sum(t.truncated for it in items for t in it["text"].items),
-            truncated_at=[[t.truncated for t in it["text"].items] for it in items],
+            pixels=d.put(np.stack([it.prep.pixels for it in rows])),
+            text=d.put(_texts(items, rows, n_sentences)),
+            image_hw=d.put(np.asarray([it.prep.hw for it in rows], np.int32)),
+            proposals=on_device if on_device is not None else self._proposals(rows),
+            no_proposals=self._no_proposals(),
+            gt=d.put(_ground_truth(rows, n_sentences, self.canvas)),
+            truncated=sum(t.truncated for it in items for t in it.text.items),
+            truncated_at=[[t.truncated for t in it.text.items] for it in items],
             proposal_rles=rles)
+
+    def _mask2former(self, firsts: list[Any]
+                     ) -> tuple[ProposalArrays | None, list[list[dict[str, Any]]] | None]:
+        """Proposals computed by Mask2Former on the devices (`proposals_on_canvas`) and, with
+        ``save_proposals``, their RLEs per image; (None, None) for other proposal kinds."""
+        if self.proposals.kind != "mask2former" or not self.need_props:
+            return None, None
+        groups = self.proposals.proposer.device_masks([f["image"] for f in firsts])
+        on_device = proposals_on_canvas(
+            groups, [min(k, len(firsts) - 1) for k in range(self.batch_size)], self.canvas,
+            self.proposal_bucket, self.device.data)
+        if not self.save_proposals:
+            return on_device, None
+        from .proposer import encode_masks
+
+        rles: list[Any] = [None] * len(firsts)
+        for idx, hws, masks in groups:
+            host = np.asarray(jax.device_get(masks))
+            for k, i in enumerate(idx):
+                rles[i] = encode_masks(host[k, :, : hws[k][0], : hws[k][1]])
+        return on_device, rles
+
+    def _proposals(self, rows: list[_Image]) -> ProposalArrays | None:
+        """The rows' padded proposals on the mesh (None when no row uses proposals)."""
+        if not self.need_props:
+            return None
+        return self.device.put(ProposalArrays(*(np.stack(a) for a in zip(
+            *(it.prep.proposal_arrays for it in rows), strict=True))))
+
+    def _no_proposals(self) -> ProposalArrays | None:
+        """Zero proposals per image (the heat-map rows) on the mesh, when a row needs them."""
+        if not self.need_no_props:
+            return None
+        b, c = self.batch_size, self.canvas
+        return self.device.put(ProposalArrays(np.zeros((b, 0, c, c), bool),
+                                              np.zeros((b, 0), bool), np.zeros((b, 0), np.int32)))
+
+
+def _texts(items: list[_Image], rows: list[_Image], n_sentences: int) -> TextArrays:
+    """(B, n_sentences, T) text arrays of the batch's rows, T the longest prompt's bucket over
+    the real images."""
+    length = max(text_length_bucket(it.text.attention_mask, it.text.input_ids.shape[1])
+                 for it in items)
+    texts = [pad_text(it.text, n_sentences, length) for it in rows]
+    return TextArrays(*(np.stack(a) for a in zip(*texts, strict=True)))
+
+
+def _ground_truth(rows: list[_Image], n_sentences: int, canvas: int) -> GroundTruth:
+    """The rows' referred masks on the canvas (B, n_sentences, canvas, canvas) (at most one
+    ref per sentence) and the ref of each sentence (B, n_sentences)."""
+    gt = np.zeros((len(rows), n_sentences, canvas, canvas), bool)
+    sentence_ref = np.zeros((len(rows), n_sentences), np.int32)
+    for k, it in enumerate(rows):
+        for r, m in enumerate(it.gts):
+            gt[k, r, : m.shape[0], : m.shape[1]] = m.astype(bool)
+        sentence_ref[k, : len(it.sentence_ref)] = it.sentence_ref
+    return GroundTruth(gt, sentence_ref)
 
 
 class _Failure:

@@ -214,3 +214,27 @@ def metrics_from_samples(recs: Iterable[Mapping[str, Any]], convention: str = "s
     i = np.asarray([int(r["I"]) for r in recs], np.int64)
     u = np.asarray([int(r["U"]) for r in recs], np.int64)
     return summarize(i, u, convention=convention)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- per-process parts
+def part_file(out: Path, name: str, process: int) -> Path:
+    """The part file of `process` for the result file `name` (``ablation.json`` ->
+    ``ablation.p{process}.json``), as `merge_samples` names the samples' parts."""
+    stem, dot, suffix = name.partition(".")
+    return Path(out) / f"{stem}.p{process}{dot}{suffix}"
+
+
+def write_part(out: Path, name: str, process: int, value: Any) -> None:
+    """Write this process's share of the result file `name` as JSON (`part_file`)."""
+    atomic_write(part_file(out, name, process), json.dumps(value))
+
+
+def merge_parts(out: Path, name: str, processes: int) -> list[Any]:
+    """The JSON values of the part files of `name` of processes 0 .. processes - 1, in
+    process order; the part files are removed."""
+    values = []
+    for p in range(processes):
+        f = part_file(out, name, p)
+        values.append(json.loads(f.read_text(encoding="utf-8")))
+        f.unlink()
+    return values

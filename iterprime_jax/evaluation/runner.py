@@ -340,10 +340,8 @@ def _device_loop(ctx: Context, prefetch: Prefetch, rows: Sequence[AblationRow],
             outs: dict[tuple[IteRPrimEConfig, bool], Any] = {}
             for r in rows:  # identical rows (e.g. "full" = "+ IGRS (3)") run once
                 if (r.method, r.use_proposals) not in outs:
-                    props = host_batch.props if r.use_proposals else host_batch.no_props
                     outs[r.method, r.use_proposals] = ctx.device.step(
-                        r.method, ctx.canvas, embeds, *host_batch.common, *props,
-                        *host_batch.gt)
+                        r.method, ctx.canvas, host_batch.step_inputs(embeds, r.use_proposals))
             host = {k: tuple(np.asarray(a) for a in jax.device_get(o)) for k, o in outs.items()}
             truncated += host_batch.truncated
             on_batch(host_batch, [host[r.method, r.use_proposals] for r in rows])

@@ -377,30 +377,9 @@ def encode_expression(
         raise ValueError(f"max_text_length must be >= 2 ([CLS] and [SEP]), got {T}")
     parser = nlp if isinstance(nlp, ExpressionParser) else SpacyParser(nlp, config.authors_code)
     parse = parser.parse(expression)
-    if config.use_template:
-        prefix, suffix = _split_template(config.template)
-        prompt = config.template.format(parse.text)
-    else:
-        prefix, suffix = "", ""
-        prompt = parse.text
-
-    # (piece, word index or -1 for template / special tokens)
-    pieces: list[tuple[str, int]] = [(p, -1) for p in tokenizer.tokenize(prefix)] if prefix else []
-    for i, word in enumerate(parse.words):
-        pieces.extend((p, i) for p in tokenizer.tokenize(word))
-    if suffix:
-        pieces.extend((p, -1) for p in tokenizer.tokenize(suffix))
-
+    prompt, pieces = _prompt_pieces(tokenizer, parse, config)
     special = 1 + int(config.append_sep)  # [CLS] (+ [SEP])
-    truncated = len(pieces) + special > T
-    if truncated:
-        short = prompt if len(prompt) <= 60 else prompt[:57] + "..."
-        warnings.warn(
-            f"prompt {short!r} has {len(pieces) + special} tokens, more than "
-            f"max_text_length={T}; truncated to its first {T - special} word pieces",
-            stacklevel=2,
-        )
-        pieces = pieces[: T - special]
+    pieces, truncated = _truncate(pieces, prompt, T, special)
 
     ids = tokenizer.convert_tokens_to_ids([p for p, _ in pieces])
     n = len(pieces) + special
@@ -413,16 +392,9 @@ def encode_expression(
     attention_mask = np.zeros((T,), np.int32)
     attention_mask[:n] = 1
 
-    word_of = np.full((T,), -1, np.int64)
+    word_of = np.full((T,), -1, np.int64)  # the word of each position, -1: none
     word_of[1:end] = [w for _, w in pieces]
-    focus_word = np.asarray(parse.focus + (False,), bool)  # index -1 -> False
-    focus = focus_word[word_of] & (word_of >= 0)
-    if parse.primary is None:
-        primary = np.zeros((T,), bool)
-    else:
-        primary = word_of == parse.primary
-    focus |= primary
-
+    focus, primary = _word_masks(parse, word_of)
     kept = set(word_of[word_of >= 0].tolist())
     primary_word = parse.primary_word if primary.any() else None
     focus_words = [w for i, (w, f) in enumerate(zip(parse.words, parse.focus, strict=True))
@@ -438,6 +410,52 @@ def encode_expression(
         prompt=prompt,
         expression=parse.text,
     )
+
+
+def _prompt_pieces(tokenizer: Any, parse: Parse, config: IteRPrimEConfig
+                   ) -> tuple[str, list[tuple[str, int]]]:
+    """The prompt (the template around the parsed text when `config.use_template`) and its
+    WordPieces, each with the index of its parsed word (-1 for the template's)."""
+    if config.use_template:
+        prefix, suffix = _split_template(config.template)
+        prompt = config.template.format(parse.text)
+    else:
+        prefix, suffix = "", ""
+        prompt = parse.text
+    pieces: list[tuple[str, int]] = [(p, -1) for p in tokenizer.tokenize(prefix)] if prefix else []
+    for i, word in enumerate(parse.words):
+        pieces.extend((p, i) for p in tokenizer.tokenize(word))
+    if suffix:
+        pieces.extend((p, -1) for p in tokenizer.tokenize(suffix))
+    return prompt, pieces
+
+
+def _truncate(pieces: list[tuple[str, int]], prompt: str, length: int, special: int
+              ) -> tuple[list[tuple[str, int]], bool]:
+    """`pieces` cut to fit `length` positions with `special` special tokens (a warning naming
+    the prompt when cut) and whether they were cut."""
+    truncated = len(pieces) + special > length
+    if truncated:
+        short = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+        warnings.warn(
+            f"prompt {short!r} has {len(pieces) + special} tokens, more than "
+            f"max_text_length={length}; truncated to its first {length - special} word pieces",
+            stacklevel=3,
+        )
+        pieces = pieces[: length - special]
+    return pieces, truncated
+
+
+def _word_masks(parse: Parse, word_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(focus, primary) (T,) bool masks of the positions whose word (`word_of`, -1: none) is
+    a focus word / the primary word; the primary word is always in focus."""
+    focus_word = np.asarray(parse.focus + (False,), bool)  # index -1 -> False
+    focus = focus_word[word_of] & (word_of >= 0)
+    if parse.primary is None:
+        primary = np.zeros(word_of.shape, bool)
+    else:
+        primary = word_of == parse.primary
+    return focus | primary, primary
 
 
 def stack_text_inputs(items: Sequence[TextInputs]) -> TextBatch:

@@ -45,10 +45,11 @@ CANVAS_MULTIPLE = 64
 TEXT_MULTIPLE = 8  # text lengths are bucketed to multiples of this (see text_length_bucket)
 
 
-__all__ = ["CANVAS_MULTIPLE", "TEXT_MULTIPLE", "CoreOutput", "FloatSettings", "PreparedImage",
-           "SegmentResult", "bucket", "canvas_side", "default_config", "encode_texts", "pad_text",
-           "prepare_image", "segment", "segment_batch", "segment_core", "segment_images",
-           "text_length_bucket", "upsample_heat"]
+__all__ = ["CANVAS_MULTIPLE", "TEXT_MULTIPLE", "CoreInputs", "CoreOutput", "FloatSettings",
+           "PreparedImage", "ProposalArrays", "SegmentResult", "TextArrays", "bucket",
+           "canvas_side", "default_config", "encode_texts", "pad_text", "prepare_image",
+           "segment", "segment_batch", "segment_core", "segment_images", "text_length_bucket",
+           "upsample_heat"]
 
 
 def canvas_side(hw: tuple[int, int], multiple: int = CANVAS_MULTIPLE) -> int:
@@ -56,22 +57,54 @@ def canvas_side(hw: tuple[int, int], multiple: int = CANVAS_MULTIPLE) -> int:
     return round_up(max(hw), multiple)
 
 
+# --------------------------------------------------------------------------- jitted inputs
+class TextArrays(NamedTuple):
+    """The arrays of B prompts, each (B, T) (a leading image axis in front under `jax.vmap`):
+    WordPiece ids (int32), attention mask, focus (PWE) mask and primary-word mask."""
+
+    input_ids: Array
+    attention_mask: Array
+    focus: Array
+    primary: Array
+
+
+class ProposalArrays(NamedTuple):
+    """One image's N proposals on its canvas (N may be 0: the threshold baseline): masks
+    (N, canvas, canvas) bool, valid (N,) bool (False: padding), num_components (N,) int32."""
+
+    masks: Array
+    valid: Array
+    num_components: Array
+
+
+class CoreInputs(NamedTuple):
+    """The arrays of `segment_core` for one image and its B sentences: image_embeds (1, S, D),
+    text (`TextArrays`, (B, T)), image_hw (2,) int32 (the real size on the canvas) and
+    proposals (`ProposalArrays`). `segment_images_core` takes them with a leading image axis
+    on every leaf."""
+
+    image_embeds: Array
+    text: TextArrays
+    image_hw: Array
+    proposals: ProposalArrays
+
+
 # --------------------------------------------------------------------------- jitted core
 def text_heatmaps(params: Params, model_config: BlipConfig, method: IteRPrimEConfig,
-                  image_embeds: Array, input_ids: Array, attention_mask: Array, focus: Array,
-                  primary: Array, floats: FloatSettings | None = None) -> IGRSResult:
-    """IGRS over B sentences of one image. image_embeds: (1, S, D); text arrays (B, T);
+                  image_embeds: Array, text: TextArrays, floats: FloatSettings | None = None
+                  ) -> IGRSResult:
+    """IGRS over B sentences of one image. image_embeds: (1, S, D); text: (B, T) arrays;
     floats: the float settings (default: `method`'s)."""
-    b = input_ids.shape[0]
+    b = text.input_ids.shape[0]
     per_sample_heat = jax.vmap(functools.partial(heat_map, use_pwe=method.use_pwe,
                                                  no_primary=method.no_primary_tokens,
                                                  authors_code=method.authors_code))
 
     def step(keep: Array) -> tuple[Array, Array]:
-        cam = gradcam_from_embeds(params, model_config, image_embeds, input_ids,
-                                  attention_mask, method.layer, keep)
-        return per_sample_heat(cam.attn, cam.grad, attention_mask, focus, primary), \
-            cam.match_prob
+        cam = gradcam_from_embeds(params, model_config, image_embeds, text.input_ids,
+                                  text.attention_mask, method.layer, keep)
+        return per_sample_heat(cam.attn, cam.grad, text.attention_mask, text.focus,
+                               text.primary), cam.match_prob
 
     return igrs(step, b, model_config.vision.grid, method, floats)
 
@@ -110,27 +143,25 @@ class CoreOutput(NamedTuple):
 
 
 def segment_core(params: Params, model_config: BlipConfig, method: IteRPrimEConfig,
-                 canvas: int, image_embeds: Array, input_ids: Array, attention_mask: Array,
-                 focus: Array, primary: Array, image_hw: Array, proposals: Array,
-                 proposal_valid: Array, num_components: Array,
-                 floats: FloatSettings | None = None) -> CoreOutput:
+                 canvas: int, inputs: CoreInputs, floats: FloatSettings | None = None
+                 ) -> CoreOutput:
     """One image, B sentences: IGRS heat maps, upsampling and proposal selection.
 
-    image_embeds (1, S, D); text arrays (B, T); image_hw (2,) int32; proposals
-    (N, canvas, canvas) bool (N may be 0: threshold baseline); proposal_valid,
-    num_components (N,); floats: the float settings as scalars (default: `method`'s own
-    values, compiled in; jitted callers pass them traced with `static_config(method)`).
+    inputs: `CoreInputs` (image_embeds (1, S, D), text (B, T), image_hw (2,), proposals
+    (N, canvas, canvas), N possibly 0: threshold baseline); floats: the float settings as
+    scalars (default: `method`'s own values, compiled in; jitted callers pass them traced
+    with `static_config(method)`).
     """
     floats = FloatSettings.of(method) if floats is None else floats
-    res = text_heatmaps(params, model_config, method, image_embeds, input_ids,
-                        attention_mask, focus, primary, floats)
+    res = text_heatmaps(params, model_config, method, inputs.image_embeds, inputs.text, floats)
+    props = inputs.proposals
 
     def localize(h: Array, first: Array) -> tuple[Array, Array, Array, Array]:
-        up, region = upsample_heat(h, image_hw, canvas, method, first, floats)
+        up, region = upsample_heat(h, inputs.image_hw, canvas, method, first, floats)
         thresh = (up >= floats.heat_threshold) & region
-        if proposals.shape[0] == 0:
+        if props.masks.shape[0] == 0:
             return up, thresh, jnp.int32(-1), jnp.asarray(False)
-        sel = select_proposal(up, proposals, proposal_valid, num_components,
+        sel = select_proposal(up, props.masks, props.valid, props.num_components,
                               method.max_components)
         mask = sel.mask
         if not method.empty_if_no_candidate:
@@ -146,14 +177,13 @@ encode_image_jit = jax.jit(encode_image, static_argnums=1)
 
 
 def _images_core(params: Params, model_config: BlipConfig, method: IteRPrimEConfig,
-                 canvas: int, *arrays: Array, floats: FloatSettings | None = None
+                 canvas: int, inputs: CoreInputs, floats: FloatSettings | None = None
                  ) -> CoreOutput:
-    """`segment_core` vmapped over images: 9 arrays with a leading image axis (each image
-    with its own padded sentences and proposals on a shared canvas); `floats` shared."""
-    if len(arrays) == 10:  # floats given positionally, after the 9 arrays
-        *arrays, floats = arrays
-    return jax.vmap(lambda *a: segment_core(params, model_config, method, canvas, *a,
-                                            floats))(*arrays)
+    """`segment_core` vmapped over images: every leaf of `inputs` has a leading image axis
+    (each image with its own padded sentences and proposals on a shared canvas); `floats`
+    shared."""
+    return jax.vmap(lambda x: segment_core(params, model_config, method, canvas, x, floats)
+                    )(inputs)
 
 
 segment_images_core = jax.jit(_images_core, static_argnums=(1, 2, 3))
@@ -197,6 +227,11 @@ class PreparedImage:
     num_components: np.ndarray         # (Nb,) int32
     num_proposals: int
 
+    @property
+    def proposal_arrays(self) -> ProposalArrays:
+        """The padded proposals as the jitted core takes them."""
+        return ProposalArrays(self.proposals, self.proposal_valid, self.num_components)
+
 
 def prepare_image(image: Any, model_config: BlipConfig, proposals: Any | None = None,
                   canvas: int | None = None, min_proposal_bucket: int = 4) -> PreparedImage:
@@ -236,19 +271,19 @@ def text_length_bucket(attention_mask: Any, max_length: int,
     return int(min(max_length, max(multiple, -(-longest // multiple) * multiple)))
 
 
-def pad_text(batch: TextBatch, size: int, length: int | None = None) -> tuple[np.ndarray, ...]:
+def pad_text(batch: TextBatch, size: int, length: int | None = None) -> TextArrays:
     """(B, T) text arrays padded to `size` rows (dummy rows repeat row 0; results dropped) and,
     with `length`, cut to the first `length` token positions (only padding may be cut)."""
-    arrays = (batch.input_ids, batch.attention_mask, batch.focus, batch.primary)
-    b = arrays[0].shape[0]
+    arrays = TextArrays(batch.input_ids, batch.attention_mask, batch.focus, batch.primary)
+    b = arrays.input_ids.shape[0]
     if size < b:
         raise ValueError(f"cannot pad {b} sentences to {size}")
     if length is not None:
         if np.asarray(batch.attention_mask)[:, length:].any():
             raise ValueError(f"cannot cut prompts to {length} tokens: some are longer")
-        arrays = tuple(np.asarray(a)[:, :length] for a in arrays)
+        arrays = TextArrays(*(np.asarray(a)[:, :length] for a in arrays))
     idx = np.concatenate([np.arange(b), np.zeros(size - b, int)])
-    return tuple(a[idx] for a in arrays)
+    return TextArrays(*(a[idx] for a in arrays))
 
 
 def _results(out: CoreOutput, batch: TextBatch, hw: tuple[int, int]) -> list[SegmentResult]:
@@ -303,13 +338,13 @@ def segment_batch(model: Model, image: Any, expressions: Sequence[str], proposal
     text = pad_text(batch, bucket(len(batch.items)),
                     text_length_bucket(batch.attention_mask, batch.input_ids.shape[1]))
     method, floats = jit_method(config)
-    pixels, *arrays, floats = put_inputs(
-        model.params, prep.pixels[None], *text, np.asarray(prep.hw, np.int32), prep.proposals,
-        prep.proposal_valid, prep.num_components, floats)
+    pixels, inputs, floats = put_inputs(
+        model.params, prep.pixels[None],
+        CoreInputs(None, text, np.asarray(prep.hw, np.int32), prep.proposal_arrays), floats)
     with matmul_precision(model):
         embeds = encode_image_jit(model.params, model.config, pixels)
-        out = segment_core_jit(model.params, model.config, method, prep.canvas, embeds,
-                               *arrays, floats)
+        out = segment_core_jit(model.params, model.config, method, prep.canvas,
+                               inputs._replace(image_embeds=embeds), floats)
     return _results(out, batch, prep.hw)
 
 
@@ -324,6 +359,30 @@ def segment(model: Model, image_uint8: Any, expression: str, proposals: Any = No
     config: the method; None: the model's own (`ij.method_config(model)`, `default_config`).
     """
     return segment_batch(model, image_uint8, [expression], proposals, config)[0]
+
+
+def _stack_texts(batches: Sequence[TextBatch]) -> TextArrays:
+    """Per-image text batches -> (I, Sb, T) arrays: sentences padded to the bucket of the
+    largest image, text length to the longest prompt's bucket."""
+    n_sentences = bucket(max(len(b.items) for b in batches))
+    text_length = max(text_length_bucket(b.attention_mask, b.input_ids.shape[1])
+                      for b in batches)
+    texts = [pad_text(b, n_sentences, text_length) for b in batches]
+    return TextArrays(*(np.stack(a) for a in zip(*texts, strict=True)))
+
+
+def _stack_proposals(preps: Sequence[PreparedImage]) -> ProposalArrays:
+    """Per-image padded proposals -> (I, N, canvas, canvas) arrays, N the largest bucket
+    (rows beyond an image's own are invalid padding)."""
+    n = max(p.proposals.shape[0] for p in preps)
+    side = preps[0].canvas
+    props = np.zeros((len(preps), n, side, side), bool)
+    valid = np.zeros((len(preps), n), bool)
+    components = np.zeros((len(preps), n), np.int32)
+    for i, p in enumerate(preps):
+        k = p.proposals.shape[0]
+        props[i, :k], valid[i, :k], components[i, :k] = p.proposal_arrays
+    return ProposalArrays(props, valid, components)
 
 
 def segment_images(model: Model, images: Sequence[Any], expressions: Sequence[Sequence[str]],
@@ -347,28 +406,17 @@ def segment_images(model: Model, images: Sequence[Any], expressions: Sequence[Se
     side = max(canvas_side(hw) for hw in hws)
     preps = [prepare_image(im, model.config, None if proposals is None else proposals[i], side)
              for i, im in enumerate(images)]
-    n_proposals = max(p.proposals.shape[0] for p in preps)
-    n_sentences = bucket(max(len(b.items) for b in batches))
-    text_length = max(text_length_bucket(b.attention_mask, b.input_ids.shape[1])
-                      for b in batches)
-    texts = [pad_text(b, n_sentences, text_length) for b in batches]
-    stacked = [np.stack([t[k] for t in texts]) for k in range(4)]
-    props = np.zeros((len(preps), n_proposals, side, side), bool)
-    valid = np.zeros((len(preps), n_proposals), bool)
-    components = np.zeros((len(preps), n_proposals), np.int32)
-    for i, p in enumerate(preps):
-        n = p.proposals.shape[0]
-        props[i, :n], valid[i, :n], components[i, :n] = p.proposals, p.proposal_valid, \
-            p.num_components
+    text = _stack_texts(batches)
+    props = _stack_proposals(preps)
     hw = np.asarray([p.hw for p in preps], np.int32)
     method, floats = jit_method(config)
-    pixels, *arrays, floats = put_inputs(
-        model.params, np.stack([p.pixels for p in preps]), *stacked, hw, props, valid,
-        components, floats)
+    pixels, inputs, floats = put_inputs(
+        model.params, np.stack([p.pixels for p in preps]), CoreInputs(None, text, hw, props),
+        floats)
     with matmul_precision(model):
         embeds = encode_image_jit(model.params, model.config, pixels)[:, None]
-        out = segment_images_core(model.params, model.config, method, side, embeds, *arrays,
-                                  floats)
+        out = segment_images_core(model.params, model.config, method, side,
+                                  inputs._replace(image_embeds=embeds), floats)
     out = jax.device_get(out)
     results = []
     for i, (b, p) in enumerate(zip(batches, preps, strict=True)):

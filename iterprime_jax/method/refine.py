@@ -86,6 +86,58 @@ def _hide(heat: Array, floats: FloatSettings) -> Array:
     return stretch(heat, floats.stretch_sharpness, floats.stretch_center) >= floats.mask_threshold
 
 
+class IGRSCarry(NamedTuple):
+    """The `while_loop` carry of `igrs`, per sample (leading B): running (gh, gw) map; keep
+    (gh, gw) bool keep-mask; prev P(match) of the last accepted pass; active (bool, still
+    refining); count (int32, accepted passes); scores (n,) and heats (n, gh, gw) per pass;
+    first (bool, `running` is still pass 0's map); and the pass index `i` (a scalar)."""
+
+    i: Array
+    running: Array
+    keep: Array
+    prev: Array
+    active: Array
+    count: Array
+    scores: Array
+    heats: Array
+    first: Array
+
+
+def _first_pass(step: StepFn, batch: int, grid: tuple[int, int], n: int,
+                floats: FloatSettings) -> IGRSCarry:
+    """Pass 0 on the full image: the initial carry (every sample active)."""
+    gh, gw = grid
+    h0, p0 = step(jnp.ones((batch, gh * gw), jnp.int32))
+    return IGRSCarry(
+        i=jnp.int32(1), running=h0, keep=~_hide(h0, floats), prev=p0,
+        active=jnp.ones((batch,), bool), count=jnp.ones((batch,), jnp.int32),
+        scores=jnp.full((batch, n), jnp.nan, jnp.float32).at[:, 0].set(p0),
+        heats=jnp.zeros((batch, n, gh, gw), jnp.float32).at[:, 0].set(h0),
+        first=jnp.ones((batch,), bool))
+
+
+def _next_pass(step: StepFn, c: IGRSCarry, config: IteRPrimEConfig, floats: FloatSettings
+               ) -> IGRSCarry:
+    """One refinement pass on the visible patches: accepted where P(match) did not drop (the
+    map blended in, the explained patches hidden), else the sample stops."""
+    batch = c.running.shape[0]
+    hi, pi = step(c.keep.reshape(batch, -1).astype(jnp.int32))
+    accept = c.active & (pi >= c.prev)
+    rejected_now = c.active & ~accept
+    blended = (1 - floats.alpha) * c.running + floats.alpha * hi
+    blend = accept | (rejected_now & config.keep_rejected)
+    return IGRSCarry(
+        i=c.i + 1,
+        running=jnp.where(blend[:, None, None], blended, c.running),
+        keep=jnp.where(accept[:, None, None], c.keep & ~_hide(hi, floats), c.keep),
+        prev=jnp.where(accept, pi, c.prev),
+        active=accept,
+        count=c.count + accept,
+        scores=c.scores.at[:, c.i].set(jnp.where(c.active, pi, jnp.nan)),
+        heats=c.heats.at[:, c.i].set(jnp.where(c.active[:, None, None], hi, 0.0)),
+        first=c.first & ~blend)
+
+
 def igrs(step: StepFn, batch: int, grid: tuple[int, int], config: IteRPrimEConfig,
          floats: FloatSettings | None = None) -> IGRSResult:
     """Run up to `config.iterations` passes of `step`, refining the keep-mask and the running
@@ -95,37 +147,11 @@ def igrs(step: StepFn, batch: int, grid: tuple[int, int], config: IteRPrimEConfi
     if n < 1:
         raise ValueError(f"IteRPrimEConfig.iterations must be >= 1, got {n}")
     floats = FloatSettings.of(config) if floats is None else floats
-    gh, gw = grid
-    a = floats.alpha
-    ones = jnp.ones((batch, gh * gw), jnp.int32)
-    h0, p0 = step(ones)
-    keep = ~_hide(h0, floats)
-    scores = jnp.full((batch, n), jnp.nan, jnp.float32).at[:, 0].set(p0)
-    heats = jnp.zeros((batch, n, gh, gw), jnp.float32).at[:, 0].set(h0)
-    state = (h0, keep, p0, jnp.ones((batch,), bool), jnp.ones((batch,), jnp.int32), scores, heats,
-             jnp.ones((batch,), bool))
 
-    def more(carry: tuple[Array, tuple]) -> Array:
-        i, state = carry
-        return (i < n) & jnp.any(state[3])
+    def more(c: IGRSCarry) -> Array:
+        return (c.i < n) & jnp.any(c.active)
 
-    def body(carry: tuple[Array, tuple]) -> tuple[Array, tuple]:
-        i, state = carry
-        running, keep, prev, active, count, scores, heats, first = state
-        hi, pi = step(keep.reshape(batch, -1).astype(jnp.int32))
-        accept = active & (pi >= prev)
-        rejected_now = active & ~accept
-        blended = (1 - a) * running + a * hi
-        blend = accept | (rejected_now & config.keep_rejected)
-        running = jnp.where(blend[:, None, None], blended, running)
-        keep = jnp.where(accept[:, None, None], keep & ~_hide(hi, floats), keep)
-        scores = scores.at[:, i].set(jnp.where(active, pi, jnp.nan))
-        heats = heats.at[:, i].set(jnp.where(active[:, None, None], hi, 0.0))
-        prev = jnp.where(accept, pi, prev)
-        return i + 1, (running, keep, prev, accept, count + accept, scores, heats,
-                       first & ~blend)
-
-    _, state = jax.lax.while_loop(more, body, (jnp.int32(1), state))
-    running, keep, _, _, count, scores, heats, first = state
-    return IGRSResult(heat=running, iterations=count, scores=scores, heats=heats, keep=keep,
-                      first_pass=first)
+    c = jax.lax.while_loop(more, lambda c: _next_pass(step, c, config, floats),
+                           _first_pass(step, batch, grid, n, floats))
+    return IGRSResult(heat=c.running, iterations=c.count, scores=c.scores, heats=c.heats,
+                      keep=c.keep, first_pass=c.first)

@@ -1,10 +1,12 @@
-"""One-image CLI: `python -m iterprime_jax.segment --weights DIR --image PATH --text "..."
+"""One-image CLI: `python -m iterprime_jax.segment_cli --weights DIR --image PATH --text "..."
 [--proposals FILE | --proposer-weights M2F_DIR] --out OUT.png` writes the mask PNG and
 `OUT.overlay.png` (heat map and mask outline on the image). With `--proposer-weights` the
 proposals are computed from the image by a converted Mask2Former (docs/method.md section 4);
 `--save-proposals FILE` also writes them as COCO-style RLE JSON (image_id 0).
 
-(The library function is `iterprime_jax.segment`, defined in `iterprime_jax.method.pipeline`.)
+(The library function of the same job is `iterprime_jax.segment`, defined in
+`iterprime_jax.method.pipeline`; this module is named apart from it so that importing the CLI
+never shadows the function.)
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import argparse
 import json
 import logging
 import sys
-import types
 import warnings
 import zipfile
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-log = logging.getLogger("iterprime_jax.segment")
+log = logging.getLogger(__name__)
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -161,21 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:
-        logging.getLogger("iterprime_jax.segment").error("interrupted")
+        log.error("interrupted")
         return 130
 
 
-def _main(argv: list[str] | None = None) -> int:
-    from .cli_args import (
-        add_method_args,
-        add_precision_arg,
-        add_proposer_args,
-        method_overrides,
-        propose_config_from_args,
-        quiet_third_party_logs,
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's flags (the method's and the proposer's from `iterprime_jax.cli_args`)."""
+    from .cli_args import add_method_args, add_precision_arg, add_proposer_args
 
-    ap = argparse.ArgumentParser(prog="python -m iterprime_jax.segment",
+    ap = argparse.ArgumentParser(prog="python -m iterprime_jax.segment_cli",
                                  description="IteRPrimE: segment one object in one image.")
     ap.add_argument("--weights", required=True, help="converted weights dir")
     ap.add_argument("--image", required=True,
@@ -190,39 +185,20 @@ def _main(argv: list[str] | None = None) -> int:
     add_method_args(ap)
     add_proposer_args(ap, "also write the computed proposals to FILE (COCO-style RLE JSON, "
                           "image_id 0)")
-    args = ap.parse_args(argv)
-    quiet_third_party_logs()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return ap
+
+
+def _main(argv: list[str] | None = None) -> int:
+    from .cli_args import quiet_third_party_logs
     from .method.language import ParserUnavailableError
-    from .method.pipeline import segment
-    from .models.loading import load, resolve_method
     from .visualize import overlay
 
+    args = build_parser().parse_args(argv)
+    quiet_third_party_logs()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         out = check_out_path(args.out)
-        pconfig = propose_config_from_args(args)
-        if args.proposals is not None and args.proposer_weights is not None:
-            raise ValueError("give either --proposals FILE or --proposer-weights DIR, not both")
-        if args.save_proposals is not None and args.proposer_weights is None:
-            raise ValueError("--save-proposals needs --proposer-weights (proposals computed "
-                             "from the image)")
-        model = load(args.weights, precision=args.precision)
-        check_itm_model(model, args.weights)
-        image = read_image(args.image)
-        if args.proposer_weights is not None:
-            props = compute_proposals(args.proposer_weights, image, pconfig,
-                                      args.save_proposals, args.precision)
-        else:
-            props = None if args.proposals is None else read_proposals(args.proposals,
-                                                                       image.shape[:2])
-        text_config = model.config.text
-        cfg = resolve_method(args.weights, text_config.num_hidden_layers,
-                             method_overrides(args), text_config.max_position_embeddings)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            res = segment(model, image, args.text, props, cfg)
-        for w in caught:  # one log line each (e.g. a truncated expression), no source line
-            log.warning("%s", w.message)
+        image, res = _segment(args)
     except (ValueError, ParserUnavailableError) as e:
         log.error("%s", e)
         return 2
@@ -234,18 +210,38 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class _CallableModule(types.ModuleType):
-    """Importing this module binds it to the package's name `segment`, which would hide the
-    library function `iterprime_jax.segment` for the rest of the process; calling the module
-    calls that function, so `iterprime_jax.segment(...)` works either way."""
+def _segment(args: argparse.Namespace) -> tuple[np.ndarray, Any]:
+    """The checked flags -> (the image (H, W, 3) uint8, its `SegmentResult`); ValueError on a
+    bad input, warnings logged one line each."""
+    from .cli_args import method_overrides, propose_config_from_args
+    from .method.pipeline import segment
+    from .models.loading import load, resolve_method
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from .method.pipeline import segment
+    pconfig = propose_config_from_args(args)
+    if args.proposals is not None and args.proposer_weights is not None:
+        raise ValueError("give either --proposals FILE or --proposer-weights DIR, not both")
+    if args.save_proposals is not None and args.proposer_weights is None:
+        raise ValueError("--save-proposals needs --proposer-weights (proposals computed "
+                         "from the image)")
+    model = load(args.weights, precision=args.precision)
+    check_itm_model(model, args.weights)
+    image = read_image(args.image)
+    if args.proposer_weights is not None:
+        props = compute_proposals(args.proposer_weights, image, pconfig,
+                                  args.save_proposals, args.precision)
+    else:
+        props = None if args.proposals is None else read_proposals(args.proposals,
+                                                                   image.shape[:2])
+    text_config = model.config.text
+    cfg = resolve_method(args.weights, text_config.num_hidden_layers,
+                         method_overrides(args), text_config.max_position_embeddings)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = segment(model, image, args.text, props, cfg)
+    for w in caught:  # one log line each (e.g. a truncated expression), no source line
+        log.warning("%s", w.message)
+    return image, res
 
-        return segment(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())
