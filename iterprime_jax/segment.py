@@ -129,10 +129,10 @@ def check_out_path(out: str | Path) -> Path:
 
 
 def check_itm_model(model: Any, path: str | Path) -> None:
-    """ValueError unless `model` is an ITM (BLIP) model, naming the weights dir."""
-    from .models.blip.config import BlipConfig
+    """ValueError unless `model` is an ITM model (BLIP or ALBEF), naming the weights dir."""
+    from .models.loaded import Model
 
-    if not isinstance(getattr(model, "config", None), BlipConfig):
+    if not isinstance(model, Model):
         raise ValueError(f"--weights {path} is a {type(model.config).__name__} checkpoint; "
                          "IteRPrimE needs an image-text matching (BLIP) model there")
 
@@ -195,7 +195,8 @@ def _main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from .method.language import ParserUnavailableError
     from .method.pipeline import segment
-    from .models.loading import load, resolve_method
+    from .method.settings import resolve_method
+    from .models.loading import load
     from .visualize import overlay
 
     try:
