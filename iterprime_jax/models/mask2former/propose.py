@@ -98,7 +98,7 @@ class Proposer:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model_config = model.config
-        self.precision = getattr(model, "precision", "highest")  # matmul precision
+        self.precision = model.precision  # matmul precision
         self.config = config
         self.mesh = data_mesh(devices)
         self.devices = list(self.mesh.devices.flat)
