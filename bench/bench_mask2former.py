@@ -38,7 +38,6 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +124,7 @@ def case_record(case: str, batch: int, first: float, times: list[float],
 def worker_jax(args: argparse.Namespace) -> list[dict[str, Any]]:
     import jax
 
+    from iterprime_jax.models.loaded import ProposerModel
     from iterprime_jax.models.mask2former import (
         Mask2FormerConfig,
         SwinConfig,
@@ -145,8 +145,8 @@ def worker_jax(args: argparse.Namespace) -> list[dict[str, Any]]:
             a = 0.02 * rng.standard_normal(x.shape, np.float32)
         return jax.device_put(a)
 
-    model = types.SimpleNamespace(config=cfg,
-                                  params=jax.tree_util.tree_map(fill, abstract_params(cfg)))
+    model = ProposerModel(config=cfg, params=jax.tree_util.tree_map(fill, abstract_params(cfg)),
+                          path=Path(f"random-{args.arch}"))
     out = []
     for case in args.cases.split(","):
         _, short, max_size = CASES[case]

@@ -75,11 +75,11 @@ def mask2former(smoke: bool) -> Any:
             return np.ones(x.shape, np.float32) + 0.02 * rng.standard_normal(x.shape, np.float32)
         return 0.02 * rng.standard_normal(x.shape, np.float32)
 
-    from iterprime_jax.models.loading import Model
+    from iterprime_jax.models.loaded import ProposerModel
     from iterprime_jax.placement import place_params
 
     params = place_params(jax.tree_util.tree_map(fill, abstract_params(cfg)))
-    return Model(config=cfg, params=params, tokenizer=None, path=Path("random-swin-l"))
+    return ProposerModel(config=cfg, params=params, path=Path("random-swin-l"))
 
 
 def synthetic_split(n_images: int, seed: int = 0) -> tuple[list[Any], Any]:

@@ -11,13 +11,14 @@ from .method.gradcam import GradCAM, cross_attention_gradcam, gradcam_from_embed
 from .method.heat import resize_heatmap
 from .method.pipeline import SegmentResult, segment, segment_batch, segment_images
 from .method.refine import IGRSResult, igrs
+from .method.settings import method_config
 from .models.albef.config import AlbefConfig
 from .models.blip.config import BlipConfig, TextConfig, VisionConfig
 from .models.blip.modeling import encode_image, init_params, itm_logits, match_from_embeds
 from .models.blip.preprocess import preprocess_image, tokenize
 from .models.checkpoint import CheckpointError
 from .models.conversion import convert_albef_checkpoint, convert_hf_checkpoint
-from .models.loading import Model, load, method_config
+from .models.loading import Model, ProposerModel, load
 from .models.mask2former import Mask2FormerConfig, mask2former_forward
 from .models.mask2former.preprocess import ProposeConfig
 from .models.mask2former.propose import Proposer, propose
@@ -26,7 +27,7 @@ __all__ = [
     "BlipConfig", "IteRPrimEConfig", "TextConfig", "VisionConfig", "CheckpointError",
     "convert_hf_checkpoint", "AlbefConfig", "convert_albef_checkpoint", "GradCAM",
     "cross_attention_gradcam", "gradcam_from_embeds",
-    "Model", "load", "method_config", "encode_image", "init_params", "itm_logits",
+    "Model", "ProposerModel", "load", "method_config", "encode_image", "init_params", "itm_logits",
     "match_from_embeds",
     "SegmentResult", "segment", "segment_batch", "segment_images", "preprocess_image",
     "tokenize", "IGRSResult", "igrs", "resize_heatmap", "Mask2FormerConfig",

@@ -5,7 +5,7 @@ Every field gets a flag ``--field-name`` (``layer`` -> ``--layer``, ``stretch_ce
 ``--stretch-center``) typed like its default, with the help text of the field's metadata;
 booleans get ``--name`` / ``--no-name`` (plus the aliases in the metadata, e.g. ``--pwe`` /
 ``--no-pwe``). Flags have no argparse default: only the flags actually given reach
-`method_overrides`, which the one resolver `iterprime_jax.models.loading.resolve_method` lays
+`method_overrides`, which the one resolver `iterprime_jax.method.settings.resolve_method` lays
 over the weights' ``method.json`` and the defaults.
 """
 

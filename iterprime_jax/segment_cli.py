@@ -130,10 +130,10 @@ def check_out_path(out: str | Path) -> Path:
 
 
 def check_itm_model(model: Any, path: str | Path) -> None:
-    """ValueError unless `model` is an ITM (BLIP) model, naming the weights dir."""
-    from .models.blip.config import BlipConfig
+    """ValueError unless `model` is an ITM model (BLIP or ALBEF), naming the weights dir."""
+    from .models.loaded import Model
 
-    if not isinstance(getattr(model, "config", None), BlipConfig):
+    if not isinstance(model, Model):
         raise ValueError(f"--weights {path} is a {type(model.config).__name__} checkpoint; "
                          "IteRPrimE needs an image-text matching (BLIP) model there")
 
@@ -215,7 +215,8 @@ def _segment(args: argparse.Namespace) -> tuple[np.ndarray, Any]:
     bad input, warnings logged one line each."""
     from .cli_args import method_overrides, propose_config_from_args
     from .method.pipeline import segment
-    from .models.loading import load, resolve_method
+    from .method.settings import resolve_method
+    from .models.loading import load
 
     pconfig = propose_config_from_args(args)
     if args.proposals is not None and args.proposer_weights is not None:

@@ -218,7 +218,7 @@ def test_convert_and_load_through_files(tmp_path):
     dst = ij.convert_hf_checkpoint(tmp_path / "hf", tmp_path / "flax")
     assert (dst / "mask2former_config.json").exists() and not (dst / "blip_config.json").exists()
     loaded = ij.load(dst)
-    assert isinstance(loaded.config, Mask2FormerConfig) and loaded.tokenizer is None
+    assert isinstance(loaded, ij.ProposerModel) and isinstance(loaded.config, Mask2FormerConfig)
     assert loaded.config == Mask2FormerConfig.from_hf_dict(model.config.to_dict())
     h, w = CONFIGS[name][2]
     pixels = np.random.default_rng(0).normal(size=(2, h, w, 3)).astype(np.float32)

@@ -38,7 +38,7 @@ def _shipped_method() -> tuple[dict[str, Any], str]:
     --help texts); nothing when the shipped model is not there."""
     from iterprime_jax.evaluation.config import SHIPPED_WEIGHTS
     from iterprime_jax.evaluation.runner import resolve_weights
-    from iterprime_jax.models.loading import METHOD_JSON, read_method_json
+    from iterprime_jax.method.settings import METHOD_JSON, read_method_json
 
     try:
         recommended = read_method_json(resolve_weights(SHIPPED_WEIGHTS))
@@ -233,9 +233,9 @@ def _main(argv: list[str] | None = None) -> int:
     from iterprime_jax.evaluation.by_kind import format_by_kind
     from iterprime_jax.evaluation.checks import check_file, check_settings
     from iterprime_jax.evaluation.config import default_out
+    from iterprime_jax.method.settings import resolve_method
     from iterprime_jax.metrics import format_table
     from iterprime_jax.models.checkpoint import CheckpointError
-    from iterprime_jax.models.loading import resolve_method
 
     tfds.disable_progress_bar()
     try:

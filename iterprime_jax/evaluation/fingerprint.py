@@ -18,7 +18,8 @@ import json
 import os
 from pathlib import Path
 
-from ..models.loading import METHOD_JSON, cache_dir
+from ..method.settings import METHOD_JSON
+from ..models.loading import cache_dir
 
 CACHE_NAME = "fingerprints.json"
 _CHUNK = 1 << 20

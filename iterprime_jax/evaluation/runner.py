@@ -61,6 +61,7 @@ from ..buckets import bucket, round_up
 from ..config import IteRPrimEConfig
 from ..memory import DeviceMemoryError, first_line, is_out_of_memory
 from ..method.pipeline import canvas_side
+from ..method.settings import resolve_method, validate_method
 from ..metrics import CONVENTIONS
 from ..models.loading import (
     Model,
@@ -68,8 +69,6 @@ from ..models.loading import (
     is_hub_id,
     load,
     resolve_hub_id,
-    resolve_method,
-    validate_method,
 )
 from ..shipped import SHAPESREF_MODEL
 from . import phrasecut
@@ -171,7 +170,7 @@ def load_model(config: EvalConfig, model: Model | None) -> tuple[Model, Path]:
     else:
         path = getattr(model, "path", None)
         weights = Path(path).resolve() if path is not None else resolve_weights(config.weights)
-    if not hasattr(getattr(model, "config", None), "text"):
+    if not isinstance(model, Model):
         raise EvalError(f"weights {config.weights} hold a {type(model.config).__name__} "
                         "checkpoint; IteRPrimE needs an image-text matching (BLIP) model "
                         "there (a Mask2Former goes to proposer_weights)")

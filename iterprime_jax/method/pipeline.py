@@ -32,7 +32,7 @@ from ..config import IteRPrimEConfig
 from ..models.blip.config import BlipConfig
 from ..models.blip.modeling import encode_image
 from ..models.blip.preprocess import as_rgb_uint8, preprocess_image
-from ..models.loading import Model, matmul_precision, method_config
+from ..models.loading import Model, matmul_precision
 from ..placement import put_inputs
 from ..types import Array, Params
 from .gradcam import gradcam_from_embeds
@@ -40,6 +40,7 @@ from .heat import heat_map, resize_heatmap
 from .language import TextBatch, encode_batch, load_parser
 from .refine import FloatSettings, IGRSResult, igrs, static_config, stretch
 from .select import check_proposals, count_components, select_proposal
+from .settings import method_config
 
 CANVAS_MULTIPLE = 64
 TEXT_MULTIPLE = 8  # text lengths are bucketed to multiples of this (see text_length_bucket)

@@ -22,29 +22,22 @@ import logging
 import sys
 from pathlib import Path
 
+from .architectures import CONFIG_FILES, HF_MODEL_TYPES  # noqa: F401 - re-exported
+from .checkpoint import CheckpointError, read_hf_state_dict
 from .conversion import (  # noqa: F401 - re-exported: the library API, under its old name
-    ALBEF_CONFIG_NAME,
-    CONFIG_NAME,
-    M2F_CONFIG_NAME,
-    MODEL_TYPES,
-    PARAMS_DIR,
     TOKENIZER_FILES,
-    CheckpointError,
     check_destination,
-    config_file_name,
     convert_albef_checkpoint,
     convert_hf_checkpoint,
     copy_tokenizer_files,
     hf_model_type,
-    read_hf_state_dict,
     restore_params,
     save_params,
     write_folder,
 )
 
-__all__ = ["ALBEF_CONFIG_NAME", "CONFIG_NAME", "M2F_CONFIG_NAME", "CheckpointError",
-           "convert_albef_checkpoint", "convert_hf_checkpoint", "main", "read_hf_state_dict",
-           "restore_params", "save_params"]
+__all__ = ["CheckpointError", "convert_albef_checkpoint", "convert_hf_checkpoint", "main",
+           "read_hf_state_dict", "restore_params", "save_params"]
 
 #: The ALBEF-only options of the CLI (their argparse dests), refused for a directory.
 _ALBEF_FLAGS = ("bert_config", "vocab", "image_res", "patch_size", "vision_width",

@@ -46,10 +46,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ..method.settings import METHOD_JSON
 from ..models.blip.config import BlipConfig
 from ..models.blip.modeling import itm_logits
 from ..models.conversion import restore_params, save_params
-from ..models.loading import METHOD_JSON
 from ..types import Params
 from .config import DEFAULT_VOCAB, LOG_NAME, TrainConfig, make_tokenizer, model_config
 from .data import Pool, PoolLike, build_pool, caption_pool, normalise_images

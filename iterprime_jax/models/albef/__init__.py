@@ -8,7 +8,7 @@ maths is shared with BLIP (`iterprime_jax.models.blip.vision` / `.text`); the fu
 (`iterprime_jax.models.blip.modeling`: init_params, encode_image, itm_logits, ...) serves both.
 """
 
-from .config import ALBEF_CONFIG_NAME, AlbefConfig, AlbefTextConfig
+from .config import AlbefConfig, AlbefTextConfig
 from .model import AlbefForITM
 
-__all__ = ["ALBEF_CONFIG_NAME", "AlbefConfig", "AlbefForITM", "AlbefTextConfig"]
+__all__ = ["AlbefConfig", "AlbefForITM", "AlbefTextConfig"]

@@ -1,10 +1,10 @@
 """ALBEF model configuration: `AlbefTextConfig` (BERT + `fusion_layer`) and `AlbefConfig`.
 
-`AlbefConfig` is a `BlipConfig` (same fields: vision, text, image mean/std, compute dtype), so
-every ITM code path (Grad-CAM, `segment`, evaluation) takes it as it takes BLIP's; the
-architecture differs in what `iterprime_jax.models.albef.model` builds from it. Defaults are
-ALBEF-base as the IteRPrimE authors run it: ViT-B/16 at 256 px (LayerNorm eps 1e-6, exact GELU),
-BERT-base with `fusion_layer` 6 (ALBEF's `config_bert.json`), CLIP mean/std.
+`AlbefConfig` holds what ALBEF has (vision, text with its fusion layer, image mean/std,
+compute dtype); it shares the tower configs and their JSON readers with BLIP's config, not
+its class. Defaults are ALBEF-base as the IteRPrimE authors run it: ViT-B/16 at 256 px
+(LayerNorm eps 1e-6, exact GELU), BERT-base with `fusion_layer` 6 (ALBEF's
+`config_bert.json`), CLIP mean/std.
 """
 
 from __future__ import annotations
@@ -15,10 +15,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..blip.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, BlipConfig, TextConfig, VisionConfig
+import jax.numpy as jnp
 
-#: The config file of a converted ALBEF checkpoint (tells `load` the architecture).
-ALBEF_CONFIG_NAME = "albef_config.json"
+from ...types import DType
+from ..blip.common import compute_dtype
+from ..blip.config import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    TextConfig,
+    VisionConfig,
+    norm_from_dict,
+    vision_from_dict,
+)
+
+#: Keys of `albef_config.json` files written before AlbefConfig stood on its own (ignored).
+LEGACY_KEYS = ("arch", "projection_dim")
 
 
 def albef_vision(image_size: int = 256, patch_size: int = 16, width: int = 768,
@@ -60,18 +71,24 @@ ALBEF_BERT_CONFIG = AlbefTextConfig()
 
 
 @dataclasses.dataclass(frozen=True)
-class AlbefConfig(BlipConfig):
-    """The ALBEF ITM model (image tower, text tower with fusion layers, ITM head).
+class AlbefConfig:
+    """The ALBEF ITM model (image tower, text tower with fusion layers, ITM head): its own
+    fields, not BLIP's (no contrastive projection: ALBEF's is not converted). The towers'
+    configs (`VisionConfig`, and `AlbefTextConfig`, a BERT `TextConfig` with `fusion_layer`)
+    and the preprocessing constants are the ones BLIP's config uses, so the ITM code paths
+    (Grad-CAM, `segment`, evaluation) read both alike.
 
-    `projection_dim` is unused (the contrastive projections are not converted)."""
+    `dtype` is the compute dtype (a name is accepted and converted); parameters stay float32.
+    """
 
     vision: VisionConfig = albef_vision()
-    text: TextConfig = ALBEF_BERT_CONFIG
+    text: AlbefTextConfig = ALBEF_BERT_CONFIG
     image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     image_std: tuple[float, float, float] = OPENAI_CLIP_STD
+    dtype: DType = jnp.dtype(jnp.float32)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        object.__setattr__(self, "dtype", compute_dtype(self.dtype))
         if not isinstance(self.text, AlbefTextConfig):
             raise ValueError(f"AlbefConfig.text must be an AlbefTextConfig, got "
                              f"{type(self.text).__name__}")
@@ -81,23 +98,29 @@ class AlbefConfig(BlipConfig):
 
     @property
     def fusion_layer(self) -> int:
+        """The first text layer that cross-attends to the image (`text.fusion_layer`)."""
         return self.text.fusion_layer
 
+    def replace(self, **kw: Any) -> AlbefConfig:
+        return dataclasses.replace(self, **kw)
+
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "arch": "albef"}
+        """JSON-ready dict (the dtype by name)."""
+        return {**dataclasses.asdict(self), "dtype": self.dtype.name}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AlbefConfig:
+        """From `to_dict`'s dict; also reads the files written while AlbefConfig was a
+        BlipConfig (their `arch` tag and unused `projection_dim` are dropped)."""
         d = dict(d)
-        d.pop("arch", None)
-        vd = dict(d.pop("vision", {}))
-        if isinstance(vd.get("image_size"), list):
-            vd["image_size"] = tuple(vd["image_size"])
+        for legacy in LEGACY_KEYS:
+            d.pop(legacy, None)
+        vision = vision_from_dict(d.pop("vision", {}))
         text = AlbefTextConfig(**d.pop("text", {}))
-        for k in ("image_mean", "image_std"):
-            if k in d:
-                d[k] = tuple(float(x) for x in d[k])
-        return cls(vision=VisionConfig(**vd), text=text, **d)
+        return cls(vision=vision, text=text, **norm_from_dict(d))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> AlbefConfig:

@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from ...resize import bicubic_weights
 from ...types import Params
 from ..checkpoint import CheckpointError, read_json_object
 from ..keytable import Path_, flatten, match_state_dict
 from .config import AlbefConfig, AlbefTextConfig, albef_vision
+from .model import abstract_params
 
 #: First key components of training-only entries (skipped).
 SKIPPED_ROOTS = ("image_queue", "text_queue", "idx_queue", "queue_ptr", "temp", "vision_proj",
@@ -174,8 +176,6 @@ def build_config(sizes: Mapping[str, int], source: str, text: AlbefTextConfig | 
 def resize_pos_embed(pos_embed: np.ndarray, grid: int) -> np.ndarray:
     """(1, 1 + g*g, D) -> (1, 1 + grid*grid, D): the patch positions resized as PyTorch's
     `F.interpolate(mode="bicubic", align_corners=False)`, the CLS position unchanged."""
-    from ...method.heat import bicubic_weights
-
     pe = np.asarray(pos_embed, np.float32)
     g = math.isqrt(pe.shape[1] - 1)
     w = np.asarray(bicubic_weights(g, grid), np.float64)  # (grid, g)
@@ -216,15 +216,38 @@ def convert_albef_state_dict(sd: Mapping[str, Any], source: str,
     if grid[0] != sizes["grid"]:
         kept["visual_encoder.pos_embed"] = resize_pos_embed(kept["visual_encoder.pos_embed"],
                                                             grid[0])
-    from ..blip.modeling import abstract_params
+    return config, _match(kept, config, source)
 
+
+def _match(kept: Mapping[str, np.ndarray], config: AlbefConfig, source: str) -> Params:
+    """Canonical inference keys -> params of `config`; a missing needed key is an error
+    naming it."""
     abstract = abstract_params(config)
     expected = {torch_key(p) for p in flatten(abstract)}
     missing = sorted(expected - set(kept))
     if missing:
         raise CheckpointError(f"{source}: ALBEF checkpoint lacks {len(missing)} needed "
                               f"key(s): {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    return config, match_state_dict(kept, abstract, f"ALBEF ({source})")
+    return match_state_dict(kept, abstract, f"ALBEF ({source})")
+
+
+def convert_state_dict(sd: Mapping[str, Any], config: AlbefConfig) -> Params:
+    """The key table: an ALBEF state dict -> the params of `config` as they are (no
+    `pos_embed` resizing; training-only entries skipped; CheckpointError naming keys)."""
+    kept = {canonical_key(k): np.asarray(v) for k, v in sd.items() if not is_skipped(k)}
+    return _match(kept, config, "state dict")
+
+
+def read_albef_checkpoint(src: str | Path, bert_config: str | Path | None = None,
+                          image_res: int | None = None, patch_size: int = 16,
+                          vision_width: int = 768, vision_depth: int = 12,
+                          vision_heads: int = 12, allow_pickle: bool = False
+                          ) -> tuple[AlbefConfig, Params]:
+    """The converter: an `ALBEF.pth` file -> (AlbefConfig, Flax params) (`read_pth`, then
+    `convert_albef_state_dict` with these settings)."""
+    state = model_state_dict(read_pth(src, allow_pickle), str(src))
+    return convert_albef_state_dict(state, str(src), bert_config, image_res, patch_size,
+                                    vision_width, vision_depth, vision_heads)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes in torch's messages

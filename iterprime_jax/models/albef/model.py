@@ -17,9 +17,10 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ...types import Array, DType
+from ...types import Array, DType, Params
 from ..blip.common import compute_dtype
 from ..blip.config import VisionConfig
+from ..blip.itm import abstract_module_params
 from ..blip.text import BlipTextEncoder
 from ..blip.vision import TIMM_NAMES, BlipEncoderLayer, with_class_and_positions
 from .config import AlbefConfig, AlbefTextConfig
@@ -94,7 +95,8 @@ class AlbefBertModel(nn.Module):
                  image_mask: Array | None = None, delta: Array | None = None
                  ) -> tuple[Array, tuple[Array | None, ...]]:
         x = AlbefBertEmbeddings(self.config, self.dtype, name="embeddings")(input_ids)
-        return BlipTextEncoder(self.config, self.dtype, self.delta_layer, name="encoder")(
+        return BlipTextEncoder(self.config, self.dtype, self.delta_layer,
+                               self.config.fusion_layer, name="encoder")(
             x, attention_mask, image_embeds.astype(x.dtype), image_mask, delta)
 
 
@@ -159,3 +161,8 @@ class AlbefForITM(nn.Module):
             ones = jnp.ones((image_mask.shape[0], 1), image_mask.dtype)
             full_mask = jnp.concatenate([ones, image_mask], axis=1)
         return self.text_encoder(input_ids, attention_mask, image_embeds, full_mask, delta)
+
+
+def abstract_params(config: AlbefConfig) -> Params:
+    """Shapes/dtypes of ALBEF's parameter tree (no computation)."""
+    return abstract_module_params(AlbefForITM(config))

@@ -70,6 +70,24 @@ class TextConfig:
     pad_token_id: int = 0
 
 
+def vision_from_dict(d: Mapping[str, Any]) -> VisionConfig:
+    """A `VisionConfig` from its JSON dict (an `image_size` list becomes the (H, W) tuple)."""
+    d = dict(d)
+    if isinstance(d.get("image_size"), list):
+        d["image_size"] = tuple(d["image_size"])
+    return VisionConfig(**d)
+
+
+def norm_from_dict(d: Mapping[str, Any]) -> dict[str, Any]:
+    """`d` with `image_mean` / `image_std` (JSON lists) as float tuples (what BLIP's and
+    ALBEF's configs share besides their towers)."""
+    d = dict(d)
+    for k in ("image_mean", "image_std"):
+        if k in d:
+            d[k] = tuple(float(x) for x in d[k])
+    return d
+
+
 @dataclasses.dataclass(frozen=True)
 class BlipConfig:
     """The whole ITM model: vision + text + heads, plus preprocessing constants.
@@ -99,15 +117,9 @@ class BlipConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BlipConfig:
         d = dict(d)
-        vd = dict(d.pop("vision", {}))
-        if isinstance(vd.get("image_size"), list):
-            vd["image_size"] = tuple(vd["image_size"])
-        vision = VisionConfig(**vd)
+        vision = vision_from_dict(d.pop("vision", {}))
         text = TextConfig(**d.pop("text", {}))
-        for k in ("image_mean", "image_std"):
-            if k in d:
-                d[k] = tuple(float(x) for x in d[k])
-        return cls(vision=vision, text=text, **d)
+        return cls(vision=vision, text=text, **norm_from_dict(d))
 
     @classmethod
     def from_hf_dict(cls, hf: Mapping[str, Any], preprocessor: Mapping[str, Any] | None = None

@@ -9,17 +9,19 @@ must be filled: anything else is a `CheckpointError` that names the key.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ...types import Params
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, read_hf_state_dict
 from ..keytable import match_state_dict
 from .config import BlipConfig
-from .modeling import abstract_params
+from .itm import abstract_params
 
 # Non-parameter buffers that some checkpoints carry; they have no Flax counterpart.
 IGNORED_BUFFERS = ("text_encoder.embeddings.position_ids",)
@@ -39,7 +41,6 @@ def read_hf_config(src_dir: str | Path) -> BlipConfig:
     return BlipConfig.from_hf_dict(hf, pre)
 
 
-
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], config: BlipConfig) -> Params:
     """Map an HF `BlipForImageTextRetrieval` state dict onto the Flax parameter tree.
 
@@ -47,3 +48,13 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], config: BlipConfig)
     """
     kept = {k: v for k, v in state_dict.items() if k not in IGNORED_BUFFERS}
     return match_state_dict(kept, abstract_params(config), "BLIP")
+
+
+def load_hf_checkpoint(src_dir: str | Path, config_overrides: Mapping[str, Any] | None = None
+                       ) -> tuple[BlipConfig, Params]:
+    """Config and converted Flax params of an HF BLIP ITM checkpoint dir; `config_overrides`
+    replace fields of the vision config (e.g. a non-square `image_size`)."""
+    config = read_hf_config(src_dir)
+    if config_overrides:
+        config = config.replace(vision=dataclasses.replace(config.vision, **config_overrides))
+    return config, convert_state_dict(read_hf_state_dict(src_dir), config)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from ...types import Params
 from .common import Array, compute_dtype
 from .config import BlipConfig
 from .text import BlipTextModel
@@ -67,3 +71,27 @@ class BlipForImageTextRetrieval(nn.Module):
             ones = jnp.ones((image_mask.shape[0], 1), image_mask.dtype)
             full_mask = jnp.concatenate([ones, image_mask], axis=1)
         return self.text_encoder(input_ids, attention_mask, image_embeds, full_mask, delta)
+
+
+def example_inputs(config: Any, batch: int = 1, text_len: int = 4
+                   ) -> tuple[Array, Array, Array]:
+    """Zero pixels (B, H, W, 3), ids and a full mask (B, T) for an ITM module's `init`
+    (`config`: a BLIP or ALBEF config; parameters do not depend on B or T)."""
+    h, w = config.vision.image_hw
+    return (jnp.zeros((batch, h, w, 3), jnp.float32), jnp.zeros((batch, text_len), jnp.int32),
+            jnp.ones((batch, text_len), jnp.int32))
+
+
+def init_module_params(module: nn.Module, rng: Array) -> Params:
+    """Random parameters of an ITM module (BLIP's or ALBEF's) with the checkpoint's tree."""
+    return module.init(rng, *example_inputs(module.config))["params"]
+
+
+def abstract_module_params(module: nn.Module) -> Params:
+    """Shapes/dtypes of an ITM module's parameter tree (no computation)."""
+    return jax.eval_shape(lambda: init_module_params(module, jax.random.PRNGKey(0)))
+
+
+def abstract_params(config: BlipConfig) -> Params:
+    """Shapes/dtypes of BLIP's parameter tree (no computation)."""
+    return abstract_module_params(BlipForImageTextRetrieval(config))

@@ -1,47 +1,36 @@
 """Pure functions over the Flax ITM model: `fn(params, config, inputs) -> outputs`.
 
-`config` (a frozen `BlipConfig`) is hashable, so it can be a static argument of `jax.jit`.
-The config's class picks the architecture: `BlipConfig` -> BLIP (`BlipForImageTextRetrieval`),
-`AlbefConfig` -> ALBEF (`iterprime_jax.models.albef.AlbefForITM`); both modules have the same
-methods, so every function here (and Grad-CAM, `segment`) serves both.
+`config` (a frozen `BlipConfig` or `AlbefConfig`) is hashable, so it can be a static argument
+of `jax.jit`. Its architecture (`models.architectures.architecture_of`: BLIP ->
+`BlipForImageTextRetrieval`, ALBEF -> `iterprime_jax.models.albef.AlbefForITM`) builds the
+module; both modules have the same methods, so every function here (and Grad-CAM, `segment`)
+serves both.
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from ...types import Array, Params
-from .config import BlipConfig
-from .itm import BlipForImageTextRetrieval
+from ..architectures import architecture_of
+from ..loaded import ItmConfig
+from .itm import init_module_params
 
 
-def _module(config: BlipConfig, delta_layer: int = -1) -> nn.Module:
-    """The ITM module of `config`'s architecture (ALBEF for an `AlbefConfig`, else BLIP)."""
-    from ..albef.config import AlbefConfig
-    from ..albef.model import AlbefForITM
-
-    if isinstance(config, AlbefConfig):
-        return AlbefForITM(config, delta_layer=delta_layer)
-    return BlipForImageTextRetrieval(config, delta_layer=delta_layer)
+def _module(config: ItmConfig, delta_layer: int = -1) -> nn.Module:
+    """The ITM module of `config`'s architecture (the table's `module`)."""
+    return architecture_of(config).module(config, delta_layer=delta_layer)
 
 
-def _dummy_inputs(config: BlipConfig, batch: int = 1, text_len: int = 4
-                  ) -> tuple[Array, Array, Array]:
-    h, w = config.vision.image_hw
-    return (jnp.zeros((batch, h, w, 3), jnp.float32), jnp.zeros((batch, text_len), jnp.int32),
-            jnp.ones((batch, text_len), jnp.int32))
-
-
-def init_params(config: BlipConfig, rng: Array) -> Params:
+def init_params(config: ItmConfig, rng: Array) -> Params:
     """Random parameters with the checkpoint's tree structure."""
-    return _module(config).init(rng, *_dummy_inputs(config))["params"]
+    return init_module_params(_module(config), rng)
 
 
-def abstract_params(config: BlipConfig) -> Params:
+def abstract_params(config: ItmConfig) -> Params:
     """Shapes/dtypes of the parameter tree (no computation)."""
-    return jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+    return architecture_of(config).abstract_params(config)
 
 
 def _check_text(input_ids: Array, attention_mask: Array) -> None:
@@ -52,7 +41,7 @@ def _check_text(input_ids: Array, attention_mask: Array) -> None:
         raise ValueError(f"empty text batch: input_ids has shape {input_ids.shape}")
 
 
-def _check_pixels(config: BlipConfig, pixel_values: Array) -> None:
+def _check_pixels(config: ItmConfig, pixel_values: Array) -> None:
     h, w = config.vision.image_hw
     if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (h, w, 3):
         raise ValueError(f"pixel_values must be (B, {h}, {w}, 3) NHWC, got {pixel_values.shape}")
@@ -61,14 +50,14 @@ def _check_pixels(config: BlipConfig, pixel_values: Array) -> None:
                          f"{pixel_values.dtype}")
 
 
-def encode_image(params: Params, config: BlipConfig, pixel_values: Array) -> Array:
+def encode_image(params: Params, config: ItmConfig, pixel_values: Array) -> Array:
     """(B, H, W, 3) float pixels -> (B, 1 + gh*gw, Dv) image embeddings."""
     _check_pixels(config, pixel_values)
     return _module(config).apply({"params": params}, pixel_values,
                                  method="encode_image")
 
 
-def match_from_embeds(params: Params, config: BlipConfig, image_embeds: Array, input_ids: Array,
+def match_from_embeds(params: Params, config: ItmConfig, image_embeds: Array, input_ids: Array,
                       attention_mask: Array, image_mask: Array | None = None,
                       delta: Array | None = None, delta_layer: int = -1
                       ) -> tuple[Array, tuple[Array, ...]]:
@@ -84,7 +73,7 @@ def match_from_embeds(params: Params, config: BlipConfig, image_embeds: Array, i
         method="match")
 
 
-def itm_logits(params: Params, config: BlipConfig, pixel_values: Array, input_ids: Array,
+def itm_logits(params: Params, config: ItmConfig, pixel_values: Array, input_ids: Array,
                attention_mask: Array, image_mask: Array | None = None) -> Array:
     """(B, 2) ITM logits (no-match, match) for images (B, H, W, 3) and texts (B, T).
 

@@ -128,17 +128,17 @@ class BlipTextEmbeddings(nn.Module):
 
 
 class BlipTextEncoder(nn.Module):
-    """The layers `layer_0..L-1`; layers below the config's `fusion_layer` (ALBEF's; BLIP has
-    none, 0) are text-only. Returns (B, T, D) and each layer's cross-attention probs (None for
-    a text-only layer)."""
+    """The layers `layer_0..L-1`; layers below `fusion_layer` (ALBEF's; BLIP: 0, every layer
+    cross-attends) are text-only. Returns (B, T, D) and each layer's cross-attention probs
+    (None for a text-only layer)."""
 
     config: TextConfig
     dtype: DType = jnp.float32
     delta_layer: int = -1
+    fusion_layer: int = 0
 
     def setup(self) -> None:
-        fusion = getattr(self.config, "fusion_layer", 0)
-        self.layer = [BlipTextLayer(self.config, self.dtype, i >= fusion)
+        self.layer = [BlipTextLayer(self.config, self.dtype, i >= self.fusion_layer)
                       for i in range(self.config.num_hidden_layers)]
 
     def __call__(self, x: Array, attention_mask: Array, image_embeds: Array,

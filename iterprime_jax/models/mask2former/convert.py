@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,13 @@ def read_hf_config(src_dir: str | Path) -> Mask2FormerConfig:
         raise CheckpointError(f"{src / 'config.json'}: {e}") from e
 
 
-def load_hf_checkpoint(src_dir: str | Path) -> tuple[Mask2FormerConfig, dict]:
-    """Config and converted Flax params of an HF Mask2Former checkpoint dir."""
+def load_hf_checkpoint(src_dir: str | Path,
+                       config_overrides: Mapping[str, Any] | None = None
+                       ) -> tuple[Mask2FormerConfig, dict]:
+    """Config and converted Flax params of an HF Mask2Former checkpoint dir (no
+    `config_overrides`: they apply to BLIP only, a CheckpointError otherwise)."""
+    if config_overrides:
+        raise CheckpointError(f"config_overrides {dict(config_overrides)} apply to BLIP only; "
+                              f"{src_dir} is a Mask2Former checkpoint")
     config = read_hf_config(src_dir)
     return config, convert_state_dict(read_hf_state_dict(src_dir), config)

@@ -30,7 +30,7 @@ from ...buckets import bucket, round_up
 from ...memory import DeviceMemoryError, MemoryCheck
 from ...placement import data_mesh, data_shardings
 from ...types import Array, Params
-from ..loading import Model, matmul_precision
+from ..loaded import ProposerModel, matmul_precision
 from .config import Mask2FormerConfig
 from .modeling import mask2former_forward
 from .postprocess import postprocess_masks
@@ -40,11 +40,11 @@ DEFAULT_MAX_BATCH = 8
 
 
 def check_proposer(model: Any, name: str = "proposer") -> None:
-    """ValueError unless `model` is a loaded Mask2Former (`iterprime_jax.load` of a converted
+    """ValueError unless `model` is a `ProposerModel` (`iterprime_jax.load` of a converted
     ``mask2former`` checkpoint), naming what it is instead."""
-    cfg = getattr(model, "config", None)
-    if isinstance(cfg, Mask2FormerConfig) and hasattr(model, "params"):
+    if isinstance(model, ProposerModel):
         return
+    cfg = getattr(model, "config", None)
     what = type(cfg).__name__ if cfg is not None else type(model).__name__
     path = getattr(model, "path", None)
     src = f" loaded from {path}" if path is not None else ""
@@ -92,13 +92,13 @@ class Proposer:
         the device memory is a `DeviceMemoryError` naming it.
     """
 
-    def __init__(self, model: Model, config: ProposeConfig = ProposeConfig(),
+    def __init__(self, model: ProposerModel, config: ProposeConfig = ProposeConfig(),
                  devices: Sequence[Any] | None = None, max_batch: int = DEFAULT_MAX_BATCH):
         check_proposer(model, "model")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model_config = model.config
-        self.precision = getattr(model, "precision", "highest")  # matmul precision
+        self.precision = model.precision  # matmul precision
         self.config = config
         self.mesh = data_mesh(devices)
         self.devices = list(self.mesh.devices.flat)
@@ -180,7 +180,7 @@ class Proposer:
         return out
 
 
-def propose(model: Model, image_uint8: Any, threshold: float = 0.35,
+def propose(model: ProposerModel, image_uint8: Any, threshold: float = 0.35,
             config: ProposeConfig = ProposeConfig()) -> np.ndarray:
     """Mask2Former proposals of one image: (Q, H, W) bool at the original size, every query,
     in query order (docs/method.md section 4: detectron2 resize 800/1333, normalise, zero pad to
@@ -200,7 +200,7 @@ def propose(model: Model, image_uint8: Any, threshold: float = 0.35,
 _PROPOSERS: dict[int, tuple[weakref.ref, Proposer]] = {}
 
 
-def _proposer_for(model: Model, config: ProposeConfig) -> Proposer:
+def _proposer_for(model: ProposerModel, config: ProposeConfig) -> Proposer:
     """The cached `Proposer` of `model` for `config` (any threshold; it is a call argument)."""
     key = id(model)
     hit = _PROPOSERS.get(key)
