@@ -3,7 +3,7 @@
 fusion layers (the text can compose "left of the red circle" before it looks at the image),
 otherwise the shipped recipe (`training.TrainConfig` defaults) with a time budget.
 
-Steps (library calls of `iterprime_jax.training`, the model built as an `AlbefConfig`):
+Steps (library calls of `shapesref.training`, the model built as an `AlbefConfig`):
 ViT pretraining (`pretrain_vision`, BLIP-named, renamed to timm names: same maths), caption
 then expression stages for `--time-budget` seconds (`calibrate_steps`), save (albef_config.json),
 the diagnostics the recipe probes record (held-out ITM accuracy, per hard-negative type:
@@ -61,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from iterprime_jax import training
     from iterprime_jax.models.albef.config import AlbefConfig, AlbefTextConfig
     from iterprime_jax.models.blip.modeling import init_params
-    from iterprime_jax.training.data import build_pool, caption_pool, normalise_images
-    from iterprime_jax.training.trainer import (
+    from shapesref import training
+    from shapesref.training.data import build_pool, caption_pool, normalise_images
+    from shapesref.training.trainer import (
         _train_step,
         calibrate_steps,
         make_optimizer,

@@ -26,7 +26,7 @@ import json
 import time
 from pathlib import Path
 
-from iterprime_jax import training
+from shapesref import training
 
 try:  # run as `python bench/recipe_probe.py` or imported as bench.recipe_probe
     from patch_position_info import patch_position_information
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--vision-init", default=None,
-                    help="ViT from `python -m iterprime_jax.training.pretrain --out FILE` "
+                    help="ViT from `python -m shapesref.training.pretrain --out FILE` "
                          "(default: from scratch)")
     ap.add_argument("--save-weights", default=None, metavar="DIR",
                     help="also save the trained model there (loadable with iterprime_jax.load)")

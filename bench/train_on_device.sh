@@ -4,9 +4,9 @@
 #
 #   bash bench/train_on_device.sh BUDGET_S NAME:FLAGS [NAME:FLAGS ...]
 #
-# Each NAME trains `python -m iterprime_jax.training --out /tmp/runs/NAME FLAGS ...` with
+# Each NAME trains `python -m shapesref.training --out /tmp/runs/NAME FLAGS ...` with
 # `--time-budget BUDGET_S` and no diagnostics (those run afterwards on the CPU machine:
-# `python -m iterprime_jax.training --out DIR --diagnose-only`). Weights and logs come back as
+# `python -m shapesref.training --out DIR --diagnose-only`). Weights and logs come back as
 # $OUT/NAME.tar (split into 15 MB parts) and $OUT/NAME.log; a tar of the latest checkpoint is
 # refreshed every 60 s, so a run cut off by the command's limit still returns weights.
 # Needs on the device: its python3 (jax with CUDA, flax, optax, orbax, transformers) and the
@@ -30,7 +30,7 @@ pack() {  # NAME: tar the run directory into $OUT (15 MB parts)
 }
 
 # smoke: a few steps of a tiny model through the same code path, to fail in seconds, not minutes
-python3 -m iterprime_jax.training --out /tmp/runs/smoke --stream-workers 2 --stream-chunk 20 \
+python3 -m shapesref.training --out /tmp/runs/smoke --stream-workers 2 --stream-chunk 20 \
   --stream-scenes 100 --draws-per-chunk 64 --steps 5 --caption-steps 2 --caption-scenes 20 \
   --pretrain-steps 2 --pretrain-buffer 16 --batch-size 16 --width 32 --vision-layers 1 \
   --text-layers 1 --relation-pairs 2 --no-diagnose --no-progress > "$OUT/smoke.log" 2>&1 \
@@ -42,7 +42,7 @@ names=()
 for spec in "$@"; do
   name=${spec%%:*}; flags=${spec#*:}
   # shellcheck disable=SC2086
-  python3 -m iterprime_jax.training --out "/tmp/runs/$name" --time-budget "$BUDGET" \
+  python3 -m shapesref.training --out "/tmp/runs/$name" --time-budget "$BUDGET" \
     --no-diagnose --no-progress $flags > "$OUT/$name.log" 2>&1 &
   pids+=($!); names+=("$name")
 done

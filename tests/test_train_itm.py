@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import iterprime_jax
-from iterprime_jax import training
 from iterprime_jax.models.blip.modeling import itm_logits
-from iterprime_jax.training.trainer import _parser
+from shapesref import training
+from shapesref.training.trainer import _parser
 
 TINY = training.TrainConfig(
     steps=30, batch_size=16, lr=2e-3, warmup=3, width=32, heads=2, vision_layers=1,
@@ -118,7 +118,7 @@ def test_itm_by_negative_kind_reports_each_perturbation(tokenizer, pool):
 
 
 def test_swaps_are_false_and_differ_only_in_the_swapped_word(tokenizer):
-    from iterprime_jax import shapesref as sr
+    import shapesref as sr
 
     rng = np.random.default_rng(5)
     scene = sr.generate_scene(rng, sr.ShapesRefConfig(), "attribute")
@@ -155,7 +155,7 @@ def test_posemb_sincos_2d_init():
 
 
 def test_caption_pool_positives_present_negatives_absent(tokenizer):
-    from iterprime_jax import shapesref as sr
+    import shapesref as sr
 
     cap = training.caption_pool(TINY, tokenizer, 6, seed=1)
     again = training.caption_pool(TINY, tokenizer, 6, seed=1)
@@ -190,8 +190,8 @@ def test_curriculum_stages_and_vision_init(tokenizer, pool):
 
 
 def test_pretraining_lowers_the_presence_loss():
-    from iterprime_jax import shapesref as sr
-    from iterprime_jax.training import pretrain
+    import shapesref as sr
+    from shapesref.training import pretrain
 
     tc = dataclasses.replace(TINY, pretrain_steps=40, pretrain_lr=3e-3)
     cfg = training.model_config(tc)
@@ -214,7 +214,7 @@ def test_pretraining_lowers_the_presence_loss():
 
 
 def test_relation_pairs_are_certified_and_swap_roles_or_relation():
-    from iterprime_jax import shapesref as sr
+    import shapesref as sr
 
     rng = np.random.default_rng(11)
     n_neg_total = 0
@@ -246,7 +246,7 @@ def test_relation_pairs_are_certified_and_swap_roles_or_relation():
 
 
 def test_stream_pool_has_build_pools_scenes_and_follows_its_schedule(tokenizer):
-    from iterprime_jax.training.stream import StreamPool
+    from shapesref.training.stream import StreamPool
 
     tc = dataclasses.replace(TINY, relation_pairs=2)
     ref = training.build_pool(tc, tokenizer, 60, 4, workers=1, chunk=20)
@@ -279,7 +279,7 @@ def test_stream_pool_has_build_pools_scenes_and_follows_its_schedule(tokenizer):
 
 
 def test_cli_stream_time_budget_and_diagnose_only(tmp_path):
-    from iterprime_jax.training.trainer import main
+    from shapesref.training.trainer import main
 
     out = tmp_path / "m"
     common = ["--out", str(out), "--batch-size", "8", "--width", "32", "--heads", "2",
@@ -309,8 +309,8 @@ def test_cli_stream_time_budget_and_diagnose_only(tmp_path):
 
 
 def test_position_statements_are_certified_about_singled_out_objects():
-    from iterprime_jax import shapesref as sr
-    from iterprime_jax.shapesref.truth import _matching
+    import shapesref as sr
+    from shapesref.truth import _matching
 
     rng = np.random.default_rng(12)
     seen_pos = seen_neg = 0

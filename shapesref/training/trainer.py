@@ -4,7 +4,7 @@ Localisation-free throughout: the model never sees a mask, a box or a place. Thr
 
 1. image-level multi-label pretraining of the ViT on fresh scenes (`training.pretrain`: which
    shapes / colours / shape-colour / shape-size pairs are present), as BLIP's ViT starts from an
-   image classifier; or `--vision-init FILE` from `python -m iterprime_jax.training.pretrain`;
+   image classifier; or `--vision-init FILE` from `python -m shapesref.training.pretrain`;
 2. `caption_steps` of image-text matching on object captions ("red circle", "the small cross"
    vs. absent combinations, `data.caption_pool`): a curriculum;
 3. `steps` of image-text matching on referring expressions: positives are expressions of the
@@ -12,7 +12,7 @@ Localisation-free throughout: the model never sees a mask, a box or a place. Thr
    shape / size / position word / relation / landmark attribute, extra shape / size / relation
    swaps, absent attribute combinations, expressions of other images).
 
-    python -m iterprime_jax.training --out weights/shapesref-itm
+    python -m shapesref.training --out weights/shapesref-itm
 
 writes orbax params + `blip_config.json` (`iterprime_jax.models.convert.save_params`), the
 tokenizer (`vocab.txt`, `tokenizer_config.json`) and `training_log.json` (recipe, command, wall
@@ -46,11 +46,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..models.blip.config import BlipConfig
-from ..models.blip.modeling import itm_logits
-from ..models.conversion import restore_params, save_params
-from ..models.loading import METHOD_JSON
-from ..types import Params
+from iterprime_jax.models.blip.config import BlipConfig
+from iterprime_jax.models.blip.modeling import itm_logits
+from iterprime_jax.models.conversion import restore_params, save_params
+from iterprime_jax.models.loading import METHOD_JSON
+from iterprime_jax.types import Params
+
 from .config import DEFAULT_VOCAB, LOG_NAME, TrainConfig, make_tokenizer, model_config
 from .data import Pool, PoolLike, build_pool, caption_pool, normalise_images
 from .diagnostics import diagnose, recommended_method
@@ -207,7 +208,7 @@ def save_model(out_dir: str | Path, params: Params, config: BlipConfig,
 
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    ap = argparse.ArgumentParser(prog="python -m iterprime_jax.training",
+    ap = argparse.ArgumentParser(prog="python -m shapesref.training",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output directory (weights/shapesref-itm)")
     ap.add_argument("--vocab", default=str(DEFAULT_VOCAB), help="WordPiece vocab.txt")
@@ -217,7 +218,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="ShapesRef split of the probe (it picks method.json's layer)")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     ap.add_argument("--vision-init", default=None,
-                    help="ViT params from `python -m iterprime_jax.training.pretrain --out FILE` "
+                    help="ViT params from `python -m shapesref.training.pretrain --out FILE` "
                          "(default: run that pretraining first, `--pretrain-steps`; 'none': "
                          "ViT from scratch)")
     ap.add_argument("--checkpoint-every", type=int, default=0,
@@ -288,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     (Path(args.out) / "checkpoint.json").unlink(missing_ok=True)
     out = save_model(args.out, params, config, args.vocab)
     record = {
-        "command": "python -m iterprime_jax.training " + " ".join(argv),
+        "command": "python -m shapesref.training " + " ".join(argv),
         "wall_time_s": time.perf_counter() - t0,
         "train_time_s": time.perf_counter() - t1,
         "recipe": recipe.to_dict(),
