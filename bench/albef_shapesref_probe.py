@@ -64,12 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     from iterprime_jax.models.albef.config import AlbefConfig, AlbefTextConfig
     from iterprime_jax.models.blip.modeling import init_params
     from shapesref import training
+    from shapesref.training import posemb_sincos_2d
     from shapesref.training.data import build_pool, caption_pool, normalise_images
     from shapesref.training.trainer import (
-        _train_step,
         calibrate_steps,
+        init_state,
         make_optimizer,
-        posemb_sincos_2d,
+        make_train_step,
         save_model,
     )
 
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pool {t_pool:.0f}s; {steps} expression steps at {per_step * 1e3:.1f} ms",
           file=sys.stderr, flush=True)
     opt = make_optimizer(tc)
-    state = opt.init(params)
+    train_step = make_train_step(config, opt)
+    state = init_state(params, opt)
     rng = np.random.default_rng([tc.seed, 1])
     history, losses, accs = [], [], []
     t0 = time.perf_counter()
@@ -128,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(1, total + 1):
         src = captions if step <= tc.caption_steps else pool
         images, ids, mask, labels = src.sample(rng, tc.batch_size)
-        params, state, loss, acc = _train_step(params, config, opt, state,
-                                               normalise_images(images, config), ids, mask,
-                                               labels)
+        state, loss, acc = train_step(state, normalise_images(images, config), ids, mask,
+                                      labels)
         losses.append(loss)
         accs.append(acc)
         if step % 250 == 0 or step == total:
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             losses, accs = [], []
             print(row, file=sys.stderr, flush=True)
     t_train = time.perf_counter() - t0
-    params = jax.device_get(params)
+    params = jax.device_get(state.params)
     out = save_model(args.out, params, config)
 
     held = build_pool(dataclasses.replace(tc, refs_per_scene=1), tok, 1000,

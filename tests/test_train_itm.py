@@ -58,6 +58,31 @@ def test_loss_decreases(tokenizer, pool):
     assert last < first - 0.02, (first, last)
 
 
+def test_train_step_closes_over_the_optimizer_compiles_once_and_donates(tokenizer, pool):
+    from shapesref.training.trainer import init_state, make_optimizer, make_train_step
+
+    config = training.model_config(TINY)
+    params = training.init_model(TINY, config, jax.random.PRNGKey(0))
+    opt = make_optimizer(TINY)
+    step = make_train_step(config, opt)
+    state = init_state(params, opt)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        images, ids, mask, labels = pool.sample(rng, TINY.batch_size)
+        old = state
+        state, loss, acc = step(state, training.normalise_images(images, config), ids, mask,
+                                labels)
+        assert np.isfinite(float(loss)) and 0.0 <= float(acc) <= 1.0
+    assert step._cache_size() == 1  # one compilation for the run: no static optax argument
+    leaf = jax.tree_util.tree_leaves(old.params)[0]
+    assert leaf.is_deleted()  # the state was donated
+    first = jax.tree_util.tree_leaves(params)[0]
+    assert not first.is_deleted()  # init_state copied the caller's params
+    moved = jax.tree_util.tree_map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                                   params, jax.device_get(state.params))
+    assert any(jax.tree_util.tree_leaves(moved))
+
+
 def test_save_load_roundtrip(tmp_path, tokenizer, pool):
     tc = dataclasses.replace(TINY, steps=2)
     params, config, history, _ = training.train(tc, tokenizer, pool, progress=False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -118,7 +119,7 @@ def pretrain_vision(recipe: TrainConfig, eval_every: int = 250
                       optax.adamw(sched, weight_decay=recipe.weight_decay))
     opt_state = opt.init(params)
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=(0, 1))  # the optimizer closed over
     def step(params: dict, opt_state: Any, pixels: jax.Array, y: jax.Array):
         loss, grads = jax.value_and_grad(_loss)(params, config, pixels, y)
         updates, opt_state = opt.update(grads, opt_state, params)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import logging
 import shutil
@@ -39,7 +38,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -90,14 +89,39 @@ def _loss_fn(params: Params, config: BlipConfig, pixels: jax.Array, ids: jax.Arr
     return loss, acc
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _train_step(params: Params, config: BlipConfig, opt: optax.GradientTransformation,
-                opt_state: Any, pixels: jax.Array, ids: jax.Array, mask: jax.Array,
-                labels: jax.Array) -> tuple[Params, Any, jax.Array, jax.Array]:
-    (loss, acc), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
-        params, config, pixels, ids, mask, labels)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, acc
+class TrainState(NamedTuple):
+    """What a training step updates: the model's parameters and the optimizer's state."""
+
+    params: Params
+    opt_state: Any
+
+
+#: ``step(state, pixels (B, H, W, 3) float32, ids (B, L) int32, mask (B, L) int32,
+#: labels (B,) int32) -> (state, loss, accuracy)`` (scalars, batch means).
+TrainStep = Callable[..., tuple[TrainState, jax.Array, jax.Array]]
+
+
+def make_train_step(config: BlipConfig, opt: optax.GradientTransformation) -> TrainStep:
+    """The jitted ITM training step of model `config` with the optimizer `opt` closed over:
+    one compilation per call of this function (per run), whatever `opt` is. The state is
+    donated: its buffers are reused for the new state, so the caller keeps only the state
+    returned."""
+
+    def step(state: TrainState, pixels: jax.Array, ids: jax.Array, mask: jax.Array,
+             labels: jax.Array) -> tuple[TrainState, jax.Array, jax.Array]:
+        (loss, acc), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
+            state.params, config, pixels, ids, mask, labels)
+        updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state), loss, acc
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def init_state(params: Params, opt: optax.GradientTransformation) -> TrainState:
+    """A `TrainState` of a device copy of `params` (the step donates it, the caller's
+    `params` stay valid) and `opt`'s initial state."""
+    params = jax.tree_util.tree_map(jnp.array, params)  # copies
+    return TrainState(params, opt.init(params))
 
 
 def calibrate_steps(recipe: TrainConfig, config: BlipConfig, params: Params, pool: PoolLike,
@@ -106,17 +130,16 @@ def calibrate_steps(recipe: TrainConfig, config: BlipConfig, params: Params, poo
     `budget_s` seconds: (steps, measured seconds per step). Times `repeats` steps (after one
     compiling step) on batches of `pool`, on a copy of `params` that is thrown away."""
     opt = make_optimizer(recipe)
-    state = opt.init(params)
+    step = make_train_step(config, opt)
+    state = init_state(params, opt)
     rng = np.random.default_rng([recipe.seed, 99])
-    p = params
     for i in range(repeats + 1):
         if i == 1:
-            jax.block_until_ready(p)
+            jax.block_until_ready(state)
             t0 = time.perf_counter()
         images, ids, mask, labels = pool.sample(rng, recipe.batch_size)
-        p, state, loss, _ = _train_step(p, config, opt, state, normalise_images(images, config),
-                                        ids, mask, labels)
-    jax.block_until_ready(p)
+        state, _, _ = step(state, normalise_images(images, config), ids, mask, labels)
+    jax.block_until_ready(state)
     per_step = (time.perf_counter() - t0) / repeats
     return max(1, int(budget_s / per_step) - recipe.caption_steps), per_step
 
@@ -161,7 +184,9 @@ def train(recipe: TrainConfig, tokenizer: Any | None = None, pool: PoolLike | No
                  1e3 * per_step, steps)
         recipe = dataclasses.replace(recipe, steps=steps)
     opt = make_optimizer(recipe)
-    opt_state = opt.init(params)
+    train_step = make_train_step(config, opt)  # compiled once for the run
+    state = init_state(params, opt)
+    del params
     rng = np.random.default_rng([recipe.seed, 1])
     history: list[dict[str, float]] = []
     losses: list[jax.Array] = []
@@ -174,8 +199,7 @@ def train(recipe: TrainConfig, tokenizer: Any | None = None, pool: PoolLike | No
         src = captions if stage == "captions" else pool
         assert src is not None
         images, ids, mask, labels = src.sample(rng, recipe.batch_size)
-        params, opt_state, loss, acc = _train_step(
-            params, config, opt, opt_state, normalise_images(images, config), ids, mask, labels)
+        state, loss, acc = train_step(state, normalise_images(images, config), ids, mask, labels)
         losses.append(loss)
         accs.append(acc)
         if step % recipe.log_every == 0 or step == total or step == recipe.caption_steps:
@@ -189,8 +213,8 @@ def train(recipe: TrainConfig, tokenizer: Any | None = None, pool: PoolLike | No
             log.info("step %d (%s): loss %.4f, ITM accuracy %.3f, lr %.2e", step, stage, lv,
                      av, row["lr"])
         if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
-            checkpoint(step, jax.device_get(params), config)
-    return jax.device_get(params), config, history, recipe
+            checkpoint(step, jax.device_get(state.params), config)
+    return jax.device_get(state.params), config, history, recipe
 
 
 def save_model(out_dir: str | Path, params: Params, config: BlipConfig,
