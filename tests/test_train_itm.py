@@ -354,7 +354,7 @@ def test_position_statements_are_certified_about_singled_out_objects():
 
 
 def test_patch_position_information_sees_position_embeddings():
-    from bench.patch_position_info import patch_position_information
+    from shapesref.scripts.patch_position_info import patch_position_information
 
     tc = dataclasses.replace(TINY, pos_init="sincos")
     cfg = training.model_config(tc)

@@ -1,7 +1,7 @@
 """Diagnostics of a trained ITM model: held-out ITM accuracy (`evaluate_itm`), accuracy per
 hard-negative type (`itm_by_negative_kind`) and the Grad-CAM localisation probe
 (`localisation_probe`) that picks the Grad-CAM layer recorded in `method.json`; `diagnose`
-runs them all (the training CLI and `bench/recipe_probe.py`)."""
+runs them all (the training CLI and `shapesref/scripts/recipe_probe.py`)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ the diagnostics the recipe probes record (held-out ITM accuracy, per hard-negati
 train split), method.json with the probe's best fusion layer, then the train-split selection
 run (`run_eval.py --split train --limit 150`: per-kind mIoU) compared with the shipped model's.
 
-    python bench/albef_shapesref_probe.py --text-only 2 --fusion 3 --time-budget 600 \\
+    python shapesref/scripts/albef_shapesref_probe.py --text-only 2 --fusion 3 --time-budget 600 \\
         --out /tmp/albef-probe --record bench/results/albef-layout-probe.json
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sel = {} if args.no_selection else selection(out, "albef")
     record = {
-        "command": "python " + " ".join(["bench/albef_shapesref_probe.py", *sys.argv[1:]]),
+        "command": " ".join(["python shapesref/scripts/albef_shapesref_probe.py",
+                             *sys.argv[1:]]),
         "layout": {"text_only_layers": args.text_only, "fusion_layers": args.fusion,
                    "model_config": config.to_dict()},
         "recipe": tc.to_dict(), "time_budget_s": args.time_budget,

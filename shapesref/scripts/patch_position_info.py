@@ -3,7 +3,7 @@ read-out of each output patch token's row and column (`patch_position_informatio
 on the 5x5 grid). A research diagnostic of the ShapesRef training rounds (docs/shapesref.md),
 kept here, outside the library.
 
-    python bench/patch_position_info.py NAME=PATH [NAME=PATH ...] [--out FILE]
+    python shapesref/scripts/patch_position_info.py NAME=PATH [NAME=PATH ...] [--out FILE]
 
 PATH: a saved model directory (`iterprime_jax.load`), a `vision.msgpack` from
 `python -m shapesref.training.pretrain` (its `.json` gives the recipe), or `init:normal` /
@@ -91,7 +91,7 @@ def main() -> None:
         print(f"{name:<28}{r['width']:>6}{r['layers']:>7}{r['row']:>7.3f}{r['column']:>8.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(
-            {"command": "python bench/patch_position_info.py " + " ".join(sys.argv[1:]),
+            {"command": "python shapesref/scripts/patch_position_info.py " + " ".join(sys.argv[1:]),
              "models": rows}, indent=1))
 
 

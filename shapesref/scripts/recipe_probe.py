@@ -1,7 +1,7 @@
 """Short training runs of the ShapesRef ITM model, one recipe change each, compared on what
 IteRPrimE needs from it.
 
-    python bench/recipe_probe.py NAME [--steps 3000] [--set FIELD=VALUE ...] [--out DIR]
+    python shapesref/scripts/recipe_probe.py NAME [--steps 3000] [--set FIELD=VALUE ...] [--out DIR]
                                       [--vision-init FILE]
 
 Trains `training.TrainConfig` with the given overrides (`--set pos_init=sincos`,
@@ -28,10 +28,10 @@ from pathlib import Path
 
 from shapesref import training
 
-try:  # run as `python bench/recipe_probe.py` or imported as bench.recipe_probe
+try:  # run as a script, or imported as shapesref.scripts.recipe_probe
     from patch_position_info import patch_position_information
 except ImportError:
-    from bench.patch_position_info import patch_position_information
+    from shapesref.scripts.patch_position_info import patch_position_information
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, object]:
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("name")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "bench" / "results"))
     ap.add_argument("--vision-init", default=None,
                     help="ViT from `python -m shapesref.training.pretrain --out FILE` "
                          "(default: from scratch)")
