@@ -114,3 +114,33 @@ def test_shapesref_is_registered_by_its_entry_point():
     assert c.dataset == "shapesref" and c.split == "val"
     assert Path(str(c.weights)).is_dir() and (Path(str(c.weights)) / "blip_config.json").is_file()
     assert c.manual_dir is not None and Path(c.manual_dir).name == "shapesref"
+
+
+def test_by_kind_report_uses_the_library_metrics_and_convention():
+    import numpy as np
+
+    from iterprime_jax.metrics import summarize
+    from shapesref.by_kind import summarize_by_kind
+
+    samples = [  # IoU exactly 0.5, an empty union, a miss, a hit
+        {"kind": "attribute", "I": 50, "U": 100, "has_candidate": True, "ref_id": 1},
+        {"kind": "attribute", "I": 0, "U": 0, "has_candidate": False, "ref_id": 1},
+        {"kind": "relation", "I": 0, "U": 40, "has_candidate": True, "ref_id": 2},
+        {"kind": "relation", "I": 90, "U": 100, "has_candidate": True, "ref_id": 2},
+    ]
+    chance = {1: 0.25, 2: 0.5}
+    for convention in ("standard", "iterprime", "phrasecut"):
+        table = summarize_by_kind(samples, chance, convention)
+        for kind, rows in (("attribute", samples[:2]), ("relation", samples[2:]),
+                           ("all", samples)):
+            ref = summarize(np.array([s["I"] for s in rows]), np.array([s["U"] for s in rows]),
+                            convention)
+            for key in ("mIoU", "oIoU", "prec@0.5"):
+                assert table[kind][key] == ref[key], (convention, kind, key)
+        assert table["all"]["sentences"] == 4 and table["all"]["no_candidate"] == 1
+        assert table["all"]["chance_mIoU"] == 0.375
+    # the conventions differ here: IoU 0.5 counts only under >= (standard); the empty union
+    # scores 1 only under iterprime
+    assert summarize_by_kind(samples, chance, "standard")["attribute"]["prec@0.5"] == 0.5
+    assert summarize_by_kind(samples, chance, "phrasecut")["attribute"]["prec@0.5"] == 0.0
+    assert summarize_by_kind(samples, chance, "iterprime")["attribute"]["prec@0.5"] == 1.0

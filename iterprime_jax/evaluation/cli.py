@@ -47,7 +47,7 @@ def _shipped_method() -> tuple[dict[str, Any], str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from iterprime_jax.cli_args import add_method_args, add_precision_arg, add_proposer_args
+    """The evaluation CLI's parser: the data flags here, the rest in `_add_run_args`."""
     from iterprime_jax.evaluation import EvalConfig
     from iterprime_jax.evaluation.config import default_data_dir
     from iterprime_jax.evaluation.datasets import dataset_names
@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--unseen", action="store_true",
                     help="PhraseCut: drop the tasks whose category is one of COCO's 80 classes "
                          "(Global-Local CLIP's 'unseen' evaluation)")
+    _add_run_args(ap)
+    return ap
+
+
+def _add_run_args(ap: argparse.ArgumentParser) -> None:
+    """The flags of what to run and how (ablation, record, precision, output, proposer,
+    processes) and the method's flags (defaults from the shipped model's method.json)."""
+    from iterprime_jax.cli_args import add_method_args, add_precision_arg, add_proposer_args
+
     ap.add_argument("--ablation", action="store_true",
                     help="run the paper's ablation (threshold, +proposals, +PWE, +IGRS 2/3/4, "
                          "full) and write OUT/ablation.json")
@@ -117,7 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-processes", type=int, default=None)
     g.add_argument("--process-id", type=int, default=None)
     add_method_args(ap, *_shipped_method())
-    return ap
 
 
 def _rename_first_column(table: str, name: str) -> str:

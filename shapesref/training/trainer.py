@@ -164,16 +164,8 @@ def train(recipe: TrainConfig, tokenizer: Any | None = None, pool: PoolLike | No
     """
     from tqdm.auto import tqdm
 
-    tokenizer = make_tokenizer() if tokenizer is None else tokenizer
     config = model_config(recipe)
-    if pool is None:
-        t0 = time.perf_counter()
-        pool = build_pool(recipe, tokenizer, recipe.pool_scenes, recipe.seed)
-        log.info("generated %d training scenes, %d texts (%d positives, %d negatives) in %.1fs",
-                 len(pool), len(pool.texts), len(pool.pos), len(pool.neg),
-                 time.perf_counter() - t0)
-    if captions is None and recipe.caption_steps:
-        captions = caption_pool(recipe, tokenizer, recipe.caption_scenes, recipe.seed + 1)
+    pool, captions = _pools(recipe, tokenizer, pool, captions)
     key = jax.random.PRNGKey(recipe.seed)
     params = init_model(recipe, config, key)
     if vision_init is not None:
@@ -203,18 +195,37 @@ def train(recipe: TrainConfig, tokenizer: Any | None = None, pool: PoolLike | No
         losses.append(loss)
         accs.append(acc)
         if step % recipe.log_every == 0 or step == total or step == recipe.caption_steps:
-            lv = float(np.mean(jax.device_get(losses)))
-            av = float(np.mean(jax.device_get(accs)))
-            row = {"step": step, "stage": stage, "loss": lv, "accuracy": av,
-                   "lr": float(sched(step))}
-            history.append(row)
+            history.append(_log_row(step, stage, losses, accs, float(sched(step)), bar))
             losses, accs = [], []
-            bar.set_postfix(loss=f"{lv:.3f}", acc=f"{av:.3f}")
-            log.info("step %d (%s): loss %.4f, ITM accuracy %.3f, lr %.2e", step, stage, lv,
-                     av, row["lr"])
         if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
             checkpoint(step, jax.device_get(state.params), config)
     return jax.device_get(state.params), config, history, recipe
+
+
+def _pools(recipe: TrainConfig, tokenizer: Any | None, pool: PoolLike | None,
+           captions: Pool | None) -> tuple[PoolLike, Pool | None]:
+    """The expression pool and the caption pool of `train`: the ones given, else built."""
+    tokenizer = make_tokenizer() if tokenizer is None else tokenizer
+    if pool is None:
+        t0 = time.perf_counter()
+        pool = build_pool(recipe, tokenizer, recipe.pool_scenes, recipe.seed)
+        log.info("generated %d training scenes, %d texts (%d positives, %d negatives) in %.1fs",
+                 len(pool), len(pool.texts), len(pool.pos), len(pool.neg),
+                 time.perf_counter() - t0)
+    if captions is None and recipe.caption_steps:
+        captions = caption_pool(recipe, tokenizer, recipe.caption_scenes, recipe.seed + 1)
+    return pool, captions
+
+
+def _log_row(step: int, stage: str, losses: list[jax.Array], accs: list[jax.Array], lr: float,
+             bar: Any) -> dict[str, Any]:
+    """A history row: the mean loss and accuracy of the steps since the last row (fetched
+    from the device here, once per row), shown on the progress bar and logged."""
+    lv = float(np.mean(jax.device_get(losses)))
+    av = float(np.mean(jax.device_get(accs)))
+    bar.set_postfix(loss=f"{lv:.3f}", acc=f"{av:.3f}")
+    log.info("step %d (%s): loss %.4f, ITM accuracy %.3f, lr %.2e", step, stage, lv, av, lr)
+    return {"step": step, "stage": stage, "loss": lv, "accuracy": av, "lr": lr}
 
 
 def save_model(out_dir: str | Path, params: Params, config: BlipConfig,
