@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from iterprime_jax.evaluation.config import shipped_model
 from iterprime_jax.evaluation.datasets import DatasetHooks
 from iterprime_jax.models.loading import cache_dir
-from iterprime_jax.shipped import SHAPESREF_MODEL, SHAPESREF_MODEL_NAME
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,10 @@ def default_manual_dir() -> Path:
 
 
 def default_weights() -> str:
-    """The shipped small model (`iterprime_jax.shipped.SHAPESREF_MODEL`, package data, wherever
-    the working directory is), resolved; its checkout path (``weights/shapesref-itm``) when the
-    package lacks it."""
-    return str(SHAPESREF_MODEL.resolve()) if SHAPESREF_MODEL.is_dir() else SHAPESREF_MODEL_NAME
+    """The small model trained on ShapesRef and shipped with the library
+    (`iterprime_jax.shipped.SHAPESREF_MODEL`, package data, wherever the working directory is),
+    resolved (`iterprime_jax.evaluation.config.shipped_model`)."""
+    return shipped_model()
 
 
 def ensure_shapesref(manual_dir: str | Path) -> None:

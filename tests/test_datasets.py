@@ -100,8 +100,11 @@ def test_register_dataset_supplies_defaults(tmp_path):
     finally:
         ds.unregister_dataset("toyset")
     assert "toyset" not in ds.dataset_names()
-    # a library dataset has no default model: an error naming --weights once a model is loaded
-    assert EvalConfig(dataset="refcoco_unc").with_defaults().weights is None
+    # a library dataset has no default model of its own: the library's shipped demo model
+    from iterprime_jax.shipped import SHAPESREF_MODEL
+
+    assert EvalConfig(dataset="refcoco_unc").with_defaults().weights == str(
+        SHAPESREF_MODEL.resolve())
 
 
 def test_shapesref_is_registered_by_its_entry_point():

@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"TFDS data dir, the build cache (default: {default_data_dir()})")
     ap.add_argument("--weights", default=defaults.weights,
                     help="converted weights dir or Hugging Face hub id, converted once "
-                         "(default: the dataset's model; ShapesRef: the shipped small model "
-                         f"{SHAPESREF_MODEL_NAME})")
+                         "(default: the dataset's model if it has one, else the shipped small "
+                         f"model {SHAPESREF_MODEL_NAME})")
     ap.add_argument("--proposals", default=defaults.proposals,
                     help="gt (oracle instance masks; not for PhraseCut), heatmap (no proposals: "
                          "thresholded heat map), mask2former (computed on the fly with "

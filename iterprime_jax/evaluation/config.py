@@ -11,6 +11,7 @@ from typing import Any
 
 from ..config import IteRPrimEConfig
 from ..models.mask2former.preprocess import ProposeConfig
+from ..shipped import SHAPESREF_MODEL, SHAPESREF_MODEL_NAME
 from .datasets import LIBRARY_DATASETS, dataset_hooks
 
 DATASETS = LIBRARY_DATASETS  # the library's; `datasets.dataset_names()` adds the registered
@@ -31,6 +32,15 @@ TINY_CANVAS = 128  # canvases up to this side get a default batch of 8 images
 def default_data_dir() -> Path:
     """TFDS's own default data dir: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``."""
     return Path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()
+
+
+def shipped_model() -> str:
+    """The library's shipped small demo model (`iterprime_jax.shipped.SHAPESREF_MODEL`, package
+    data, found wherever the working directory is), resolved; its checkout path when the
+    package lacks it (the caller reports it missing)."""
+    if SHAPESREF_MODEL.is_dir():
+        return str(SHAPESREF_MODEL.resolve())
+    return SHAPESREF_MODEL_NAME
 
 
 def default_out(dataset: str, split: str) -> str:
@@ -63,8 +73,8 @@ class EvalConfig:
       data_dir: TFDS data dir (built array_record files are cached there); None:
         `default_data_dir()` (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
       weights: converted checkpoint dir or Hugging Face hub id (`runner.resolve_weights`);
-        None: the dataset's ``default_weights`` hook (ShapesRef: the shipped model, found
-        wherever the package is), else an EvalError asking for it; an optional
+        None: the dataset's ``default_weights`` hook (ShapesRef: the shipped model), else the
+        library's shipped demo model (`shipped_model`); an optional
         ``method.json`` there holds recommended `IteRPrimEConfig` fields for that model.
       proposals: ``"gt"`` (the image's instance masks, oracle), ``"heatmap"`` (no proposals:
         thresholded heat map), ``"mask2former"`` (computed on the fly from the checkpoint
@@ -131,8 +141,9 @@ class EvalConfig:
             fill["data_dir"] = str(default_data_dir())
         if self.manual_dir is None and hooks is not None and hooks.default_manual_dir:
             fill["manual_dir"] = str(hooks.default_manual_dir())
-        if self.weights is None and hooks is not None and hooks.default_weights:
-            fill["weights"] = hooks.default_weights()
+        if self.weights is None:
+            fill["weights"] = (hooks.default_weights() if hooks is not None
+                               and hooks.default_weights else shipped_model())
         if self.out is None:
             fill["out"] = default_out(self.dataset, self.split)
         return self.replace(**fill) if fill else self

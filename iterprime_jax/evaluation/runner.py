@@ -154,10 +154,8 @@ def load_model(config: EvalConfig, model: Model | None) -> tuple[Model, Path]:
             check_precision(config.precision, "precision")
         except ValueError as e:
             raise EvalError(str(e)) from None
+    config = config.with_defaults()  # weights: the dataset's default model if not given
     path = getattr(model, "path", None)
-    if path is None and config.weights is None:
-        raise EvalError(f"dataset {config.dataset} has no default model: give --weights (a "
-                        "converted directory or a Hugging Face hub id)")
     if model is None:
         weights = resolve_weights(str(config.weights))
         if not weights.is_dir():
