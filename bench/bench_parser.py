@@ -20,9 +20,9 @@ from bench_common import write_record
 from transformers import BertTokenizer
 
 from iterprime_jax.config import IteRPrimEConfig
-from iterprime_jax.evaluation.config import default_shapesref_dir
 from iterprime_jax.method.language import StanzaParser, encode_batch, load_spacy
 from iterprime_jax.shipped import VOCAB
+from shapesref.evaluation import default_manual_dir
 
 
 def val_sentences(refs: Path) -> list[str]:
@@ -55,7 +55,7 @@ def best_of(fn, repeats: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--refs", type=Path,
-                    default=default_shapesref_dir() / "shapesref" / "refs(unc).p")
+                    default=default_manual_dir() / "shapesref" / "refs(unc).p")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("bench/results/parser-cpu.json"))
     args = ap.parse_args()

@@ -3,7 +3,8 @@
 The public API, re-exported: the models (`models`: BLIP and ALBEF ITM configs, parameters,
 conversion, loading; the Mask2Former proposal network's config, forward pass and `propose`), the
 method (`method`: Grad-CAM, IGRS, `segment`) and the method's switches (`IteRPrimEConfig`).
-Evaluation, ShapesRef and training are subpackages.
+Evaluation is a subpackage; ShapesRef and the small model's training are a project of their
+own beside the library (the package `shapesref`), which the library never imports.
 """
 
 from .config import IteRPrimEConfig

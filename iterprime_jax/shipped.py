@@ -16,3 +16,5 @@ from pathlib import Path
 DATA = Path(str(importlib.resources.files("iterprime_jax") / "data"))
 VOCAB = DATA / "bert-base-uncased-vocab.txt"
 SHAPESREF_MODEL = DATA / "shapesref-itm"
+#: Where `SHAPESREF_MODEL` lives in a repository checkout (how docs and ``--help`` name it).
+SHAPESREF_MODEL_NAME = "weights/shapesref-itm"

@@ -59,7 +59,7 @@ def quokka_proposals(path: Path) -> Path:
 
 def small_shapesref(root: Path) -> Path:
     """A ShapesRef val split of `SHAPES_NUM_VAL` images under `root` (refer layout)."""
-    from iterprime_jax.shapesref import ShapesRefConfig, write_shapesref
+    from shapesref import ShapesRefConfig, write_shapesref
 
     write_shapesref(root, ShapesRefConfig(num_train=0, num_val=SHAPES_NUM_VAL, num_test_a=0,
                                           num_test_b=0, seed=3))

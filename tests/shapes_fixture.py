@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from iterprime_jax import evaluation as ev
-from iterprime_jax.shapesref import ShapesRefConfig, write_shapesref
+from shapesref import ShapesRefConfig, write_shapesref
 
 
 def built_shapesref_val(root: Path, num_val: int, seed: int = 5) -> dict[str, Path]:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import iterprime_jax as ij
-from iterprime_jax import shapesref as sr
+import shapesref as sr
 
 from .float32 import assert_clear_margin
 

@@ -15,7 +15,7 @@ import iterprime_jax as ij
 import run_eval
 from iterprime_jax.method import language
 from iterprime_jax.models.convert import main as convert_main
-from iterprime_jax.shapesref import ShapesRefConfig, write_shapesref
+from shapesref import ShapesRefConfig, write_shapesref
 from tests.albef_ref import Sizes, random_albef_state_dict, save_pth
 from tests.refer_fixture import write_refer_fixture
 from tests.test_albef import bert_config_json, cli_args

@@ -30,7 +30,7 @@ from iterprime_jax import evaluation as ev
 from iterprime_jax.cli_args import method_overrides
 from iterprime_jax.config import IteRPrimEConfig
 from iterprime_jax.method.settings import resolve_method
-from iterprime_jax.shapesref import (
+from shapesref import (
     ShapesRefConfig,
     decode_segmentation,
     generate_example,

@@ -18,7 +18,7 @@ NOISE = ("Unable to initialize backend", "PyTorch was not found")
 def test_installed_console_command_from_any_directory(tmp_path):
     src, target = tmp_path / "src", tmp_path / "site"  # build from a copy: no build/ in ROOT
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    for name in ("iterprime_jax", "tfds_refcoco"):
+    for name in ("iterprime_jax", "tfds_refcoco", "shapesref"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
@@ -35,7 +35,7 @@ def test_installed_console_command_from_any_directory(tmp_path):
                            text=True, check=True).stdout
     assert "--dataset" in help_ and "--record" in help_ and "--iterations" in help_
     # the installed copy, with the training vocabulary inside it
-    code = ("import iterprime_jax, iterprime_jax.training as t; "
+    code = ("import iterprime_jax, shapesref.training as t; "
             "print(iterprime_jax.__file__); print(t.DEFAULT_VOCAB, t.DEFAULT_VOCAB.is_file())")
     where = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
                            text=True, check=True).stdout.split()

@@ -25,7 +25,7 @@ from iterprime_jax.evaluation import index as evi
 from iterprime_jax.evaluation import proposals as evp
 from iterprime_jax.models.mask2former.preprocess import ProposeConfig
 from iterprime_jax.models.mask2former.propose import propose_step
-from iterprime_jax.shapesref import ShapesRefConfig, write_shapesref
+from shapesref import ShapesRefConfig, write_shapesref
 from tests.test_propose import torch_postprocess, torch_preprocess
 
 DATA = Path(__file__).parent / "data"

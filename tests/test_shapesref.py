@@ -1,4 +1,4 @@
-"""Tests of the ShapesRef generator (iterprime_jax.shapesref): layout, exact masks, semantics."""
+"""Tests of the ShapesRef generator (shapesref): layout, exact masks, semantics."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from iterprime_jax import shapesref as sr
+import shapesref as sr
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import iterprime_jax as ij
-from iterprime_jax import shapesref as sr
+import shapesref as sr
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = Path(os.environ.get("ITERPRIME_SHIPPED_WEIGHTS", ROOT / "weights" / "shapesref-itm"))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import iterprime_jax
-from iterprime_jax import training
 from iterprime_jax.models.blip.modeling import itm_logits
-from iterprime_jax.training.trainer import _parser
+from shapesref import training
+from shapesref.training.trainer import _parser
 
 TINY = training.TrainConfig(
     steps=30, batch_size=16, lr=2e-3, warmup=3, width=32, heads=2, vision_layers=1,
@@ -56,6 +56,31 @@ def test_loss_decreases(tokenizer, pool):
     assert np.all(np.isfinite(losses))
     first, last = float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
     assert last < first - 0.02, (first, last)
+
+
+def test_train_step_closes_over_the_optimizer_compiles_once_and_donates(tokenizer, pool):
+    from shapesref.training.trainer import init_state, make_optimizer, make_train_step
+
+    config = training.model_config(TINY)
+    params = training.init_model(TINY, config, jax.random.PRNGKey(0))
+    opt = make_optimizer(TINY)
+    step = make_train_step(config, opt)
+    state = init_state(params, opt)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        images, ids, mask, labels = pool.sample(rng, TINY.batch_size)
+        old = state
+        state, loss, acc = step(state, training.normalise_images(images, config), ids, mask,
+                                labels)
+        assert np.isfinite(float(loss)) and 0.0 <= float(acc) <= 1.0
+    assert step._cache_size() == 1  # one compilation for the run: no static optax argument
+    leaf = jax.tree_util.tree_leaves(old.params)[0]
+    assert leaf.is_deleted()  # the state was donated
+    first = jax.tree_util.tree_leaves(params)[0]
+    assert not first.is_deleted()  # init_state copied the caller's params
+    moved = jax.tree_util.tree_map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                                   params, jax.device_get(state.params))
+    assert any(jax.tree_util.tree_leaves(moved))
 
 
 def test_save_load_roundtrip(tmp_path, tokenizer, pool):
@@ -118,7 +143,7 @@ def test_itm_by_negative_kind_reports_each_perturbation(tokenizer, pool):
 
 
 def test_swaps_are_false_and_differ_only_in_the_swapped_word(tokenizer):
-    from iterprime_jax import shapesref as sr
+    import shapesref as sr
 
     rng = np.random.default_rng(5)
     scene = sr.generate_scene(rng, sr.ShapesRefConfig(), "attribute")
@@ -155,7 +180,7 @@ def test_posemb_sincos_2d_init():
 
 
 def test_caption_pool_positives_present_negatives_absent(tokenizer):
-    from iterprime_jax import shapesref as sr
+    import shapesref as sr
 
     cap = training.caption_pool(TINY, tokenizer, 6, seed=1)
     again = training.caption_pool(TINY, tokenizer, 6, seed=1)
@@ -190,8 +215,8 @@ def test_curriculum_stages_and_vision_init(tokenizer, pool):
 
 
 def test_pretraining_lowers_the_presence_loss():
-    from iterprime_jax import shapesref as sr
-    from iterprime_jax.training import pretrain
+    import shapesref as sr
+    from shapesref.training import pretrain
 
     tc = dataclasses.replace(TINY, pretrain_steps=40, pretrain_lr=3e-3)
     cfg = training.model_config(tc)
@@ -214,7 +239,7 @@ def test_pretraining_lowers_the_presence_loss():
 
 
 def test_relation_pairs_are_certified_and_swap_roles_or_relation():
-    from iterprime_jax import shapesref as sr
+    import shapesref as sr
 
     rng = np.random.default_rng(11)
     n_neg_total = 0
@@ -246,7 +271,7 @@ def test_relation_pairs_are_certified_and_swap_roles_or_relation():
 
 
 def test_stream_pool_has_build_pools_scenes_and_follows_its_schedule(tokenizer):
-    from iterprime_jax.training.stream import StreamPool
+    from shapesref.training.stream import StreamPool
 
     tc = dataclasses.replace(TINY, relation_pairs=2)
     ref = training.build_pool(tc, tokenizer, 60, 4, workers=1, chunk=20)
@@ -279,7 +304,7 @@ def test_stream_pool_has_build_pools_scenes_and_follows_its_schedule(tokenizer):
 
 
 def test_cli_stream_time_budget_and_diagnose_only(tmp_path):
-    from iterprime_jax.training.trainer import main
+    from shapesref.training.trainer import main
 
     out = tmp_path / "m"
     common = ["--out", str(out), "--batch-size", "8", "--width", "32", "--heads", "2",
@@ -309,8 +334,8 @@ def test_cli_stream_time_budget_and_diagnose_only(tmp_path):
 
 
 def test_position_statements_are_certified_about_singled_out_objects():
-    from iterprime_jax import shapesref as sr
-    from iterprime_jax.shapesref.truth import _matching
+    import shapesref as sr
+    from shapesref.truth import _matching
 
     rng = np.random.default_rng(12)
     seen_pos = seen_neg = 0
@@ -329,7 +354,7 @@ def test_position_statements_are_certified_about_singled_out_objects():
 
 
 def test_patch_position_information_sees_position_embeddings():
-    from bench.patch_position_info import patch_position_information
+    from shapesref.scripts.patch_position_info import patch_position_information
 
     tc = dataclasses.replace(TINY, pos_init="sincos")
     cfg = training.model_config(tc)

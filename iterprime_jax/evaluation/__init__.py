@@ -5,11 +5,12 @@ tfds_refcoco split, group its refs by image), `phrasecut` (PhraseCut tasks, subs
 `proposals` (gt / heatmap / mask2former / RLE-JSON proposals file), `proposer` (Mask2Former
 proposals on the fly, --save-proposals), `loader` (host batches, prefetch thread), `device`
 (mesh, jitted encode and eval step), `fingerprint` (content hashes of weights and files),
-`records` (samples.jsonl, run_config.json, resume, metrics from records), `by_kind` (ShapesRef
-results per expression kind with chance), `distributed` (jax.distributed start-up, barriers,
-each process's images), `runner` (`evaluate`: the resumable driver; its docstring lists the
-files written), `ablation` (`run_ablation`) with `bootstrap` (paired intervals), `gallery` (a
-run's worst samples re-rendered) and `cli` (`iterprime-eval` / `run_eval.py`).
+`records` (samples.jsonl, run_config.json, resume, metrics from records), `datasets` (the
+interface through which a project registers a dataset: default sources and model, a report of
+its own; ShapesRef's is the entry point ``shapesref``), `distributed` (jax.distributed start-up,
+barriers, each process's images), `runner` (`evaluate`: the resumable driver; its docstring
+lists the files written), `ablation` (`run_ablation`) with `bootstrap` (paired intervals),
+`gallery` (a run's worst samples re-rendered) and `cli` (`iterprime-eval` / `run_eval.py`).
 """
 
 from .ablation import ablation_rows, run_ablation

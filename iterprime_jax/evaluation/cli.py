@@ -34,44 +34,47 @@ log = logging.getLogger("iterprime_jax.evaluation.cli")
 
 
 def _shipped_method() -> tuple[dict[str, Any], str]:
-    """The fields the default weights' method.json sets, and where they come from (for the
-    --help texts); nothing when the shipped model is not there."""
-    from iterprime_jax.evaluation.config import SHIPPED_WEIGHTS
-    from iterprime_jax.evaluation.runner import resolve_weights
+    """The fields the shipped model's method.json sets (the default dataset's default weights),
+    and where they come from (for the --help texts); nothing when it is not there."""
     from iterprime_jax.method.settings import METHOD_JSON, read_method_json
+    from iterprime_jax.shipped import SHAPESREF_MODEL, SHAPESREF_MODEL_NAME
 
     try:
-        recommended = read_method_json(resolve_weights(SHIPPED_WEIGHTS))
+        recommended = read_method_json(SHAPESREF_MODEL.resolve())
     except (OSError, ValueError):
         return {}, ""
-    return recommended, f"{SHIPPED_WEIGHTS}/{METHOD_JSON}"
+    return recommended, f"{SHAPESREF_MODEL_NAME}/{METHOD_JSON}"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from iterprime_jax.cli_args import add_method_args, add_precision_arg, add_proposer_args
-    from iterprime_jax.evaluation import DATASETS, EvalConfig
-    from iterprime_jax.evaluation.config import default_data_dir, default_shapesref_dir
+    """The evaluation CLI's parser: the data flags here, the rest in `_add_run_args`."""
+    from iterprime_jax.evaluation import EvalConfig
+    from iterprime_jax.evaluation.config import default_data_dir
+    from iterprime_jax.evaluation.datasets import dataset_names
     from iterprime_jax.metrics import CONVENTIONS
+    from iterprime_jax.shipped import SHAPESREF_MODEL_NAME
 
     defaults = EvalConfig()
     ap = argparse.ArgumentParser(
         prog="iterprime-eval" if Path(sys.argv[0]).name == "iterprime-eval" else "run_eval.py",
         description="Evaluate IteRPrimE (zero-shot referring image segmentation) on a split.")
-    ap.add_argument("--dataset", default=defaults.dataset, choices=DATASETS,
-                    help=f"dataset (default: {defaults.dataset})")
+    ap.add_argument("--dataset", default=defaults.dataset, choices=dataset_names(),
+                    help="dataset: RefCOCO/+/g, PhraseCut or one registered by a project "
+                         f"(entry point group iterprime_jax.datasets; default: {defaults.dataset})")
     ap.add_argument("--split", default=defaults.split,
                     help="split name: val, testA, testB, test; PhraseCut: val, test, miniv, "
                          f"train (default: {defaults.split})")
     ap.add_argument("--manual-dir", default=None, metavar="DIR",
                     help="the raw files the split is built from (refer layout or VGPhraseCut_v0, "
                          "see tfds_refcoco/README.md); needed until the split is built "
-                         f"(default for ShapesRef: {default_shapesref_dir()}, generated there "
-                         "if missing)")
+                         "(default: the dataset's own if it has one; ShapesRef is generated "
+                         "under $ITERPRIME_CACHE/shapesref if missing)")
     ap.add_argument("--data-dir", default=None, metavar="DIR",
                     help=f"TFDS data dir, the build cache (default: {default_data_dir()})")
     ap.add_argument("--weights", default=defaults.weights,
                     help="converted weights dir or Hugging Face hub id, converted once "
-                         f"(default: {defaults.weights}, the shipped small model)")
+                         "(default: the dataset's model if it has one, else the shipped small "
+                         f"model {SHAPESREF_MODEL_NAME})")
     ap.add_argument("--proposals", default=defaults.proposals,
                     help="gt (oracle instance masks; not for PhraseCut), heatmap (no proposals: "
                          "thresholded heat map), mask2former (computed on the fly with "
@@ -95,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--unseen", action="store_true",
                     help="PhraseCut: drop the tasks whose category is one of COCO's 80 classes "
                          "(Global-Local CLIP's 'unseen' evaluation)")
+    _add_run_args(ap)
+    return ap
+
+
+def _add_run_args(ap: argparse.ArgumentParser) -> None:
+    """The flags of what to run and how (ablation, record, precision, output, proposer,
+    processes) and the method's flags (defaults from the shipped model's method.json)."""
+    from iterprime_jax.cli_args import add_method_args, add_precision_arg, add_proposer_args
+
     ap.add_argument("--ablation", action="store_true",
                     help="run the paper's ablation (threshold, +proposals, +PWE, +IGRS 2/3/4, "
                          "full) and write OUT/ablation.json")
@@ -114,7 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-processes", type=int, default=None)
     g.add_argument("--process-id", type=int, default=None)
     add_method_args(ap, *_shipped_method())
-    return ap
 
 
 def _rename_first_column(table: str, name: str) -> str:
@@ -210,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if not args.verbose:
         from iterprime_jax.cli_args import quiet_third_party_logs
 
@@ -222,38 +232,17 @@ def _main(argv: list[str] | None = None) -> int:
         check_distributed_args(args)
         if args.distributed:
             start_distributed(args)
+        config = config_from_args(args)
     except ValueError as e:
         log.error("%s", e)
         return 2
     import jax
-    import tensorflow_datasets as tfds
 
-    from iterprime_jax.cli_args import method_overrides, propose_config_from_args
-    from iterprime_jax.evaluation import EvalConfig, EvalError, evaluate, load_model, run_ablation
-    from iterprime_jax.evaluation.by_kind import format_by_kind
-    from iterprime_jax.evaluation.checks import check_file, check_settings
-    from iterprime_jax.evaluation.config import default_out
+    from iterprime_jax.cli_args import method_overrides
+    from iterprime_jax.evaluation import EvalError, load_model
     from iterprime_jax.method.settings import resolve_method
-    from iterprime_jax.metrics import format_table
     from iterprime_jax.models.checkpoint import CheckpointError
 
-    tfds.disable_progress_bar()
-    try:
-        check_out_dir(args.out or default_out(args.dataset, args.split))
-        propose = propose_config_from_args(args)
-        config = EvalConfig(
-            dataset=args.dataset, split=args.split, manual_dir=args.manual_dir,
-            data_dir=args.data_dir, weights=args.weights, proposals=args.proposals,
-            out=args.out, limit=args.limit, batch_size=args.batch_size, canvas=args.canvas,
-            convention=args.convention, proposer_weights=args.proposer_weights,
-            save_proposals=args.save_proposals, propose=propose, unseen=args.unseen,
-            precision=args.precision).with_defaults()
-        check_settings(config)  # again in evaluate: here before the model is loaded
-        if args.record:
-            check_file(args.record, "--record")
-    except ValueError as e:
-        log.error("%s", e)
-        return 2
     pi = jax.process_index()
     bar = _Bar(not args.no_progress, f"eval p{pi}" if jax.process_count() > 1 else "eval")
     try:
@@ -261,40 +250,8 @@ def _main(argv: list[str] | None = None) -> int:
         text_config = model.config.text
         method = resolve_method(weights, text_config.num_hidden_layers, method_overrides(args),
                                 text_config.max_position_embeddings)
-        if args.ablation:
-            table = run_ablation(config, method, model=model, progress=bar)
-            bar.close()
-            if table is not None:
-                print(f"\nablation: {config.dataset} {config.split}, proposals "
-                      f"{config.proposals if config.proposals != 'heatmap' else 'gt'}, "
-                      f"convention {config.convention}")
-                print(_rename_first_column(format_table(table), "config"))
-                print(f"wrote {config.out}/ablation.json")
-                if args.record:
-                    write_record(args.record, argv, config, method, {"ablation": table})
-                    print(f"wrote {args.record}")
-        else:
-            res = evaluate(config, method, model=model, progress=bar)
-            bar.close()
-            if res.metrics is not None:
-                print(f"\n{config.dataset} {config.split}: {res.num_samples} sentences, "
-                      f"{res.num_images} images, proposals {config.proposals}, "
-                      f"convention {config.convention}, {res.no_candidate} without candidate")
-                print(format_table(res.metrics))
-                if res.subsets is not None:
-                    print(f"\nPhraseCut subsets{' (unseen)' if config.unseen else ''}:")
-                    print(_rename_first_column(format_table(res.subsets), "subset"))
-                if res.by_kind:
-                    print("\nby expression kind (chance: a random object of the image)")
-                    print(format_by_kind(res.by_kind))
-                print(f"wrote {res.out}/samples.jsonl and {res.out}/metrics.json")
-                if args.record:
-                    extra = {} if res.subsets is None else {"subsets": res.subsets}
-                    write_record(args.record, argv, config, method, {
-                        "metrics": res.metrics, "sentences": res.num_samples,
-                        "images": res.num_images, "no_candidate": res.no_candidate,
-                        "by_kind": res.by_kind, **extra})
-                    print(f"wrote {args.record}")
+        run = _run_ablation if args.ablation else _run_evaluation
+        run(args, argv, config, method, model, bar)
     except (EvalError, CheckpointError, ValueError, OSError) as e:
         bar.close()
         log.error("%s", e)
@@ -304,6 +261,83 @@ def _main(argv: list[str] | None = None) -> int:
         raise
     log.info("done in %.1fs", time.perf_counter() - t0)
     return 0
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The run's `EvalConfig` (defaults resolved) from the flags, checked before anything
+    loads; ValueError naming a bad flag."""
+    import tensorflow_datasets as tfds
+
+    from iterprime_jax.cli_args import propose_config_from_args
+    from iterprime_jax.evaluation import EvalConfig
+    from iterprime_jax.evaluation.checks import check_file, check_settings
+    from iterprime_jax.evaluation.config import default_out
+
+    tfds.disable_progress_bar()
+    check_out_dir(args.out or default_out(args.dataset, args.split))
+    config = EvalConfig(
+        dataset=args.dataset, split=args.split, manual_dir=args.manual_dir,
+        data_dir=args.data_dir, weights=args.weights, proposals=args.proposals,
+        out=args.out, limit=args.limit, batch_size=args.batch_size, canvas=args.canvas,
+        convention=args.convention, proposer_weights=args.proposer_weights,
+        save_proposals=args.save_proposals, propose=propose_config_from_args(args),
+        unseen=args.unseen, precision=args.precision).with_defaults()
+    check_settings(config)  # again in evaluate: here before the model is loaded
+    if args.record:
+        check_file(args.record, "--record")
+    return config
+
+
+def _run_ablation(args: argparse.Namespace, argv: list[str], config: Any, method: Any,
+                  model: Any, bar: _Bar) -> None:
+    """`run_ablation` and, on process 0, its table (and the --record)."""
+    from iterprime_jax.evaluation import run_ablation
+    from iterprime_jax.metrics import format_table
+
+    table = run_ablation(config, method, model=model, progress=bar)
+    bar.close()
+    if table is None:
+        return
+    print(f"\nablation: {config.dataset} {config.split}, proposals "
+          f"{config.proposals if config.proposals != 'heatmap' else 'gt'}, "
+          f"convention {config.convention}")
+    print(_rename_first_column(format_table(table), "config"))
+    print(f"wrote {config.out}/ablation.json")
+    if args.record:
+        write_record(args.record, argv, config, method, {"ablation": table})
+        print(f"wrote {args.record}")
+
+
+def _run_evaluation(args: argparse.Namespace, argv: list[str], config: Any, method: Any,
+                    model: Any, bar: _Bar) -> None:
+    """`evaluate` and, on process 0, its tables: the metrics, PhraseCut's subsets, the
+    dataset's report (`DatasetHooks.format_report`), and the --record."""
+    from iterprime_jax.evaluation import evaluate
+    from iterprime_jax.evaluation.datasets import dataset_hooks
+    from iterprime_jax.metrics import format_table
+
+    res = evaluate(config, method, model=model, progress=bar)
+    bar.close()
+    if res.metrics is None:
+        return
+    print(f"\n{config.dataset} {config.split}: {res.num_samples} sentences, "
+          f"{res.num_images} images, proposals {config.proposals}, "
+          f"convention {config.convention}, {res.no_candidate} without candidate")
+    print(format_table(res.metrics))
+    if res.subsets is not None:
+        print(f"\nPhraseCut subsets{' (unseen)' if config.unseen else ''}:")
+        print(_rename_first_column(format_table(res.subsets), "subset"))
+    hooks = dataset_hooks(config.dataset)
+    if res.by_kind and hooks is not None and hooks.format_report is not None:
+        print("\n" + hooks.format_report(res.by_kind))
+    print(f"wrote {res.out}/samples.jsonl and {res.out}/metrics.json")
+    if args.record:
+        extra = {} if res.subsets is None else {"subsets": res.subsets}
+        write_record(args.record, argv, config, method, {
+            "metrics": res.metrics, "sentences": res.num_samples,
+            "images": res.num_images, "no_candidate": res.no_candidate,
+            "by_kind": res.by_kind, **extra})
+        print(f"wrote {args.record}")
 
 
 def entry() -> None:

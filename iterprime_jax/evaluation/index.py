@@ -1,14 +1,13 @@
-"""The dataset side of an evaluation: building / opening a `tfds_refcoco` split (ShapesRef is
-generated first when missing) and the split index (`build_index`: one image's refs are
-consecutive examples) without decoding images. A PhraseCut task is indexed as a ref with one
-sentence (see `iterprime_jax.evaluation.phrasecut`)."""
+"""The dataset side of an evaluation: building / opening a `tfds_refcoco` split (a registered
+dataset's raw sources are prepared first, `datasets`) and the split index (`build_index`: one
+image's refs are consecutive examples) without decoding images. A PhraseCut task is indexed as
+a ref with one sentence (see `iterprime_jax.evaluation.phrasecut`)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import io
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ import numpy as np
 
 from . import phrasecut
 from .config import PHRASECUT, EvalConfig, EvalError
+from .datasets import dataset_hooks
 
 log = logging.getLogger(__name__)
 
@@ -119,33 +119,9 @@ class SplitSources:
     name: str
 
 
-def ensure_shapesref(manual_dir: str | Path) -> None:
-    """Write the default ShapesRef benchmark into `manual_dir` unless a complete build of the
-    current format version is there (of any config); a stale build (an older format version,
-    or an unfinished one) is replaced by the default."""
-    from ..shapesref import (
-        DATASET_DIR,
-        FORMAT_VERSION,
-        STAMP_FILE,
-        ShapesRefConfig,
-        write_shapesref,
-    )
-
-    try:
-        stamp = json.loads((Path(manual_dir) / DATASET_DIR / STAMP_FILE).read_text())
-    except (OSError, ValueError):
-        stamp = {}
-    if stamp.get("format_version") == FORMAT_VERSION:
-        return
-    log.info("ShapesRef version %d not found in %s: generating it (default ShapesRefConfig)",
-             FORMAT_VERSION, manual_dir)
-    t0 = time.perf_counter()
-    write_shapesref(manual_dir, ShapesRefConfig())
-    log.info("ShapesRef written to %s in %.1fs", manual_dir, time.perf_counter() - t0)
-
-
 def prepare_split(config: EvalConfig) -> None:
-    """Build the TFDS split if needed (and the ShapesRef sources if missing)."""
+    """Build the TFDS split if needed (and, for a dataset with a ``prepare`` hook, its raw
+    sources if missing: `datasets.DatasetHooks`)."""
     from tfds_refcoco import canonical_config_name, make_builder
     from tfds_refcoco.refer import LAYOUTS, ReferFormatError
 
@@ -157,8 +133,9 @@ def prepare_split(config: EvalConfig) -> None:
             raise EvalError(f"dataset {config.dataset} is not built in {config.data_dir}: give "
                             "--manual-dir (its raw files, see tfds_refcoco/README.md)")
         return
-    if name == "shapesref" and config.build_shapesref:
-        ensure_shapesref(config.manual_dir)  # also read for the per-kind results
+    hooks = dataset_hooks(config.dataset)
+    if hooks is not None and hooks.prepare is not None and config.prepare_sources:
+        hooks.prepare(config.manual_dir)  # also read by its `annotate` hook
     if name == PHRASECUT and not built:
         phrasecut.check_files(config.manual_dir)
     elif name != PHRASECUT and not built:

@@ -96,6 +96,15 @@ def rle_string_counts(counts: str) -> list[int]:
     return out
 
 
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """(H, W) bool mask -> its COCO RLE with ``counts`` as str (JSON-ready): the one RLE
+    encoder of the project (saved proposals, the ShapesRef generator's occluded objects)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
 def _checked_rle(seg: Any, path: Path, k: int, image_id: Any) -> dict[str, Any]:
     """A ``{"size": [H, W], "counts": str | list}`` RLE, checked (its run lengths must be
     non-negative integers summing to H*W, in the list and in the compressed string form);

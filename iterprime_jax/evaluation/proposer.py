@@ -5,7 +5,7 @@
 resumed run keeps them, and `ProposalSaver.merge` writes the COCO-style results JSON that
 ``--proposals FILE`` reads (`evaluation.proposals.load_proposals_file`): a list of
 ``{"image_id", "segmentation": {"size": [H, W], "counts": str}}``, the image's queries in order.
-RLEs are written with the one encoder of the project (`shapesref.encode_rle`).
+RLEs are written with the one encoder of the project (`proposals.encode_rle`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def open_proposer(weights: str | Path | None, config: ProposeConfig, max_batch: 
 
 def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
     """(Q, H, W) bool -> Q COCO RLE dicts (``counts`` as str)."""
-    from ..shapesref import encode_rle
+    from .proposals import encode_rle
 
     return [encode_rle(m) for m in masks]
 

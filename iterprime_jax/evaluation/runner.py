@@ -70,20 +70,16 @@ from ..models.loading import (
     load,
     resolve_hub_id,
 )
-from ..shipped import SHAPESREF_MODEL
 from . import phrasecut
-from .by_kind import annotate_kinds
 from .checks import check_settings, check_values
 from .config import (
     COCO_CANVAS,
     COCO_DATASETS,
-    DATASETS,
     METRICS,
     MIN_PROPOSAL_BUCKET,
     PHRASECUT,
     RUN_CONFIG,
     SAMPLES,
-    SHIPPED_WEIGHTS,
     TINY_CANVAS,
     AblationRow,
     EvalConfig,
@@ -91,6 +87,7 @@ from .config import (
     EvalResult,
     Progress,
 )
+from .datasets import dataset_hooks, dataset_names, is_known
 from .device import Device
 from .distributed import barrier, process_share
 from .index import ImageMeta, SplitSources, build_index, open_split, prepare_split
@@ -135,14 +132,10 @@ class Context:
 
 
 def resolve_weights(name: str) -> Path:
-    """`--weights` -> an absolute converted directory: the default (`SHIPPED_WEIGHTS`) is the
-    shipped model inside the package (`iterprime_jax.shipped.SHAPESREF_MODEL`), wherever the
-    working directory is; otherwise a directory, or a Hugging Face hub id (fetched and
-    converted once, `models.loading.resolve_hub_id`). A name that is none of these comes back
-    resolved (the caller reports it missing)."""
+    """`--weights` -> an absolute converted directory: a directory, or a Hugging Face hub id
+    (fetched and converted once, `models.loading.resolve_hub_id`). A name that is none of
+    these comes back resolved (the caller reports it missing)."""
     path = Path(name).expanduser()
-    if name == SHIPPED_WEIGHTS and SHAPESREF_MODEL.is_dir():
-        return SHAPESREF_MODEL.resolve()  # package data (in a checkout: weights/shapesref-itm)
     if path.is_dir():
         return path.resolve()
     if is_hub_id(name):
@@ -160,16 +153,16 @@ def load_model(config: EvalConfig, model: Model | None) -> tuple[Model, Path]:
             check_precision(config.precision, "precision")
         except ValueError as e:
             raise EvalError(str(e)) from None
+    config = config.with_defaults()  # weights: the dataset's default model if not given
+    path = getattr(model, "path", None)
     if model is None:
-        weights = resolve_weights(config.weights)
+        weights = resolve_weights(str(config.weights))
         if not weights.is_dir():
-            hint = (" (train it with `python -m iterprime_jax.training --out "
-                    f"{config.weights}`)" if "shapesref" in config.weights else "")
-            raise EvalError(f"weights directory {config.weights} does not exist{hint}")
+            raise EvalError(f"weights directory {config.weights} does not exist")
         model = load(weights, precision=config.precision or "highest")
     else:
-        path = getattr(model, "path", None)
-        weights = Path(path).resolve() if path is not None else resolve_weights(config.weights)
+        weights = (Path(path).resolve() if path is not None
+                   else resolve_weights(str(config.weights)))
     if not isinstance(model, Model):
         raise EvalError(f"weights {config.weights} hold a {type(model.config).__name__} "
                         "checkpoint; IteRPrimE needs an image-text matching (BLIP) model "
@@ -210,8 +203,9 @@ def make_context(config: EvalConfig, model: Model, proposals: ProposalSource, we
                  ) -> Context:
     """Checks the run's settings, builds / opens the split, indexes it, picks the canvas and
     batch size, and sets up the devices."""
-    if config.dataset not in DATASETS and config.dataset != "refcoco_plus_unc":
-        raise EvalError(f"unknown dataset {config.dataset!r}; one of {DATASETS}")
+    if not is_known(config.dataset):
+        raise EvalError(f"unknown dataset {config.dataset!r}; known: "
+                        f"{', '.join(dataset_names())}")
     if config.convention not in CONVENTIONS:
         raise EvalError(f"convention must be one of {CONVENTIONS}, got {config.convention!r}")
     check_values(config)
@@ -400,18 +394,32 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
         and after every batch.
     """
     t_start = time.perf_counter()
+    ctx, method, identity, done = _checked_run(config, method, model)
+    out = Path(str(ctx.config.out))
+    created = [q for q in (out, *out.parents) if not q.exists()]
+    resumed = _write_run_config(out, identity)
+    try:
+        return _evaluate(ctx.config, method, ctx, out, done, resumed, progress, t_start)
+    except BaseException:
+        if jax.process_index() == 0 and not resumed and not has_samples(out):
+            _undo_start(out, created)  # failed before its first sample: --out as it was
+        raise
+
+
+def _checked_run(config: EvalConfig, method: IteRPrimEConfig | None, model: Model | None
+                 ) -> tuple[Context, IteRPrimEConfig, dict[str, Any], set[tuple[int, int]]]:
+    """Everything that can fail on the settings or the inputs, checked before the run config
+    is written: a refused resume, the split, the proposals, the parser. Returns the run's
+    context, its method, its identity (run_config.json) and the samples already in ``out``."""
     config = config.with_defaults()
     check_settings(config)
     model, weights, method = model_and_method(config, model, method)
     config = config.replace(precision=getattr(model, "precision", "highest"))  # proposer too
     proposals = proposal_source(config.proposals, config)
     check_dataset_options(config, proposals)
-    out = Path(config.out)
+    out = Path(str(config.out))
     identity = run_identity(config, method, proposals, weights)
-    pi = jax.process_index()
-    # Everything that can fail on the settings or the inputs is checked before the run
-    # config is written: a refused resume, the split, the proposals, the parser.
-    if pi == 0:
+    if jax.process_index() == 0:
         check_run_config(out, identity, write=False)
     ctx = make_context(config, model, proposals, weights)
     check_parser(method)
@@ -419,19 +427,18 @@ def evaluate(config: EvalConfig = EvalConfig(), method: IteRPrimEConfig | None =
     for f in sample_files(out):
         done.update(sample_key(r) for r in read_samples(f))
     check_no_other_samples(out, done, ctx.images)
-    created = [q for q in (out, *out.parents) if not q.exists()]
-    resumed = False
-    if pi == 0:  # one writer; the others check once it is written
-        resumed = check_run_config(out, identity, write=True)
+    return ctx, method, identity, done
+
+
+def _write_run_config(out: Path, identity: dict[str, Any]) -> bool:
+    """Process 0 writes run_config.json (one writer), the others check it once written;
+    whether the run resumes one of ``out``."""
+    pi = jax.process_index()
+    resumed = check_run_config(out, identity, write=True) if pi == 0 else False
     barrier("iterprime_eval_run_config_written")
     if pi != 0:
         resumed = check_run_config(out, identity, write=False)
-    try:
-        return _evaluate(config, method, ctx, out, done, resumed, progress, t_start)
-    except BaseException:
-        if pi == 0 and not resumed and not has_samples(out):
-            _undo_start(out, created)  # failed before its first sample: --out as it was
-        raise
+    return resumed
 
 
 def check_parser(method: IteRPrimEConfig) -> None:
@@ -480,13 +487,8 @@ def _evaluate(config: EvalConfig, method: IteRPrimEConfig, ctx: Context, out: Pa
               done: set[tuple[int, int]], resumed: bool, progress: Progress | None,
               t_start: float) -> EvalResult:
     """`evaluate` once the run config is written: compute what is missing, merge, metrics."""
-    proposals = ctx.proposals
-    pi, pc = jax.process_index(), jax.process_count()
+    pi = jax.process_index()
     out.mkdir(parents=True, exist_ok=True)
-    own = out / (SAMPLES if pc == 1 else f"samples.p{pi}.jsonl")
-    cut = truncate_partial_line(own)
-    if cut:
-        log.warning("%s: removed a half-written last line (%d bytes)", own, cut)
     mine = process_share(ctx.images)
     todo = [m for m in mine if not all(k in done for k in m.keys())]
     total = sum(m.num_sentences for m in mine)
@@ -495,15 +497,41 @@ def _evaluate(config: EvalConfig, method: IteRPrimEConfig, ctx: Context, out: Pa
         log.info("resuming in %s: %d of %d images (%d sentences) of this process already "
                  "done", out, len(mine) - len(todo), len(mine), finished)
     log.info("process %d/%d: %d images, %d sentences to go; canvas %d, %d images per step "
-             "over %d local device(s), proposals %s, method %s", pi, pc, len(todo),
-             total - finished, ctx.canvas, ctx.batch_size, ctx.device.count, proposals.kind,
-             method)
+             "over %d local device(s), proposals %s, method %s", pi, jax.process_count(),
+             len(todo), total - finished, ctx.canvas, ctx.batch_size, ctx.device.count,
+             ctx.proposals.kind, method)
     if progress:
         progress(finished, total)
+    t_compute = time.perf_counter()
+    computed = _compute(ctx, method, out, todo, (finished, total), progress)
+    compute_s = time.perf_counter() - t_compute
+    barrier("iterprime_eval_samples_written")
+    result_metrics, no_cand, subsets, report = None, None, None, None
+    if pi == 0:
+        result_metrics, no_cand, subsets, report = _finish(config, method, ctx, out)
+    elapsed = time.perf_counter() - t_start
+    log.info("process %d: %d samples computed in %.1fs (compilation included); %.1fs for the "
+             "whole run with loading and dataset preparation", pi, computed, compute_s, elapsed)
+    return EvalResult(metrics=result_metrics, num_images=len(ctx.images),
+                      num_samples=sum(m.num_sentences for m in ctx.images),
+                      no_candidate=no_cand, computed=computed, elapsed_s=elapsed, out=out,
+                      subsets=subsets, by_kind=report)
+
+
+def _compute(ctx: Context, method: IteRPrimEConfig, out: Path, todo: list[ImageMeta],
+             counts: tuple[int, int], progress: Progress | None) -> int:
+    """Runs the images `todo`, appending their samples (and, with save_proposals, their
+    proposals) to this process's files in `out` image by image; `counts` = (sentences
+    finished, total) of this process for `progress`. Returns the sentences computed."""
+    pi, pc = jax.process_index(), jax.process_count()
+    own = out / (SAMPLES if pc == 1 else f"samples.p{pi}.jsonl")
+    cut = truncate_partial_line(own)
+    if cut:
+        log.warning("%s: removed a half-written last line (%d bytes)", own, cut)
+    finished, total = counts
     computed = 0
-    row = AblationRow("main", method, proposals.uses_proposals)
     saver = None
-    if config.save_proposals is not None:
+    if ctx.config.save_proposals is not None:
         from .proposer import ProposalSaver
 
         saver = ProposalSaver(out, pi)
@@ -520,36 +548,39 @@ def _evaluate(config: EvalConfig, method: IteRPrimEConfig, ctx: Context, out: Pa
             if progress:
                 progress(finished, total)
 
-        t_compute = time.perf_counter()
-        run_batches(ctx, todo, [row], on_batch)
-        compute_s = time.perf_counter() - t_compute
-    barrier("iterprime_eval_samples_written")
-    result_metrics, no_cand, subsets, by_kind = None, None, None, None
-    n_samples = sum(m.num_sentences for m in ctx.images)
-    if pi == 0:
-        recs = merge_samples(out)
-        recs, by_kind = annotate_kinds(  # ShapesRef: expression kinds, results per kind
-            out, recs, config.manual_dir, config.dataset, [k for m in ctx.images for k in m.keys()])
-        result_metrics, no_cand, subsets = write_metrics(config, ctx, method, proposals, recs,
-                                                         by_kind)
-        if saver is not None:
-            try:
-                n = saver.merge(out, [m.image_id for m in ctx.images], config.save_proposals)
-            except ValueError as e:
-                raise EvalError(str(e)) from None
-            log.info("wrote %d proposals of %d images to %s", n, len(ctx.images),
-                     config.save_proposals)
-    elapsed = time.perf_counter() - t_start
-    log.info("process %d: %d samples computed in %.1fs (compilation included); %.1fs for the "
-             "whole run with loading and dataset preparation", pi, computed, compute_s, elapsed)
-    return EvalResult(metrics=result_metrics, num_images=len(ctx.images),
-                      num_samples=n_samples, no_candidate=no_cand, computed=computed,
-                      elapsed_s=elapsed, out=out, subsets=subsets, by_kind=by_kind)
+        run_batches(ctx, todo, [AblationRow("main", method, ctx.proposals.uses_proposals)],
+                    on_batch)
+    return computed
+
+
+def _finish(config: EvalConfig, method: IteRPrimEConfig, ctx: Context, out: Path
+            ) -> tuple[dict[str, dict[str, float | int]], int, Any, Any]:
+    """Process 0 after every sample is written: merges the sample files, lets the dataset's
+    ``annotate`` hook add its fields (samples.jsonl rewritten) and report, writes metrics.json
+    and the saved proposals. Returns (metrics, no_candidate, PhraseCut subsets, report)."""
+    recs = merge_samples(out)
+    hooks = dataset_hooks(config.dataset)
+    report = None
+    if hooks is not None and hooks.annotate is not None:
+        recs, report = hooks.annotate(recs, config.manual_dir, str(config.convention))
+        if report is not None:
+            atomic_write(out / SAMPLES, "".join(dumps_sample(r) + "\n" for r in recs))
+    metrics, no_cand, subsets = write_metrics(config, ctx, method, ctx.proposals, recs, report)
+    if config.save_proposals is not None:
+        from .proposer import ProposalSaver
+
+        try:
+            n = ProposalSaver.merge(out, [m.image_id for m in ctx.images], config.save_proposals)
+        except ValueError as e:
+            raise EvalError(str(e)) from None
+        log.info("wrote %d proposals of %d images to %s", n, len(ctx.images),
+                 config.save_proposals)
+    return metrics, no_cand, subsets, report
 
 
 def write_metrics(config: EvalConfig, ctx: Context, method: IteRPrimEConfig,
                   proposals: ProposalSource, recs: list[dict[str, Any]],
-                  by_kind: dict[str, dict[str, float | int]] | None = None
+                  by_kind: Any = None
                   ) -> tuple[dict[str, dict[str, float | int]], int,
                              dict[str, dict[str, float | int]] | None]:
     by_key = {sample_key(r): r for r in recs}

@@ -5,7 +5,8 @@ The kind of each ref comes from the refer-layout refs file (``"kind"`` field, wr
 ShapesRef generator); datasets without it (RefCOCO) get no per-kind rows. The chance level of a
 sentence is the IoU a uniformly random proposal of the image would get: the mean over the
 image's instance masks of their IoU with the referred object (with ShapesRef v2's disjoint
-objects, 1 / number of objects).
+objects, 1 / number of objects). mIoU, oIoU and Prec@0.5 are `iterprime_jax.metrics.summarize`'s,
+under the run's metric convention.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import SAMPLES
-from .records import atomic_write, dumps_sample, sample_key
+from iterprime_jax.metrics import Convention, summarize
 
 
 def ref_kinds(manual_dir: str | Path | None, dataset: str) -> dict[int, str]:
@@ -55,11 +55,13 @@ def chance_iou(manual_dir: str | Path, dataset: str, ref_ids: Iterable[int]) -> 
     return out
 
 
-def summarize_by_kind(samples: Iterable[Mapping[str, Any]], chance: Mapping[int, float]
+def summarize_by_kind(samples: Iterable[Mapping[str, Any]], chance: Mapping[int, float],
+                      convention: Convention = "standard"
                       ) -> dict[str, dict[str, float | int]]:
-    """Per kind (and "all"): sentences, mIoU, oIoU, Prec@0.5, sentences without candidate and
-    the chance mIoU (`chance_iou` of each sentence's ref), all in [0, 1] except counts.
-    Samples need ``kind``, ``I``, ``U``, ``IoU``, ``has_candidate`` and ``ref_id``."""
+    """Per kind (and "all"): sentences, mIoU, oIoU, Prec@0.5 (`iterprime_jax.metrics.summarize`
+    under `convention`), sentences without candidate and the chance mIoU (`chance_iou` of each
+    sentence's ref), all in [0, 1] except counts. Samples need ``kind``, ``I``, ``U``,
+    ``has_candidate`` and ``ref_id``."""
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for s in samples:
         groups.setdefault(str(s["kind"]), []).append(s)
@@ -67,13 +69,11 @@ def summarize_by_kind(samples: Iterable[Mapping[str, Any]], chance: Mapping[int,
     out: dict[str, dict[str, float | int]] = {}
     for kind in sorted(groups, key=lambda k: (k == "all", k)):
         g = groups[kind]
-        i = np.asarray([int(s["I"]) for s in g], np.int64)
-        u = np.asarray([int(s["U"]) for s in g], np.int64)
-        iou = np.asarray([float(s["IoU"]) for s in g])
+        m = summarize(np.asarray([int(s["I"]) for s in g], np.int64),
+                      np.asarray([int(s["U"]) for s in g], np.int64), convention, (0.5,))
         out[kind] = {
-            "sentences": len(g), "mIoU": float(iou.mean()),
-            "oIoU": float(i.sum() / u.sum()) if u.sum() else 0.0,
-            "prec@0.5": float((iou >= 0.5).mean()),
+            "sentences": len(g), "mIoU": m["mIoU"], "oIoU": m["oIoU"],
+            "prec@0.5": m["prec@0.5"],
             "no_candidate": int(sum(not s["has_candidate"] for s in g)),
             "chance_mIoU": float(np.mean([chance[int(s["ref_id"])] for s in g])),
         }
@@ -92,18 +92,14 @@ def format_by_kind(table: Mapping[str, Mapping[str, float | int]]) -> str:
     return "\n".join(rows)
 
 
-def annotate_kinds(out: Path, recs: list[dict[str, Any]], manual_dir: str | Path | None,
-                   dataset: str, wanted: Iterable[tuple[int, int]]
+def annotate_kinds(recs: list[dict[str, Any]], manual_dir: str | Path | None,
+                   dataset: str = "shapesref", convention: Convention = "standard"
                    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float | int]] | None]:
-    """For a dataset whose refs carry a kind (ShapesRef): every record gets its ``kind``,
-    ``out/samples.jsonl`` is rewritten with it, and the per-kind table of the samples whose
-    (ref_id, sent_id) is in `wanted` is returned. Other datasets: `recs` unchanged and None."""
+    """For a dataset whose refs carry a kind (ShapesRef): every record gets its ``kind`` and
+    the per-kind table of the records is returned. Otherwise `recs` unchanged and None."""
     kinds = ref_kinds(manual_dir, dataset)
     if not kinds:
         return recs, None
     recs = [{**r, "kind": kinds.get(int(r["ref_id"]), "")} for r in recs]
-    atomic_write(Path(out) / SAMPLES, "".join(dumps_sample(r) + "\n" for r in recs))
-    keys = set(wanted)
-    chosen = [r for r in recs if sample_key(r) in keys]
-    chance = chance_iou(manual_dir, dataset, {int(r["ref_id"]) for r in chosen})
-    return recs, summarize_by_kind(chosen, chance)
+    chance = chance_iou(manual_dir, dataset, {int(r["ref_id"]) for r in recs})
+    return recs, summarize_by_kind(recs, chance, convention)

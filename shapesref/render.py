@@ -124,12 +124,14 @@ class _Spec:
     center: tuple[float, float] | None = None
 
 
-def _choice(rng: np.random.Generator, seq: Sequence[Any]) -> Any:
+def choice(rng: np.random.Generator, seq: Sequence[Any]) -> Any:
+    """One element of `seq`, uniformly, drawn with one ``rng.integers`` call (the draw every
+    ShapesRef stream makes: changing it would change the generated files)."""
     return seq[int(rng.integers(len(seq)))]
 
 
 def _other(rng: np.random.Generator, seq: Sequence[Any], not_this: Any) -> Any:
-    return _choice(rng, [s for s in seq if s != not_this])
+    return choice(rng, [s for s in seq if s != not_this])
 
 
 def _specs_for(
@@ -139,22 +141,22 @@ def _specs_for(
     n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     if kind == "relation":
         n = max(n, 3)
-    target = _Spec(_choice(rng, cfg.shapes), _choice(rng, cfg.colours), _choice(rng, SIZES))
+    target = _Spec(choice(rng, cfg.shapes), choice(rng, cfg.colours), choice(rng, SIZES))
     specs = [target]
     landmark = -1
     if kind == "relation":
         specs.append(
             _Spec(
                 _other(rng, cfg.shapes, target.shape),
-                _choice(rng, cfg.colours),
-                _choice(rng, SIZES),
+                choice(rng, cfg.colours),
+                choice(rng, SIZES),
             )
         )
         landmark = 1
     k = int(rng.integers(1, min(2, n - len(specs)) + 1))
     for _ in range(k):
         if kind == "attribute":
-            mode = _choice(rng, ("colour", "size", "both"))
+            mode = choice(rng, ("colour", "size", "both"))
             colour = target.colour if mode == "size" else _other(rng, cfg.colours, target.colour)
             size = target.size if mode == "colour" else _other(rng, SIZES, target.size)
         else:  # same-class, same-colour distractors: only position/relation tells them apart
@@ -163,7 +165,7 @@ def _specs_for(
         specs.append(_Spec(target.shape, colour, size))
     while len(specs) < n:
         specs.append(
-            _Spec(_choice(rng, cfg.shapes), _choice(rng, cfg.colours), _choice(rng, SIZES))
+            _Spec(choice(rng, cfg.shapes), choice(rng, cfg.colours), choice(rng, SIZES))
         )
     for s in specs:
         lo, hi = cfg.small_radius if s.size == "small" else cfg.large_radius
@@ -188,7 +190,7 @@ def _place_grid(
     chosen: dict[int, tuple[int, int]] = {}
     if landmark >= 0:
         lm = free[int(rng.integers(len(free)))]
-        rel = _choice(rng, RELATIONS)
+        rel = choice(rng, RELATIONS)
         k = int(rng.integers(1, g - 2 * m))
         j = int(rng.integers(-(k - 1), k)) if k > 1 else 0
         dr, dc = {"left of": (0, -1), "right of": (0, 1), "above": (-1, 0), "below": (1, 0)}[rel]
@@ -227,7 +229,7 @@ def _place(
     if landmark >= 0:  # put the target in a relation to the landmark
         lm, tg = specs[landmark], specs[0]
         lm.center = tuple(float(v) for v in rng.uniform(lm.radius + 1, size - lm.radius - 1, 2))
-        rel = _choice(rng, RELATIONS)
+        rel = choice(rng, RELATIONS)
         dist = rng.uniform(0.8 * (lm.radius + tg.radius), lm.radius + tg.radius + 0.3 * size)
         dist = max(dist, cfg.position_margin * size + 1)
         along = {"left of": (-1, 0), "right of": (1, 0), "above": (0, -1), "below": (0, 1)}[rel]
@@ -334,16 +336,16 @@ def make_ref(
         primary_pool = [e for e in cands if cost(e) == best]
     else:
         primary_pool = cands
-    primary = _choice(rng, primary_pool)
+    primary = choice(rng, primary_pool)
     n_sent = int(rng.integers(2, 4))
     forms = phrasings(primary)
     pairs = [(primary, forms[i]) for i in rng.permutation(len(forms))[:n_sent]]
     rest = [e for e in cands if e != primary]
     if n_sent == 3 and rest and rng.random() < 0.5:  # last sentence from another valid expression
-        alt = _choice(rng, rest)
+        alt = choice(rng, rest)
         alt_forms = [f for f in phrasings(alt) if f not in {s for _, s in pairs}]
         if alt_forms:
-            pairs[-1] = (alt, _choice(rng, alt_forms))
+            pairs[-1] = (alt, choice(rng, alt_forms))
     return Ref(scene, target_index, kind, [e for e, _ in pairs], [s for _, s in pairs])
 
 

@@ -6,17 +6,18 @@ image, never of a place in it). Scenes are generated on the fly: a buffer of
 `pretrain_buffer` scenes of which `pretrain_fresh` are replaced by new ones at every step, so no
 scene is seen more than a few times. The head reads the max over the patch tokens.
 
-    python -m iterprime_jax.training.pretrain --out vision.msgpack [--pretrain-steps 2000]
+    python -m shapesref.training.pretrain --out vision.msgpack [--pretrain-steps 2000]
 
 writes the ViT parameters (`vision_model` subtree, flax msgpack) and `vision.msgpack.json` (the
 recipe and the held-out per-label accuracy history: 1,000 scenes never trained on).
-`python -m iterprime_jax.training --vision-init vision.msgpack` starts the ITM model from them.
+`python -m shapesref.training --vision-init vision.msgpack` starts the ITM model from them.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -31,9 +32,10 @@ import numpy as np
 import optax
 from flax import serialization
 
-from .. import shapesref as sr
-from ..models.blip.config import BlipConfig
-from ..models.blip.modeling import encode_image
+import shapesref as sr
+from iterprime_jax.models.blip.config import BlipConfig
+from iterprime_jax.models.blip.modeling import encode_image
+
 from .config import TrainConfig, model_config
 from .data import normalise_images
 from .model_init import init_model
@@ -117,7 +119,7 @@ def pretrain_vision(recipe: TrainConfig, eval_every: int = 250
                       optax.adamw(sched, weight_decay=recipe.weight_decay))
     opt_state = opt.init(params)
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=(0, 1))  # the optimizer closed over
     def step(params: dict, opt_state: Any, pixels: jax.Array, y: jax.Array):
         loss, grads = jax.value_and_grad(_loss)(params, config, pixels, y)
         updates, opt_state = opt.update(grads, opt_state, params)
@@ -155,7 +157,7 @@ def load_vision(path: str | Path) -> dict:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     d = TrainConfig()
-    ap = argparse.ArgumentParser(prog="python -m iterprime_jax.training.pretrain",
+    ap = argparse.ArgumentParser(prog="python -m shapesref.training.pretrain",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output file (vision.msgpack)")
     for f in dataclasses.fields(TrainConfig):
@@ -167,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     vision, history = pretrain_vision(recipe)
     save_vision(args.out, vision)
-    record = {"command": "python -m iterprime_jax.training.pretrain " + " ".join(argv),
+    record = {"command": "python -m shapesref.training.pretrain " + " ".join(argv),
               "wall_time_s": time.perf_counter() - t0, "recipe": recipe.to_dict(),
               "labels": presence_labels(sr.ShapesRefConfig(image_size=recipe.image_size)),
               "history": history}

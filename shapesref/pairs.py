@@ -10,7 +10,7 @@ import numpy as np
 
 from .config import DIRECTIONS, KINDS, OPPOSITE, RELATIONS, SIZES, ShapesRefConfig
 from .grammar import Desc, Expression, phrasings
-from .render import _choice, generate_scene, make_ref
+from .render import choice, generate_scene, make_ref
 from .scene import Ref, Scene
 from .truth import _descs, _matching, expression_truth, refers_uniquely
 
@@ -72,7 +72,7 @@ def matching_expressions(
     each is certified clearly false in the scene by `expression_truth`.
     """
     ref = (
-        make_ref(scene_or_ref, _choice(rng, scene_or_ref.targets), rng)
+        make_ref(scene_or_ref, choice(rng, scene_or_ref.targets), rng)
         if isinstance(scene_or_ref, Scene)
         else scene_or_ref
     )
@@ -122,7 +122,7 @@ def matching_pairs(
     one random phrasing of each certified-false perturbation (see `matching_expressions`).
     """
     ref = (
-        make_ref(scene_or_ref, _choice(rng, scene_or_ref.targets), rng)
+        make_ref(scene_or_ref, choice(rng, scene_or_ref.targets), rng)
         if isinstance(scene_or_ref, Scene)
         else scene_or_ref
     )
@@ -130,8 +130,8 @@ def matching_pairs(
     positives = list(ref.sentences)
     for e in pos_exprs:
         if e not in ref.expressions:
-            positives.append(_choice(rng, phrasings(e)))
-    negatives = [_choice(rng, phrasings(e)) for e in neg_exprs]
+            positives.append(choice(rng, phrasings(e)))
+    negatives = [choice(rng, phrasings(e)) for e in neg_exprs]
     positives = list(dict.fromkeys(positives))
     negatives = [t for t in dict.fromkeys(negatives) if t not in positives]
     return positives, negatives
@@ -147,23 +147,23 @@ def sample_training_example(
     another scene that is clearly false in this one (30%); if none is found, an attribute
     combination absent from the scene.
     """
-    scene = generate_scene(rng, config, _choice(rng, KINDS))
-    ref = make_ref(scene, _choice(rng, scene.targets), rng)
+    scene = generate_scene(rng, config, choice(rng, KINDS))
+    ref = make_ref(scene, choice(rng, scene.targets), rng)
     if rng.random() < 0.5:
         positives, _ = matching_pairs(ref, rng, max_negatives=0)
-        return scene.image, _choice(rng, positives), 1
+        return scene.image, choice(rng, positives), 1
     if rng.random() < 0.7:
         _, negatives = matching_pairs(ref, rng, max_negatives=4)
         if negatives:
-            return scene.image, _choice(rng, negatives), 0
+            return scene.image, choice(rng, negatives), 0
     for _ in range(5):
-        other = generate_scene(rng, config, _choice(rng, KINDS))
-        oref = make_ref(other, _choice(rng, other.targets), rng)
+        other = generate_scene(rng, config, choice(rng, KINDS))
+        oref = make_ref(other, choice(rng, other.targets), rng)
         false = [
             (e, s)
             for e, s in zip(oref.expressions, oref.sentences, strict=True)
             if expression_truth(scene, e) is False
         ]
         if false:
-            return scene.image, _choice(rng, false)[1], 0
-    return scene.image, _choice(rng, phrasings(_choice(rng, _absent_combinations(scene)))), 0
+            return scene.image, choice(rng, false)[1], 0
+    return scene.image, choice(rng, phrasings(choice(rng, _absent_combinations(scene)))), 0

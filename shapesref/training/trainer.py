@@ -4,7 +4,7 @@ Localisation-free throughout: the model never sees a mask, a box or a place. Thr
 
 1. image-level multi-label pretraining of the ViT on fresh scenes (`training.pretrain`: which
    shapes / colours / shape-colour / shape-size pairs are present), as BLIP's ViT starts from an
-   image classifier; or `--vision-init FILE` from `python -m iterprime_jax.training.pretrain`;
+   image classifier; or `--vision-init FILE` from `python -m shapesref.training.pretrain`;
 2. `caption_steps` of image-text matching on object captions ("red circle", "the small cross"
    vs. absent combinations, `data.caption_pool`): a curriculum;
 3. `steps` of image-text matching on referring expressions: positives are expressions of the
@@ -12,7 +12,7 @@ Localisation-free throughout: the model never sees a mask, a box or a place. Thr
    shape / size / position word / relation / landmark attribute, extra shape / size / relation
    swaps, absent attribute combinations, expressions of other images).
 
-    python -m iterprime_jax.training --out weights/shapesref-itm
+    python -m shapesref.training --out weights/shapesref-itm
 
 writes orbax params + `blip_config.json` (`iterprime_jax.models.convert.save_params`), the
 tokenizer (`vocab.txt`, `tokenizer_config.json`) and `training_log.json` (recipe, command, wall
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import logging
 import shutil
@@ -39,18 +38,19 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..method.settings import METHOD_JSON
-from ..models.blip.config import BlipConfig
-from ..models.blip.modeling import itm_logits
-from ..models.conversion import restore_params, save_params
-from ..types import Params
+from iterprime_jax.method.settings import METHOD_JSON
+from iterprime_jax.models.blip.config import BlipConfig
+from iterprime_jax.models.blip.modeling import itm_logits
+from iterprime_jax.models.conversion import restore_params, save_params
+from iterprime_jax.types import Params
+
 from .config import DEFAULT_VOCAB, LOG_NAME, TrainConfig, make_tokenizer, model_config
 from .data import Pool, PoolLike, build_pool, caption_pool, normalise_images
 from .diagnostics import diagnose, recommended_method
@@ -89,14 +89,39 @@ def _loss_fn(params: Params, config: BlipConfig, pixels: jax.Array, ids: jax.Arr
     return loss, acc
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _train_step(params: Params, config: BlipConfig, opt: optax.GradientTransformation,
-                opt_state: Any, pixels: jax.Array, ids: jax.Array, mask: jax.Array,
-                labels: jax.Array) -> tuple[Params, Any, jax.Array, jax.Array]:
-    (loss, acc), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
-        params, config, pixels, ids, mask, labels)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, acc
+class TrainState(NamedTuple):
+    """What a training step updates: the model's parameters and the optimizer's state."""
+
+    params: Params
+    opt_state: Any
+
+
+#: ``step(state, pixels (B, H, W, 3) float32, ids (B, L) int32, mask (B, L) int32,
+#: labels (B,) int32) -> (state, loss, accuracy)`` (scalars, batch means).
+TrainStep = Callable[..., tuple[TrainState, jax.Array, jax.Array]]
+
+
+def make_train_step(config: BlipConfig, opt: optax.GradientTransformation) -> TrainStep:
+    """The jitted ITM training step of model `config` with the optimizer `opt` closed over:
+    one compilation per call of this function (per run), whatever `opt` is. The state is
+    donated: its buffers are reused for the new state, so the caller keeps only the state
+    returned."""
+
+    def step(state: TrainState, pixels: jax.Array, ids: jax.Array, mask: jax.Array,
+             labels: jax.Array) -> tuple[TrainState, jax.Array, jax.Array]:
+        (loss, acc), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
+            state.params, config, pixels, ids, mask, labels)
+        updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state), loss, acc
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def init_state(params: Params, opt: optax.GradientTransformation) -> TrainState:
+    """A `TrainState` of a device copy of `params` (the step donates it, the caller's
+    `params` stay valid) and `opt`'s initial state."""
+    params = jax.tree_util.tree_map(jnp.array, params)  # copies
+    return TrainState(params, opt.init(params))
 
 
 def calibrate_steps(recipe: TrainConfig, config: BlipConfig, params: Params, pool: PoolLike,
@@ -105,17 +130,16 @@ def calibrate_steps(recipe: TrainConfig, config: BlipConfig, params: Params, poo
     `budget_s` seconds: (steps, measured seconds per step). Times `repeats` steps (after one
     compiling step) on batches of `pool`, on a copy of `params` that is thrown away."""
     opt = make_optimizer(recipe)
-    state = opt.init(params)
+    step = make_train_step(config, opt)
+    state = init_state(params, opt)
     rng = np.random.default_rng([recipe.seed, 99])
-    p = params
     for i in range(repeats + 1):
         if i == 1:
-            jax.block_until_ready(p)
+            jax.block_until_ready(state)
             t0 = time.perf_counter()
         images, ids, mask, labels = pool.sample(rng, recipe.batch_size)
-        p, state, loss, _ = _train_step(p, config, opt, state, normalise_images(images, config),
-                                        ids, mask, labels)
-    jax.block_until_ready(p)
+        state, _, _ = step(state, normalise_images(images, config), ids, mask, labels)
+    jax.block_until_ready(state)
     per_step = (time.perf_counter() - t0) / repeats
     return max(1, int(budget_s / per_step) - recipe.caption_steps), per_step
 
@@ -140,16 +164,8 @@ def train(recipe: TrainConfig, tokenizer: Any | None = None, pool: PoolLike | No
     """
     from tqdm.auto import tqdm
 
-    tokenizer = make_tokenizer() if tokenizer is None else tokenizer
     config = model_config(recipe)
-    if pool is None:
-        t0 = time.perf_counter()
-        pool = build_pool(recipe, tokenizer, recipe.pool_scenes, recipe.seed)
-        log.info("generated %d training scenes, %d texts (%d positives, %d negatives) in %.1fs",
-                 len(pool), len(pool.texts), len(pool.pos), len(pool.neg),
-                 time.perf_counter() - t0)
-    if captions is None and recipe.caption_steps:
-        captions = caption_pool(recipe, tokenizer, recipe.caption_scenes, recipe.seed + 1)
+    pool, captions = _pools(recipe, tokenizer, pool, captions)
     key = jax.random.PRNGKey(recipe.seed)
     params = init_model(recipe, config, key)
     if vision_init is not None:
@@ -160,7 +176,9 @@ def train(recipe: TrainConfig, tokenizer: Any | None = None, pool: PoolLike | No
                  1e3 * per_step, steps)
         recipe = dataclasses.replace(recipe, steps=steps)
     opt = make_optimizer(recipe)
-    opt_state = opt.init(params)
+    train_step = make_train_step(config, opt)  # compiled once for the run
+    state = init_state(params, opt)
+    del params
     rng = np.random.default_rng([recipe.seed, 1])
     history: list[dict[str, float]] = []
     losses: list[jax.Array] = []
@@ -173,23 +191,41 @@ def train(recipe: TrainConfig, tokenizer: Any | None = None, pool: PoolLike | No
         src = captions if stage == "captions" else pool
         assert src is not None
         images, ids, mask, labels = src.sample(rng, recipe.batch_size)
-        params, opt_state, loss, acc = _train_step(
-            params, config, opt, opt_state, normalise_images(images, config), ids, mask, labels)
+        state, loss, acc = train_step(state, normalise_images(images, config), ids, mask, labels)
         losses.append(loss)
         accs.append(acc)
         if step % recipe.log_every == 0 or step == total or step == recipe.caption_steps:
-            lv = float(np.mean(jax.device_get(losses)))
-            av = float(np.mean(jax.device_get(accs)))
-            row = {"step": step, "stage": stage, "loss": lv, "accuracy": av,
-                   "lr": float(sched(step))}
-            history.append(row)
+            history.append(_log_row(step, stage, losses, accs, float(sched(step)), bar))
             losses, accs = [], []
-            bar.set_postfix(loss=f"{lv:.3f}", acc=f"{av:.3f}")
-            log.info("step %d (%s): loss %.4f, ITM accuracy %.3f, lr %.2e", step, stage, lv,
-                     av, row["lr"])
         if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
-            checkpoint(step, jax.device_get(params), config)
-    return jax.device_get(params), config, history, recipe
+            checkpoint(step, jax.device_get(state.params), config)
+    return jax.device_get(state.params), config, history, recipe
+
+
+def _pools(recipe: TrainConfig, tokenizer: Any | None, pool: PoolLike | None,
+           captions: Pool | None) -> tuple[PoolLike, Pool | None]:
+    """The expression pool and the caption pool of `train`: the ones given, else built."""
+    tokenizer = make_tokenizer() if tokenizer is None else tokenizer
+    if pool is None:
+        t0 = time.perf_counter()
+        pool = build_pool(recipe, tokenizer, recipe.pool_scenes, recipe.seed)
+        log.info("generated %d training scenes, %d texts (%d positives, %d negatives) in %.1fs",
+                 len(pool), len(pool.texts), len(pool.pos), len(pool.neg),
+                 time.perf_counter() - t0)
+    if captions is None and recipe.caption_steps:
+        captions = caption_pool(recipe, tokenizer, recipe.caption_scenes, recipe.seed + 1)
+    return pool, captions
+
+
+def _log_row(step: int, stage: str, losses: list[jax.Array], accs: list[jax.Array], lr: float,
+             bar: Any) -> dict[str, Any]:
+    """A history row: the mean loss and accuracy of the steps since the last row (fetched
+    from the device here, once per row), shown on the progress bar and logged."""
+    lv = float(np.mean(jax.device_get(losses)))
+    av = float(np.mean(jax.device_get(accs)))
+    bar.set_postfix(loss=f"{lv:.3f}", acc=f"{av:.3f}")
+    log.info("step %d (%s): loss %.4f, ITM accuracy %.3f, lr %.2e", step, stage, lv, av, lr)
+    return {"step": step, "stage": stage, "loss": lv, "accuracy": av, "lr": lr}
 
 
 def save_model(out_dir: str | Path, params: Params, config: BlipConfig,
@@ -207,7 +243,7 @@ def save_model(out_dir: str | Path, params: Params, config: BlipConfig,
 
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    ap = argparse.ArgumentParser(prog="python -m iterprime_jax.training",
+    ap = argparse.ArgumentParser(prog="python -m shapesref.training",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output directory (weights/shapesref-itm)")
     ap.add_argument("--vocab", default=str(DEFAULT_VOCAB), help="WordPiece vocab.txt")
@@ -217,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="ShapesRef split of the probe (it picks method.json's layer)")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     ap.add_argument("--vision-init", default=None,
-                    help="ViT params from `python -m iterprime_jax.training.pretrain --out FILE` "
+                    help="ViT params from `python -m shapesref.training.pretrain --out FILE` "
                          "(default: run that pretraining first, `--pretrain-steps`; 'none': "
                          "ViT from scratch)")
     ap.add_argument("--checkpoint-every", type=int, default=0,
@@ -288,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     (Path(args.out) / "checkpoint.json").unlink(missing_ok=True)
     out = save_model(args.out, params, config, args.vocab)
     record = {
-        "command": "python -m iterprime_jax.training " + " ".join(argv),
+        "command": "python -m shapesref.training " + " ".join(argv),
         "wall_time_s": time.perf_counter() - t0,
         "train_time_s": time.perf_counter() - t1,
         "recipe": recipe.to_dict(),

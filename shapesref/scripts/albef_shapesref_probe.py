@@ -3,7 +3,7 @@
 fusion layers (the text can compose "left of the red circle" before it looks at the image),
 otherwise the shipped recipe (`training.TrainConfig` defaults) with a time budget.
 
-Steps (library calls of `iterprime_jax.training`, the model built as an `AlbefConfig`):
+Steps (library calls of `shapesref.training`, the model built as an `AlbefConfig`):
 ViT pretraining (`pretrain_vision`, BLIP-named, renamed to timm names: same maths), caption
 then expression stages for `--time-budget` seconds (`calibrate_steps`), save (albef_config.json),
 the diagnostics the recipe probes record (held-out ITM accuracy, per hard-negative type:
@@ -11,7 +11,7 @@ the diagnostics the recipe probes record (held-out ITM accuracy, per hard-negati
 train split), method.json with the probe's best fusion layer, then the train-split selection
 run (`run_eval.py --split train --limit 150`: per-kind mIoU) compared with the shipped model's.
 
-    python bench/albef_shapesref_probe.py --text-only 2 --fusion 3 --time-budget 600 \\
+    python shapesref/scripts/albef_shapesref_probe.py --text-only 2 --fusion 3 --time-budget 600 \\
         --out /tmp/albef-probe --record bench/results/albef-layout-probe.json
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
@@ -61,15 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from iterprime_jax import training
     from iterprime_jax.models.albef.config import AlbefConfig, AlbefTextConfig
     from iterprime_jax.models.blip.modeling import init_params
-    from iterprime_jax.training.data import build_pool, caption_pool, normalise_images
-    from iterprime_jax.training.trainer import (
-        _train_step,
+    from shapesref import training
+    from shapesref.training import posemb_sincos_2d
+    from shapesref.training.data import build_pool, caption_pool, normalise_images
+    from shapesref.training.trainer import (
         calibrate_steps,
+        init_state,
         make_optimizer,
-        posemb_sincos_2d,
+        make_train_step,
         save_model,
     )
 
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pool {t_pool:.0f}s; {steps} expression steps at {per_step * 1e3:.1f} ms",
           file=sys.stderr, flush=True)
     opt = make_optimizer(tc)
-    state = opt.init(params)
+    train_step = make_train_step(config, opt)
+    state = init_state(params, opt)
     rng = np.random.default_rng([tc.seed, 1])
     history, losses, accs = [], [], []
     t0 = time.perf_counter()
@@ -128,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(1, total + 1):
         src = captions if step <= tc.caption_steps else pool
         images, ids, mask, labels = src.sample(rng, tc.batch_size)
-        params, state, loss, acc = _train_step(params, config, opt, state,
-                                               normalise_images(images, config), ids, mask,
-                                               labels)
+        state, loss, acc = train_step(state, normalise_images(images, config), ids, mask,
+                                      labels)
         losses.append(loss)
         accs.append(acc)
         if step % 250 == 0 or step == total:
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             losses, accs = [], []
             print(row, file=sys.stderr, flush=True)
     t_train = time.perf_counter() - t0
-    params = jax.device_get(params)
+    params = jax.device_get(state.params)
     out = save_model(args.out, params, config)
 
     held = build_pool(dataclasses.replace(tc, refs_per_scene=1), tok, 1000,
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sel = {} if args.no_selection else selection(out, "albef")
     record = {
-        "command": "python " + " ".join(["bench/albef_shapesref_probe.py", *sys.argv[1:]]),
+        "command": " ".join(["python shapesref/scripts/albef_shapesref_probe.py",
+                             *sys.argv[1:]]),
         "layout": {"text_only_layers": args.text_only, "fusion_layers": args.fusion,
                    "model_config": config.to_dict()},
         "recipe": tc.to_dict(), "time_budget_s": args.time_budget,

@@ -1,21 +1,24 @@
 """Writing ShapesRef in the refer layout (`write_shapesref`), the per-image generator of the
 splits (`generate_example`), COCO segmentations of the objects, and the CLI
-(`python -m iterprime_jax.shapesref ROOT ...`)."""
+(`python -m shapesref ROOT ...`)."""
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import pickle
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
+
+from iterprime_jax.evaluation.proposals import encode_rle
 
 from .config import (
     DATASET_DIR,
@@ -29,8 +32,10 @@ from .config import (
     STAMP_FILE,
     ShapesRefConfig,
 )
-from .render import _choice, generate_scene, make_ref
+from .render import choice, generate_scene, make_ref
 from .scene import Ref, Scene, SceneObject
+
+log = logging.getLogger(__name__)
 
 
 def image_rng(config: ShapesRefConfig, split: str, index: int) -> np.random.Generator:
@@ -42,7 +47,7 @@ def generate_example(config: ShapesRefConfig, split: str, index: int) -> tuple[S
     """Image ``index`` of ``split`` and its 1-``max_refs_per_image`` refs, as `write_shapesref`
     writes them (each ref on a different object, the designed target first)."""
     rng = image_rng(config, split, index)
-    kind = _choice(rng, SPLIT_KINDS[split])
+    kind = choice(rng, SPLIT_KINDS[split])
     scene = generate_scene(rng, config, kind)
     n_refs = int(rng.integers(1, config.max_refs_per_image + 1))
     others = [scene.targets[1:][i] for i in rng.permutation(len(scene.targets) - 1)]
@@ -53,12 +58,6 @@ def generate_example(config: ShapesRefConfig, split: str, index: int) -> tuple[S
 def category_id(shape: str) -> int:
     """COCO category id of a shape (fixed across configs)."""
     return SHAPE_NAMES.index(shape) + 1
-
-
-def encode_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO RLE of a bool mask with ``counts`` as str (JSON-ready)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def segmentation_of(obj: SceneObject) -> list[list[float]] | dict[str, Any]:
@@ -120,7 +119,8 @@ def write_shapesref(
     Idempotent: returns at once if a complete build of the same config is there (the stamp
     ``shapesref_config.json`` is written last). Otherwise rebuilds, removing stale
     ``shapesref_*.png`` images. Image ids, annotation ids, ref ids and sentence ids count from 1
-    across the splits in `SPLITS` order.
+    across the splits in `SPLITS` order. `verbose`: log the time and counts at INFO
+    (`python -m shapesref` shows them).
     """
     out_dir = Path(root) / DATASET_DIR
     if is_complete(out_dir, config):
@@ -129,86 +129,116 @@ def write_shapesref(
     img_dir = out_dir / IMAGE_DIR
     img_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / STAMP_FILE).unlink(missing_ok=True)
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    refs: list[dict[str, Any]] = []
-    counts: dict[str, Any] = {}
-    written: set[str] = set()
-    for split in SPLITS:
-        n_refs = n_sents = 0
-        for index in range(config.num_images[split]):
-            scene, scene_refs = generate_example(config, split, index)
-            image_id = len(images) + 1
-            file_name = f"shapesref_{image_id:06d}.png"
-            h, w = scene.image.shape[:2]
-            images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
-            png = _png_bytes(scene.image)
-            path = img_dir / file_name
-            if not path.is_file() or path.read_bytes() != png:
-                _write_atomic(path, png)
-            written.add(file_name)
-            ann_ids = []
-            for obj in scene.objects:
-                ann_ids.append(len(annotations) + 1)
-                seg = segmentation_of(obj)
-                if not np.array_equal(decode_segmentation(seg, h, w), obj.mask):
-                    raise AssertionError(f"segmentation does not decode to the mask ({file_name})")
-                annotations.append(
-                    {
-                        "id": ann_ids[-1],
-                        "image_id": image_id,
-                        "category_id": category_id(obj.shape),
-                        "segmentation": seg,
-                        "area": float(obj.area),
-                        "bbox": obj.bbox,
-                        "iscrowd": 0,
-                        "attributes": {"colour": obj.colour, "size": obj.size},
-                    }
-                )
-            for ref in scene_refs:
-                first = _next_sent_id(refs)
-                sent_ids = list(range(first, first + len(ref.sentences)))
-                refs.append(
-                    {
-                        "ref_id": len(refs) + 1,
-                        "ann_id": ann_ids[ref.target],
-                        "image_id": image_id,
-                        "split": split,
-                        "sentences": [
-                            {"tokens": s.split(), "raw": s, "sent_id": i, "sent": s}
-                            for i, s in zip(sent_ids, ref.sentences, strict=True)
-                        ],
-                        "sent_ids": sent_ids,
-                        "file_name": file_name,
-                        "category_id": category_id(scene.objects[ref.target].shape),
-                        "kind": ref.kind,
-                    }
-                )
-                n_refs += 1
-                n_sents += len(ref.sentences)
-        counts[split] = {"images": config.num_images[split], "refs": n_refs, "sentences": n_sents}
+    tables = _Tables()
+    counts = {split: _write_split(config, split, img_dir, tables) for split in SPLITS}
+    _write_atomic(out_dir / INSTANCES_FILE,
+                  json.dumps(_instances(config, tables), separators=(",", ":")).encode())
+    _write_atomic(out_dir / REFS_FILE, pickle.dumps(tables.refs, protocol=2))
+    for stale in img_dir.glob("shapesref_*.png"):
+        if stale.name not in tables.written:
+            stale.unlink()
+    _write_atomic(out_dir / STAMP_FILE, json.dumps(_stamp(config, counts), indent=1).encode())
+    if verbose:
+        log.info("ShapesRef: wrote %s in %.1fs: %s", out_dir, time.perf_counter() - start,
+                 counts)
+    return out_dir
+
+
+@dataclass
+class _Tables:
+    """The refer-layout tables as they grow (ids count from 1 across the splits)."""
+
+    images: list[dict[str, Any]] = field(default_factory=list)
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+    refs: list[dict[str, Any]] = field(default_factory=list)
+    written: set[str] = field(default_factory=set)  # image file names of this build
+
+
+def _write_split(config: ShapesRefConfig, split: str, img_dir: Path, tables: _Tables
+                 ) -> dict[str, int]:
+    """Generates and writes the images of `split`, appending to `tables`; its counts."""
+    n_refs = n_sents = 0
+    for index in range(config.num_images[split]):
+        scene, scene_refs = generate_example(config, split, index)
+        image_id = len(tables.images) + 1
+        file_name = f"shapesref_{image_id:06d}.png"
+        h, w = scene.image.shape[:2]
+        tables.images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
+        _write_png(img_dir / file_name, scene.image)
+        tables.written.add(file_name)
+        ann_ids = []
+        for obj in scene.objects:
+            ann_ids.append(len(tables.annotations) + 1)
+            tables.annotations.append(_annotation(obj, ann_ids[-1], image_id, file_name))
+        for ref in scene_refs:
+            tables.refs.append(_ref_record(ref, scene, len(tables.refs) + 1, _next_sent_id(
+                tables.refs), ann_ids[ref.target], image_id, split, file_name))
+            n_refs += 1
+            n_sents += len(ref.sentences)
+    return {"images": config.num_images[split], "refs": n_refs, "sentences": n_sents}
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    """(H, W, 3) uint8 -> PNG at `path`, unless the same bytes are there."""
+    png = _png_bytes(image)
+    if not path.is_file() or path.read_bytes() != png:
+        _write_atomic(path, png)
+
+
+def _annotation(obj: SceneObject, ann_id: int, image_id: int, file_name: str
+                ) -> dict[str, Any]:
+    """The COCO annotation of `obj` (its segmentation checked to decode to its mask)."""
+    h, w = obj.mask.shape
+    seg = segmentation_of(obj)
+    if not np.array_equal(decode_segmentation(seg, h, w), obj.mask):
+        raise AssertionError(f"segmentation does not decode to the mask ({file_name})")
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id(obj.shape),
+        "segmentation": seg,
+        "area": float(obj.area),
+        "bbox": obj.bbox,
+        "iscrowd": 0,
+        "attributes": {"colour": obj.colour, "size": obj.size},
+    }
+
+
+def _ref_record(ref: Ref, scene: Scene, ref_id: int, first_sent_id: int, ann_id: int,
+                image_id: int, split: str, file_name: str) -> dict[str, Any]:
+    """The refs-pickle entry of `ref` (its sentences numbered from `first_sent_id`)."""
+    sent_ids = list(range(first_sent_id, first_sent_id + len(ref.sentences)))
+    return {
+        "ref_id": ref_id,
+        "ann_id": ann_id,
+        "image_id": image_id,
+        "split": split,
+        "sentences": [
+            {"tokens": s.split(), "raw": s, "sent_id": i, "sent": s}
+            for i, s in zip(sent_ids, ref.sentences, strict=True)
+        ],
+        "sent_ids": sent_ids,
+        "file_name": file_name,
+        "category_id": category_id(scene.objects[ref.target].shape),
+        "kind": ref.kind,
+    }
+
+
+def _instances(config: ShapesRefConfig, tables: _Tables) -> dict[str, Any]:
+    """The COCO instances file (images, annotations, the config's shape categories)."""
     categories = [
         {"id": category_id(s), "name": s, "supercategory": "shape"}
         for s in SHAPE_NAMES
         if s in config.shapes
     ]
-    instances = {
+    return {
         "info": {"description": "ShapesRef procedural referring segmentation",
                  "version": str(FORMAT_VERSION)},
         "licenses": [],
-        "images": images,
-        "annotations": annotations,
+        "images": tables.images,
+        "annotations": tables.annotations,
         "categories": categories,
     }
-    _write_atomic(out_dir / INSTANCES_FILE, json.dumps(instances, separators=(",", ":")).encode())
-    _write_atomic(out_dir / REFS_FILE, pickle.dumps(refs, protocol=2))
-    for stale in img_dir.glob("shapesref_*.png"):
-        if stale.name not in written:
-            stale.unlink()
-    _write_atomic(out_dir / STAMP_FILE, json.dumps(_stamp(config, counts), indent=1).encode())
-    if verbose:
-        print(f"ShapesRef: wrote {out_dir} in {time.perf_counter() - start:.1f}s: {counts}")
-    return out_dir
 
 
 def _next_sent_id(refs: list[dict[str, Any]]) -> int:
@@ -216,10 +246,10 @@ def _next_sent_id(refs: list[dict[str, Any]]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m iterprime_jax.shapesref ROOT [--seed N] [--image-size S] [--num-train N] ...``"""
+    """``python -m shapesref ROOT [--seed N] [--image-size S] [--num-train N] ...``"""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m iterprime_jax.shapesref",
+    p = argparse.ArgumentParser(prog="python -m shapesref",
                                 description="Write the ShapesRef benchmark in the refer layout.")
     p.add_argument("root", help="directory to write shapesref/ into")
     p.add_argument("--seed", type=int, default=0)
@@ -237,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         num_test_b=a.num_test_b,
         seed=a.seed,
     )
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     write_shapesref(a.root, cfg, verbose=True)
 
 

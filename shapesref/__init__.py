@@ -37,9 +37,13 @@ For training an image-text-matching model: ``generate_scene``, ``make_ref`` / ``
 Expressions are also available as structures (`Expression`), with a parser for the generated
 grammar (`parse_expression`) and a truth evaluator (`expression_truth`).
 
-Modules: `config` (vocabulary, `ShapesRefConfig`), `grammar` (expressions, phrasing, parser),
-`scene` (scene data), `truth` (semantics), `render` (scene generation and drawing), `pairs`
-(ITM training pairs), `writer` (the refer layout and the CLI).
+ShapesRef is a project beside the library `iterprime_jax` (which never imports it). Modules:
+`config` (vocabulary, `ShapesRefConfig`), `grammar` (expressions, phrasing, parser), `scene`
+(scene data), `truth` (semantics), `render` (scene generation and drawing, the seeded `choice`),
+`pairs` (ITM training pairs), `writer` (the refer layout and the CLI `python -m shapesref`),
+`by_kind` (results per expression kind with their chance level), `evaluation` (the evaluator's
+hooks, `DATASET`, registered as the entry point ``iterprime_jax.datasets: shapesref``) and the
+subpackage `training` (the shipped small model's training, `python -m shapesref.training`).
 """
 
 from .config import (

@@ -1,7 +1,7 @@
 """Diagnostics of a trained ITM model: held-out ITM accuracy (`evaluate_itm`), accuracy per
 hard-negative type (`itm_by_negative_kind`) and the Grad-CAM localisation probe
 (`localisation_probe`) that picks the Grad-CAM layer recorded in `method.json`; `diagnose`
-runs them all (the training CLI and `bench/recipe_probe.py`)."""
+runs them all (the training CLI and `shapesref/scripts/recipe_probe.py`)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import shapesref as sr
-from ..config import IteRPrimEConfig
-from ..method.gradcam import gradcam_from_embeds
-from ..method.heat import heat_map, resize_heatmap
-from ..method.language import encode_batch, load_spacy
-from ..models.blip.config import BlipConfig
-from ..models.blip.modeling import encode_image, itm_logits
-from ..types import Params
+import shapesref as sr
+from iterprime_jax.config import IteRPrimEConfig
+from iterprime_jax.method.gradcam import gradcam_from_embeds
+from iterprime_jax.method.heat import heat_map, resize_heatmap
+from iterprime_jax.method.language import encode_batch, load_spacy
+from iterprime_jax.models.blip.config import BlipConfig
+from iterprime_jax.models.blip.modeling import encode_image, itm_logits
+from iterprime_jax.types import Params
+
 from .config import TrainConfig
 from .data import Pool, build_pool, false_variants, normalise_images, tokenize_prompts
 

@@ -3,10 +3,10 @@ read-out of each output patch token's row and column (`patch_position_informatio
 on the 5x5 grid). A research diagnostic of the ShapesRef training rounds (docs/shapesref.md),
 kept here, outside the library.
 
-    python bench/patch_position_info.py NAME=PATH [NAME=PATH ...] [--out FILE]
+    python shapesref/scripts/patch_position_info.py NAME=PATH [NAME=PATH ...] [--out FILE]
 
 PATH: a saved model directory (`iterprime_jax.load`), a `vision.msgpack` from
-`python -m iterprime_jax.training.pretrain` (its `.json` gives the recipe), or `init:normal` /
+`python -m shapesref.training.pretrain` (its `.json` gives the recipe), or `init:normal` /
 `init:sincos:SCALE` (the shipped recipe's ViT at initialisation, seed 0). Prints a table and
 writes JSON (the command, per model: source, width, layers, row and column accuracy).
 """
@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import iterprime_jax
-from iterprime_jax import shapesref as sr
-from iterprime_jax import training
+import shapesref as sr
 from iterprime_jax.models.blip.config import BlipConfig
 from iterprime_jax.models.blip.modeling import encode_image
-from iterprime_jax.training.data import normalise_images
 from iterprime_jax.types import Params
+from shapesref import training
+from shapesref.training.data import normalise_images
 
 
 def patch_position_information(vision: Params, config: BlipConfig, num_images: int = 300,
@@ -91,7 +91,7 @@ def main() -> None:
         print(f"{name:<28}{r['width']:>6}{r['layers']:>7}{r['row']:>7.3f}{r['column']:>8.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(
-            {"command": "python bench/patch_position_info.py " + " ".join(sys.argv[1:]),
+            {"command": "python shapesref/scripts/patch_position_info.py " + " ".join(sys.argv[1:]),
              "models": rows}, indent=1))
 
 

@@ -4,7 +4,7 @@
 batches), `stream` (a pool that grows in worker processes while training runs, the training
 CLI's ``--stream-workers`` for an accelerator), `model_init` (initial parameters), `pretrain`
 (image-level presence pretraining of the ViT), `trainer` (optimiser, the training loop, saving,
-the CLI `python -m iterprime_jax.training --out DIR`) and `diagnostics` (held-out ITM accuracy,
+the CLI `python -m shapesref.training --out DIR`) and `diagnostics` (held-out ITM accuracy,
 per hard-negative type, the localisation probe that picks the Grad-CAM layer).
 """
 

@@ -11,10 +11,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .. import shapesref as sr
-from ..config import IteRPrimEConfig
-from ..models.blip.config import BlipConfig
-from ..shapesref.render import _choice
+import shapesref as sr
+from iterprime_jax.config import IteRPrimEConfig
+from iterprime_jax.models.blip.config import BlipConfig
+
+from ..render import choice
 from .config import TrainConfig
 
 
@@ -34,7 +35,7 @@ def swaps(scene: sr.Scene, exprs: Sequence[sr.Expression], kind: str, n: int,
 
 def _phrase(expr: sr.Expression, rng: np.random.Generator) -> str:
     """One of the expression's phrasings, at random."""
-    return _choice(rng, sr.phrasings(expr))
+    return choice(rng, sr.phrasings(expr))
 
 
 def relation_pairs(scene: sr.Scene, n_pos: int, n_neg: int, rng: np.random.Generator
@@ -50,8 +51,8 @@ def relation_pairs(scene: sr.Scene, n_pos: int, n_neg: int, rng: np.random.Gener
     rarely certifiable: some same-description object usually fits loosely). Returns up to
     `n_pos` positive and `n_neg` negative phrasings.
     """
-    from ..shapesref.config import RELATIONS
-    from ..shapesref.truth import _descs, relation_holds
+    from ..config import RELATIONS
+    from ..truth import _descs, relation_holds
 
     cfg = scene.config
     margin = cfg.position_margin * cfg.image_size
@@ -86,8 +87,8 @@ def position_statements(scene: sr.Scene, n_pos: int, n_neg: int, rng: np.random.
     They teach the position words where they can be checked, as the referring expressions'
     position words (the most extreme of several fitting objects) cannot be certified false.
     Returns up to `n_pos` positive and `n_neg` negative phrasings."""
-    from ..shapesref.config import POSITIONS
-    from ..shapesref.truth import _descs, _matching
+    from ..config import POSITIONS
+    from ..truth import _descs, _matching
 
     pos: list[sr.Expression] = []
     neg: list[sr.Expression] = []
@@ -246,8 +247,8 @@ def caption_pool(recipe: TrainConfig, tokenizer: Any, n_scenes: int, seed: int) 
     positives are every description of a present object that names its shape ("circle",
     "red circle", "small circle", "small red circle"), the negatives every shape / colour /
     size combination no object has; half of them get a leading "the"."""
-    from ..shapesref.grammar import _noun_phrase
-    from ..shapesref.truth import _descs, _matching
+    from ..grammar import _noun_phrase
+    from ..truth import _descs, _matching
 
     cfg = sr.ShapesRefConfig(image_size=recipe.image_size)
     rng = np.random.default_rng([seed, 55])

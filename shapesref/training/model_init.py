@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models.blip.config import BlipConfig
-from ..models.blip.modeling import init_params
-from ..types import Params
+from iterprime_jax.models.blip.config import BlipConfig
+from iterprime_jax.models.blip.modeling import init_params
+from iterprime_jax.types import Params
+
 from .config import TrainConfig
 
 

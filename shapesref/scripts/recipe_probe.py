@@ -1,7 +1,7 @@
 """Short training runs of the ShapesRef ITM model, one recipe change each, compared on what
 IteRPrimE needs from it.
 
-    python bench/recipe_probe.py NAME [--steps 3000] [--set FIELD=VALUE ...] [--out DIR]
+    python shapesref/scripts/recipe_probe.py NAME [--steps 3000] [--set FIELD=VALUE ...] [--out DIR]
                                       [--vision-init FILE]
 
 Trains `training.TrainConfig` with the given overrides (`--set pos_init=sincos`,
@@ -26,12 +26,12 @@ import json
 import time
 from pathlib import Path
 
-from iterprime_jax import training
+from shapesref import training
 
-try:  # run as `python bench/recipe_probe.py` or imported as bench.recipe_probe
+try:  # run as a script, or imported as shapesref.scripts.recipe_probe
     from patch_position_info import patch_position_information
 except ImportError:
-    from bench.patch_position_info import patch_position_information
+    from shapesref.scripts.patch_position_info import patch_position_information
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, object]:
@@ -51,9 +51,9 @@ def main() -> None:
     ap.add_argument("name")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "bench" / "results"))
     ap.add_argument("--vision-init", default=None,
-                    help="ViT from `python -m iterprime_jax.training.pretrain --out FILE` "
+                    help="ViT from `python -m shapesref.training.pretrain --out FILE` "
                          "(default: from scratch)")
     ap.add_argument("--save-weights", default=None, metavar="DIR",
                     help="also save the trained model there (loadable with iterprime_jax.load)")

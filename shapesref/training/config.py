@@ -7,8 +7,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..models.blip.config import BlipConfig, TextConfig, VisionConfig
-from ..shipped import VOCAB
+from iterprime_jax.models.blip.config import BlipConfig, TextConfig, VisionConfig
+from iterprime_jax.shipped import VOCAB
 
 #: bert-base-uncased WordPiece vocabulary, shipped inside the package (package data).
 DEFAULT_VOCAB = VOCAB

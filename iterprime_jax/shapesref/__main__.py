@@ -1,5 +1,0 @@
-"""`python -m iterprime_jax.shapesref ROOT [...]`: write ShapesRef (see `writer.main`)."""
-
-from .writer import main
-
-main()

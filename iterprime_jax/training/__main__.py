@@ -1,5 +1,0 @@
-"""`python -m iterprime_jax.training --out DIR [recipe flags]`: train the ShapesRef ITM model."""
-
-from .trainer import main
-
-main()

@@ -1,0 +1,5 @@
+"""`python -m shapesref ROOT [...]`: write ShapesRef (see `writer.main`)."""
+
+from .writer import main
+
+main()
