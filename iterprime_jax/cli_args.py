@@ -49,6 +49,20 @@ def add_method_args(parser: argparse.ArgumentParser,
             g.add_argument(*flags, dest=f.name, type=type(value), default=argparse.SUPPRESS,
                            metavar=f.name.upper(), choices=f.metadata.get("choices"),
                            help=help_text)
+    g.add_argument("--stanza-dir", metavar="DIR", default=argparse.SUPPRESS,
+                   help="Stanza resources directory holding its English models, for --parser "
+                        "stanza (default: $STANZA_RESOURCES_DIR, else Stanza's own default); "
+                        "where the models are is not part of a run's identity")
+
+
+def apply_stanza_dir(args: argparse.Namespace) -> None:
+    """``--stanza-dir DIR`` given: the parser loads Stanza's models from DIR (it becomes
+    $STANZA_RESOURCES_DIR for this process; `method.language.load_stanza` reads it)."""
+    import os
+
+    where = getattr(args, "stanza_dir", None)
+    if where is not None:
+        os.environ["STANZA_RESOURCES_DIR"] = os.path.expanduser(str(where))
 
 
 def method_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -189,11 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    from .cli_args import quiet_third_party_logs
+    from .cli_args import apply_stanza_dir, quiet_third_party_logs
     from .method.language import ParserUnavailableError
     from .visualize import overlay
 
     args = build_parser().parse_args(argv)
+    apply_stanza_dir(args)
     quiet_third_party_logs()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:

@@ -103,6 +103,11 @@ def test_missing_stanza_models_refused_before_writing(env: dict, tmp_path: Path,
     out = tmp_path / "run"
     msg = fails(env, out, caplog, "--limit", "1", "--parser", "stanza")
     assert msg.startswith("--parser stanza") and str(where) in msg
+    # --stanza-dir wins over $STANZA_RESOURCES_DIR (monkeypatch restores the variable)
+    flag_dir = tmp_path / "flag_dir"
+    msg = fails(env, out, caplog, "--limit", "1", "--parser", "stanza", "--stanza-dir",
+                str(flag_dir))
+    assert str(flag_dir) in msg and str(where) not in msg
     assert 'stanza.download("en")' in msg and "--parser spacy" in msg
 
 

@@ -220,8 +220,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None = None) -> int:
+    from iterprime_jax.cli_args import apply_stanza_dir
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    apply_stanza_dir(args)
     if not args.verbose:
         from iterprime_jax.cli_args import quiet_third_party_logs
 
