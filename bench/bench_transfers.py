@@ -83,13 +83,14 @@ def run(path: str, images: int, batch_size: int) -> dict[str, Any]:
     from iterprime_jax.evaluation.config import COCO_CANVAS, AblationRow, EvalConfig
     from iterprime_jax.evaluation.device import Device
     from iterprime_jax.evaluation.proposals import ProposalSource
+    from iterprime_jax.models.blip.modeling import init_params
     from iterprime_jax.models.loading import Model
     from iterprime_jax.models.mask2former.preprocess import ProposeConfig
     from iterprime_jax.placement import place_params
     from iterprime_jax.shipped import VOCAB
 
     cfg = blip_config(True)
-    model = Model(config=cfg, params=place_params(ij.init_params(cfg, jax.random.PRNGKey(0))),
+    model = Model(config=cfg, params=place_params(init_params(cfg, jax.random.PRNGKey(0))),
                   tokenizer=BertTokenizer(str(VOCAB), do_lower_case=True),
                   path=Path("random-blip-tiny"))
     m2f = mask2former(True)

@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     from iterprime_jax.evaluation.device import Device, eval_step
     from iterprime_jax.evaluation.proposals import ProposalSource
+    from iterprime_jax.models.blip.modeling import init_params
     from iterprime_jax.models.loading import Model
     from iterprime_jax.models.mask2former.preprocess import ProposeConfig
     from iterprime_jax.placement import place_params
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     cfg = blip_config(args.smoke)
-    params = place_params(ij.init_params(cfg, jax.random.PRNGKey(0)))
+    params = place_params(init_params(cfg, jax.random.PRNGKey(0)))
     tok = BertTokenizer(str(VOCAB), do_lower_case=True)
     model = Model(config=cfg, params=params, tokenizer=tok, path=Path("random-blip-large"))
     m2f = mask2former(args.smoke)

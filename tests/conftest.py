@@ -9,6 +9,7 @@ import jax
 import pytest
 
 import iterprime_jax as ij
+from iterprime_jax.models.blip.modeling import init_params
 from iterprime_jax.models.convert import save_params
 from iterprime_jax.shipped import VOCAB as SHIPPED_VOCAB
 
@@ -34,7 +35,7 @@ def tiny_blip_config(image_size: int = 32, patch: int = 8) -> ij.BlipConfig:
 
 def write_tiny_model(path: Path, seed: int = 0, **kw) -> Path:
     cfg = tiny_blip_config(**kw)
-    params = ij.init_params(cfg, jax.random.PRNGKey(seed))
+    params = init_params(cfg, jax.random.PRNGKey(seed))
     # Scale the init up so cross-attention is not uniform (gradients carry signal).
     params = jax.tree_util.tree_map(lambda x: x * 4.0 if x.ndim == 2 else x, params)
     save_params(path, params, cfg)

@@ -69,12 +69,12 @@ def small_shapesref(root: Path) -> Path:
 def tiny_proposer(path: Path) -> Path:
     """A tiny random Mask2Former (the one of tests/test_propose_e2e.py, 6 queries) saved by
     transformers and converted into `path` (needs torch: the [test] extra)."""
-    import iterprime_jax as ij
+    from iterprime_jax.models.conversion import convert_hf_checkpoint
     from tests.test_propose_e2e import tiny_hf_mask2former
 
     if not (path / "converted").exists():
         tiny_hf_mask2former().save_pretrained(str(path / "hf"))
-        ij.convert_hf_checkpoint(path / "hf", path / "converted")
+        convert_hf_checkpoint(path / "hf", path / "converted")
     return path / "converted"
 
 

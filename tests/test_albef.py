@@ -31,6 +31,7 @@ from iterprime_jax.models.albef.convert import (
     resize_pos_embed,
 )
 from iterprime_jax.models.blip.modeling import encode_image, match_from_embeds
+from iterprime_jax.models.conversion import convert_hf_checkpoint
 from iterprime_jax.models.convert import convert_albef_checkpoint, main
 from iterprime_jax.models.keytable import flatten
 from tests.albef_ref import Sizes, TorchAlbef, random_albef_state_dict, save_pth
@@ -242,7 +243,7 @@ def test_bad_inputs_refused(tmp_path):
         convert_albef_checkpoint(hf, dst)
     # ... and the reverse: a .pth where a directory is expected
     with pytest.raises(ij.CheckpointError, match="ALBEF.pth is a file"):
-        ij.convert_hf_checkpoint(pth, dst)
+        convert_hf_checkpoint(pth, dst)
     with pytest.raises(ij.CheckpointError, match="is a file"):
         ij.load(pth)
     assert not dst.exists()

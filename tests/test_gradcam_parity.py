@@ -9,6 +9,7 @@ import torch
 
 import iterprime_jax as ij
 from iterprime_jax.method.gradcam import cross_attention_gradcam, gradcam_from_embeds
+from iterprime_jax.models.conversion import convert_hf_checkpoint
 
 from .torch_ref import build_model, hf_config, run_torch
 
@@ -20,7 +21,7 @@ def models(tmp_path_factory):
     model = build_model(hf, seed=7)
     src = tmp_path_factory.mktemp("hf")
     model.save_pretrained(str(src))
-    dst = ij.convert_hf_checkpoint(src, tmp_path_factory.mktemp("flax") / "ckpt")
+    dst = convert_hf_checkpoint(src, tmp_path_factory.mktemp("flax") / "ckpt")
     from iterprime_jax.models.convert import restore_params
     cfg = ij.BlipConfig.load(dst / "blip_config.json")
     return model, cfg, restore_params(dst, cfg)

@@ -19,6 +19,7 @@ import iterprime_jax as ij
 from iterprime_jax.config import IteRPrimEConfig
 from iterprime_jax.method import pipeline
 from iterprime_jax.method.refine import FloatSettings, igrs, static_config
+from iterprime_jax.models.conversion import convert_hf_checkpoint
 from iterprime_jax.placement import place_params
 
 GRID = (4, 4)
@@ -226,7 +227,7 @@ def m2f_model(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("m2f_hot")
     tiny_hf_mask2former().save_pretrained(str(root / "hf"))
-    ij.convert_hf_checkpoint(root / "hf", root / "converted")
+    convert_hf_checkpoint(root / "hf", root / "converted")
     return ij.load(root / "converted")
 
 

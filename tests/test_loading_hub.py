@@ -14,6 +14,7 @@ import numpy as np
 from transformers import BertTokenizer
 
 import iterprime_jax as ij
+from iterprime_jax.models.conversion import convert_hf_checkpoint
 from iterprime_jax.shipped import VOCAB as SHIPPED_VOCAB
 
 from .torch_ref import build_model, hf_config
@@ -39,8 +40,8 @@ def _hf_checkpoint(path: Path, vocab_txt: bool) -> Path:
 
 
 def test_transformers5_tokenizer_files_convert_load_and_tokenize_like_vocab_txt(tmp_path):
-    old = ij.convert_hf_checkpoint(_hf_checkpoint(tmp_path / "hf_old", True), tmp_path / "a")
-    new = ij.convert_hf_checkpoint(_hf_checkpoint(tmp_path / "hf_new", False), tmp_path / "b")
+    old = convert_hf_checkpoint(_hf_checkpoint(tmp_path / "hf_old", True), tmp_path / "a")
+    new = convert_hf_checkpoint(_hf_checkpoint(tmp_path / "hf_new", False), tmp_path / "b")
     m_old, m_new = ij.load(old), ij.load(new)
     cfg = ij.IteRPrimEConfig(layer=0, max_text_length=16)
     from iterprime_jax.method.pipeline import encode_texts

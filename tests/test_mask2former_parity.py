@@ -211,11 +211,12 @@ def test_bad_pixel_values_are_named(converted):
 def test_convert_and_load_through_files(tmp_path):
     """save_pretrained (the published key names) -> convert_hf_checkpoint -> load -> forward."""
     import iterprime_jax as ij
+    from iterprime_jax.models.conversion import convert_hf_checkpoint
 
     name = "nonsquare_w3"
     model, _ = _hf_model(name, seed=len(name))
     model.save_pretrained(tmp_path / "hf")
-    dst = ij.convert_hf_checkpoint(tmp_path / "hf", tmp_path / "flax")
+    dst = convert_hf_checkpoint(tmp_path / "hf", tmp_path / "flax")
     assert (dst / "mask2former_config.json").exists() and not (dst / "blip_config.json").exists()
     loaded = ij.load(dst)
     assert isinstance(loaded, ij.ProposerModel) and isinstance(loaded.config, Mask2FormerConfig)
@@ -232,7 +233,7 @@ def test_convert_and_load_through_files(tmp_path):
 def test_convert_rejects_unknown_model_type_and_broken_checkpoint(tmp_path):
     import json
 
-    import iterprime_jax as ij
+    from iterprime_jax.models.conversion import convert_hf_checkpoint
 
     name = "three_levels"
     model, _ = _hf_model(name, seed=len(name))
@@ -241,12 +242,12 @@ def test_convert_rejects_unknown_model_type_and_broken_checkpoint(tmp_path):
     cfg = json.loads((src / "config.json").read_text())
     (src / "config.json").write_text(json.dumps({**cfg, "model_type": "maskformer"}))
     with pytest.raises(CheckpointError, match="model_type 'maskformer' is not supported"):
-        ij.convert_hf_checkpoint(src, tmp_path / "out")
+        convert_hf_checkpoint(src, tmp_path / "out")
     # a Mask2Former config.json whose backbone is deeper than the weights: names the keys
     deeper = dict(cfg["backbone_config"], depths=[1, 1, 3])
     (src / "config.json").write_text(json.dumps({**cfg, "backbone_config": deeper}))
     with pytest.raises(CheckpointError, match=r"layers_2/blocks_2"):
-        ij.convert_hf_checkpoint(src, tmp_path / "out")
+        convert_hf_checkpoint(src, tmp_path / "out")
 
 
 # --------------------------------------------------------------------------- configs, real size

@@ -7,6 +7,7 @@ import pytest
 
 import iterprime_jax as ij
 from iterprime_jax.models.blip.modeling import encode_image, match_from_embeds
+from iterprime_jax.models.conversion import convert_hf_checkpoint
 
 from .torch_ref import build_model, hf_config, run_torch, save_model
 
@@ -39,7 +40,7 @@ def converted(request, tmp_path_factory):
     model = build_model(hf, seed=len(request.param))
     src = save_model(model, tmp_path_factory.mktemp("hf"))
     overrides = None if hw[0] == hw[1] else {"image_size": hw}
-    dst = ij.convert_hf_checkpoint(src, tmp_path_factory.mktemp("flax") / "ckpt", overrides)
+    dst = convert_hf_checkpoint(src, tmp_path_factory.mktemp("flax") / "ckpt", overrides)
     return model, hf, hw, ij.load(dst) if (dst / "vocab.txt").exists() else _load_no_tok(dst)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import iterprime_jax as ij
+from iterprime_jax.models.conversion import convert_hf_checkpoint
 from iterprime_jax.models.convert import read_hf_state_dict
 
 from .torch_ref import build_model, run_torch
@@ -22,7 +23,7 @@ def test_base_coco_architecture_conversion_and_logits(tmp_path):
     model = build_model(hf, seed=3)
     model.save_pretrained(str(tmp_path / "hf"))
     del model
-    dst = ij.convert_hf_checkpoint(tmp_path / "hf", tmp_path / "flax")
+    dst = convert_hf_checkpoint(tmp_path / "hf", tmp_path / "flax")
     cfg = ij.BlipConfig.load(dst / "blip_config.json")
     assert cfg.vision.grid == (24, 24) and cfg.text.vocab_size == 30524
 

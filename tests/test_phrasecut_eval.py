@@ -249,10 +249,11 @@ def test_mask2former_proposals(env: dict, tmp_path: Path) -> None:
 
     import iterprime_jax as ij
     from iterprime_jax.evaluation.proposals import decode_rles
+    from iterprime_jax.models.conversion import convert_hf_checkpoint
     from tests.test_propose_e2e import tiny_hf_mask2former
 
     tiny_hf_mask2former().save_pretrained(str(tmp_path / "hf"))
-    ij.convert_hf_checkpoint(tmp_path / "hf", tmp_path / "m2f")
+    convert_hf_checkpoint(tmp_path / "hf", tmp_path / "m2f")
     out, saved = tmp_path / "out", tmp_path / "proposals.json"
     assert run_eval.main(args_of(
         env, out, "--proposals", "mask2former", "--proposer-weights", str(tmp_path / "m2f"),

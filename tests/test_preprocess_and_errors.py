@@ -11,6 +11,8 @@ import pytest
 from PIL import Image
 
 import iterprime_jax as ij
+from iterprime_jax.models.blip.modeling import init_params
+from iterprime_jax.models.conversion import convert_hf_checkpoint
 from iterprime_jax.models.convert import CheckpointError
 from iterprime_jax.shipped import VOCAB as SHIPPED_VOCAB
 
@@ -85,7 +87,7 @@ def test_itm_logits_rejects_bad_pixels_and_empty_text():
                                num_hidden_layers=1, num_attention_heads=2),
         text=ij.TextConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
                            num_hidden_layers=1, num_attention_heads=2, encoder_hidden_size=16))
-    params = ij.init_params(cfg, jax.random.PRNGKey(0))
+    params = init_params(cfg, jax.random.PRNGKey(0))
     ids = np.ones((1, 4), np.int32)
     with pytest.raises(ValueError, match="NHWC"):
         ij.itm_logits(params, cfg, np.zeros((1, 3, 16, 16), np.float32), ids, ids)
@@ -99,9 +101,9 @@ def test_itm_logits_rejects_bad_pixels_and_empty_text():
 def test_checkpoint_without_weights(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"vision_config": {}, "text_config": {}}))
     with pytest.raises(CheckpointError, match="no weights"):
-        ij.convert_hf_checkpoint(tmp_path, tmp_path / "out")
+        convert_hf_checkpoint(tmp_path, tmp_path / "out")
     with pytest.raises(CheckpointError, match="config.json"):
-        ij.convert_hf_checkpoint(tmp_path / "out", tmp_path / "out2")
+        convert_hf_checkpoint(tmp_path / "out", tmp_path / "out2")
     with pytest.raises(CheckpointError, match="does not exist"):
         ij.load(tmp_path / "nope")
     with pytest.raises(CheckpointError, match="blip_config.json"):
@@ -122,7 +124,7 @@ def test_key_mismatched_checkpoint_names_the_keys(tmp_path):
     state["vision_model.post_layernorm.bias"] = np.zeros(7, np.float32)
     save_file(state, str(tmp_path / "model.safetensors"))
     with pytest.raises(CheckpointError) as e:
-        ij.convert_hf_checkpoint(tmp_path, tmp_path / "out")
+        convert_hf_checkpoint(tmp_path, tmp_path / "out")
     text = str(e.value)
     assert "crossattention.self.bogus.weight" in text
     assert "itm_head/kernel" in text

@@ -23,6 +23,7 @@ import run_eval
 from iterprime_jax import evaluation as ev
 from iterprime_jax.evaluation import index as evi
 from iterprime_jax.evaluation import proposals as evp
+from iterprime_jax.models.conversion import convert_hf_checkpoint
 from iterprime_jax.models.mask2former.preprocess import ProposeConfig
 from iterprime_jax.models.mask2former.propose import propose_step
 from shapesref import ShapesRefConfig, write_shapesref
@@ -61,7 +62,7 @@ def m2f(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("m2f")
     torch_model = tiny_hf_mask2former()
     torch_model.save_pretrained(str(root / "hf"))
-    ij.convert_hf_checkpoint(root / "hf", root / "converted")
+    convert_hf_checkpoint(root / "hf", root / "converted")
     return {"root": root, "torch": torch_model, "dir": root / "converted",
             "model": ij.load(root / "converted")}
 
