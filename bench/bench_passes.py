@@ -54,13 +54,23 @@ def _time_core(params: Any, cfg: Any, mcfg: Any, image: np.ndarray, rows: tuple,
     tl = pl.text_length_bucket(rows[1], rows[1].shape[1])
     text = [a[idx, :tl] for a in rows]
     emb = pl.encode_image_jit(params, cfg, jax.device_put(prep.pixels[None]))
-    args = jax.device_put(pl.CoreInputs(emb, pl.TextArrays(*text), np.asarray(prep.hw, np.int32),
-                                        prep.proposal_arrays))
-    out = jax.device_get(pl.segment_core_jit(params, cfg, mcfg, prep.canvas, args))
+    hw = np.asarray(prep.hw, np.int32)
+    if hasattr(pl, "CoreInputs"):  # typed inputs (this tree)
+        args = jax.device_put(pl.CoreInputs(emb, pl.TextArrays(*text), hw, prep.proposal_arrays))
+
+        def run() -> Any:
+            return pl.segment_core_jit(params, cfg, mcfg, prep.canvas, args)
+    else:  # the 'before' revision's positional arrays
+        flat = [jax.device_put(a) for a in (*text, hw, prep.proposals, prep.proposal_valid,
+                                            prep.num_components)]
+
+        def run() -> Any:
+            return pl.segment_core_jit(params, cfg, mcfg, prep.canvas, emb, *flat)
+    out = jax.device_get(run())
     walls = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        jax.block_until_ready(pl.segment_core_jit(params, cfg, mcfg, prep.canvas, args))
+        jax.block_until_ready(run())
         walls.append(time.perf_counter() - t0)
     computed = int(np.max(np.sum(~np.isnan(out.igrs.scores), axis=1)))
     return {"median_s": statistics.median(walls), "min_s": min(walls), "sentences": s,

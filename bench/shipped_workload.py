@@ -81,7 +81,10 @@ def shapesref_scenes(n_images: int, split: str = "val", start: int = 0
                      ) -> list[tuple[np.ndarray, list[str], np.ndarray]]:
     """(image (H, W, 3) uint8, sentences, instance masks (N, H, W) as proposals) of the first
     ShapesRef images of `split` (the default benchmark generator)."""
-    import shapesref as sr
+    try:  # a library revision from before the ShapesRef split (bench_passes' 'before' side)
+        from iterprime_jax import shapesref as sr  # type: ignore[attr-defined]
+    except ImportError:
+        import shapesref as sr
 
     out = []
     for i in range(start, start + n_images):
