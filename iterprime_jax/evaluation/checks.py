@@ -3,18 +3,26 @@ that must be >= 1 and the folders / files the run reads or writes (``--out``, ``
 ``--save-proposals``, ``--proposals FILE``, ``$ITERPRIME_CACHE``; the CLI adds ``--record``).
 Each failure is an `EvalError` whose message names the flag. The probes leave nothing behind:
 a folder that does not exist yet is tested by creating (and removing) a temporary folder in
-its nearest existing parent."""
+its nearest existing parent. Also here: the checks made once the split is indexed, still
+before run_config.json is written (dataset options, a proposals file against the split, the
+parser, a smaller ``--limit`` on a fuller run)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
 
+from ..config import IteRPrimEConfig
 from ..models.loading import CACHE_ENV
-from .config import EvalConfig, EvalError
+from .config import PHRASECUT, EvalConfig, EvalError
+from .index import ImageMeta
+from .proposals import ProposalSource
 
 FIXED_PROPOSALS = ("gt", "heatmap", "mask2former")
+
+log = logging.getLogger(__name__)
 
 
 def _reason(e: OSError) -> str:
@@ -113,3 +121,60 @@ def check_settings(config: EvalConfig) -> None:
     loading anything."""
     check_values(config)
     check_paths(config.with_defaults())
+
+
+def check_dataset_options(config: EvalConfig, proposals: ProposalSource) -> None:
+    """Options the dataset cannot serve: ``unseen`` off PhraseCut, ``gt`` proposals on it."""
+    if config.unseen and config.dataset != PHRASECUT:
+        raise EvalError(f"unseen applies to PhraseCut only, not to {config.dataset}")
+    if config.dataset == PHRASECUT and proposals.kind == "gt":
+        raise EvalError("PhraseCut has no per-image instance masks, so there are no oracle "
+                        "('gt') proposals: use --proposals mask2former, a proposals FILE or "
+                        "heatmap")
+
+
+def check_proposals_match(proposals: ProposalSource, split_ids: set[int],
+                          images: list[ImageMeta], name: str) -> None:
+    """A proposals file must be of this split: an EvalError for an entry whose image_id is no
+    image of the split, or a file with no entry for any evaluated image; a WARNING counts the
+    evaluated images without an entry (their sentences are misses)."""
+    assert proposals.by_image is not None
+    foreign = sorted(i for i in proposals.by_image if i not in split_ids)
+    if foreign:
+        raise EvalError(f"--proposals {proposals.path}: {len(foreign)} of its "
+                        f"{len(proposals.by_image)} image_ids are no image of {name} (e.g. "
+                        f"image_id {foreign[0]}); is it the proposals file of another split?")
+    missing = [m for m in images if m.image_id not in proposals.by_image]
+    if len(missing) == len(images):
+        raise EvalError(f"--proposals {proposals.path} has no entry for any of the "
+                        f"{len(images)} evaluated images of {name}")
+    if missing:
+        log.warning("%d of %d images have no entry in %s: their %d sentences get no "
+                    "proposal (counted as misses, no candidate)", len(missing), len(images),
+                    proposals.path, sum(m.num_sentences for m in missing))
+
+
+def check_parser(method: IteRPrimEConfig) -> None:
+    """The method's parser loads (cached for the run: spaCy's `spacy_model`, or Stanza's
+    English models): else an EvalError naming the setting and how to fix it."""
+    from ..method.language import ParserUnavailableError, load_parser
+
+    try:
+        load_parser(method)
+    except ParserUnavailableError as e:
+        raise EvalError(f"--parser {method.parser}: {e}".replace("\n", " ")) from None
+    except (OSError, ImportError) as e:
+        raise EvalError(f"--spacy-model: {e}".replace("\n", " ")) from None
+
+
+def check_no_other_samples(out: Path, done: set[tuple[int, int]], images: list[ImageMeta]
+                           ) -> None:
+    """metrics.json describes all of samples.jsonl: a run over fewer images than `out`
+    already holds samples of (a smaller --limit) is refused."""
+    wanted = {k for m in images for k in m.keys()}
+    extra = len(done - wanted)
+    if extra:
+        raise EvalError(f"{out} already holds {len(done)} samples, {extra} of them of images "
+                        f"this run does not evaluate (a smaller --limit than before?); its "
+                        "metrics.json describes all of samples.jsonl: rerun without --limit or "
+                        "with one covering them, or use another --out")

@@ -71,7 +71,14 @@ from ..models.loading import (
     resolve_hub_id,
 )
 from . import phrasecut
-from .checks import check_settings, check_values
+from .checks import (
+    check_dataset_options,
+    check_no_other_samples,
+    check_parser,
+    check_proposals_match,
+    check_settings,
+    check_values,
+)
 from .config import (
     COCO_CANVAS,
     COCO_DATASETS,
@@ -189,16 +196,6 @@ def model_and_method(config: EvalConfig, model: Model | None, method: IteRPrimEC
     return model, weights, method
 
 
-def check_dataset_options(config: EvalConfig, proposals: ProposalSource) -> None:
-    """Options the dataset cannot serve: ``unseen`` off PhraseCut, ``gt`` proposals on it."""
-    if config.unseen and config.dataset != PHRASECUT:
-        raise EvalError(f"unseen applies to PhraseCut only, not to {config.dataset}")
-    if config.dataset == PHRASECUT and proposals.kind == "gt":
-        raise EvalError("PhraseCut has no per-image instance masks, so there are no oracle "
-                        "('gt') proposals: use --proposals mask2former, a proposals FILE or "
-                        "heatmap")
-
-
 def make_context(config: EvalConfig, model: Model, proposals: ProposalSource, weights: Path
                  ) -> Context:
     """Checks the run's settings, builds / opens the split, indexes it, picks the canvas and
@@ -259,27 +256,6 @@ def make_context(config: EvalConfig, model: Model, proposals: ProposalSource, we
                  round_up(bs, device.count), device.count)
         bs = round_up(bs, device.count)
     return Context(config, model, device, sources, images, proposals, canvas, bs, weights)
-
-
-def check_proposals_match(proposals: ProposalSource, split_ids: set[int],
-                          images: list[ImageMeta], name: str) -> None:
-    """A proposals file must be of this split: an EvalError for an entry whose image_id is no
-    image of the split, or a file with no entry for any evaluated image; a WARNING counts the
-    evaluated images without an entry (their sentences are misses)."""
-    assert proposals.by_image is not None
-    foreign = sorted(i for i in proposals.by_image if i not in split_ids)
-    if foreign:
-        raise EvalError(f"--proposals {proposals.path}: {len(foreign)} of its "
-                        f"{len(proposals.by_image)} image_ids are no image of {name} (e.g. "
-                        f"image_id {foreign[0]}); is it the proposals file of another split?")
-    missing = [m for m in images if m.image_id not in proposals.by_image]
-    if len(missing) == len(images):
-        raise EvalError(f"--proposals {proposals.path} has no entry for any of the "
-                        f"{len(images)} evaluated images of {name}")
-    if missing:
-        log.warning("%d of %d images have no entry in %s: their %d sentences get no "
-                    "proposal (counted as misses, no candidate)", len(missing), len(images),
-                    proposals.path, sum(m.num_sentences for m in missing))
 
 
 def batches(images: list[ImageMeta], size: int) -> list[list[ImageMeta]]:
@@ -439,32 +415,6 @@ def _write_run_config(out: Path, identity: dict[str, Any]) -> bool:
     if pi != 0:
         resumed = check_run_config(out, identity, write=False)
     return resumed
-
-
-def check_parser(method: IteRPrimEConfig) -> None:
-    """The method's parser loads (cached for the run: spaCy's `spacy_model`, or Stanza's
-    English models): else an EvalError naming the setting and how to fix it."""
-    from ..method.language import ParserUnavailableError, load_parser
-
-    try:
-        load_parser(method)
-    except ParserUnavailableError as e:
-        raise EvalError(f"--parser {method.parser}: {e}".replace("\n", " ")) from None
-    except (OSError, ImportError) as e:
-        raise EvalError(f"--spacy-model: {e}".replace("\n", " ")) from None
-
-
-def check_no_other_samples(out: Path, done: set[tuple[int, int]], images: list[ImageMeta]
-                           ) -> None:
-    """metrics.json describes all of samples.jsonl: a run over fewer images than `out`
-    already holds samples of (a smaller --limit) is refused."""
-    wanted = {k for m in images for k in m.keys()}
-    extra = len(done - wanted)
-    if extra:
-        raise EvalError(f"{out} already holds {len(done)} samples, {extra} of them of images "
-                        f"this run does not evaluate (a smaller --limit than before?); its "
-                        "metrics.json describes all of samples.jsonl: rerun without --limit or "
-                        "with one covering them, or use another --out")
 
 
 def _undo_start(out: Path, created: list[Path]) -> None:
